@@ -1,0 +1,117 @@
+//! One error type for every refused request, mapped to its status code and JSON body in exactly
+//! one place: `{"error", "message", "code", "detail"}` (`detail` keeps the reference's field name).
+
+use hyper::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::body::Body;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Malformed or invalid request.
+    BadRequest(String),
+    /// Well-formed JSON of the wrong shape (missing field, wrong type).
+    Unprocessable(String),
+    Unauthorized,
+    Forbidden,
+    NotFound(String),
+    MethodNotAllowed(&'static str),
+    Conflict(String),
+    PayloadTooLarge(usize),
+    /// No run slot now; retry after the given seconds.
+    Overloaded {
+        detail: String,
+        retry_after: u32,
+    },
+    /// The gateway cannot serve (not ready, shutting down).
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable name, also the `cause` label of the rejection metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid request",
+            ApiError::Unprocessable(_) => "request body has the wrong shape",
+            ApiError::Unauthorized => "a valid bearer token is required",
+            ApiError::Forbidden => "client address not allowed",
+            ApiError::NotFound(_) => "not found",
+            ApiError::MethodNotAllowed(_) => "method not allowed",
+            ApiError::Conflict(_) => "session already running",
+            ApiError::PayloadTooLarge(_) => "request body too large",
+            ApiError::Overloaded { .. } => "too many runs; retry later",
+            ApiError::Unavailable(_) => "service unavailable",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::BadRequest(d)
+            | ApiError::Unprocessable(d)
+            | ApiError::NotFound(d)
+            | ApiError::Conflict(d)
+            | ApiError::Unavailable(d)
+            | ApiError::Overloaded { detail: d, .. } => d.clone(),
+            ApiError::Unauthorized => "send 'Authorization: Bearer <token>'".into(),
+            ApiError::Forbidden => "this address is not in ALLOWED_CLIENTS".into(),
+            ApiError::MethodNotAllowed(allow) => format!("allowed: {allow}"),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("the limit is {limit} bytes (MAX_REQUEST_BYTES)")
+            }
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let body = json!({
+            "error": self.kind(),
+            "message": self.message(),
+            "code": status.as_u16(),
+            "detail": self.detail(),
+        });
+        let mut response = Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, "application/json");
+        match &self {
+            ApiError::Overloaded { retry_after, .. } => {
+                response = response.header(RETRY_AFTER, retry_after.to_string())
+            }
+            ApiError::MethodNotAllowed(allow) => response = response.header(ALLOW, *allow),
+            ApiError::Unauthorized => response = response.header(WWW_AUTHENTICATE, "Bearer"),
+            _ => {}
+        }
+        response
+            .body(Body::full(body.to_string()))
+            .expect("static headers are valid")
+    }
+}

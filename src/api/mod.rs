@@ -1,0 +1,171 @@
+//! The HTTP surface: one function routes a request, checks access, and turns every outcome
+//! into a response (errors through [`error::ApiError`]).
+
+pub mod catalog;
+pub mod error;
+pub mod health;
+pub mod run;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_util::task::TaskTracker;
+
+use crate::admission::Admission;
+use crate::auth;
+use crate::body::Body;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::run::registry::Registry;
+use error::ApiError;
+
+/// The OpenAPI description of this surface, kept in the repository and served as is.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route: method, path pattern, whether it needs access control.
+pub const ROUTES: &[(&str, &str, bool)] = &[
+    ("GET", "/healthz", false),
+    ("GET", "/readyz", false),
+    ("GET", "/openapi.json", false),
+    ("GET", "/metrics", true),
+    ("GET", "/models", true),
+    ("GET", "/clis", true),
+    ("POST", "/run", true),
+    ("GET", "/sessions/{session_id}", true),
+    ("POST", "/sessions/{session_id}/stop", true),
+];
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub admission: Admission,
+    pub metrics: Arc<Metrics>,
+    /// Every run's supervising task, so shutdown can wait for them.
+    pub runs: TaskTracker,
+    /// Set once shutdown has begun (readiness fails from then on).
+    pub shutting_down: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: Arc<Config>) -> App {
+        let metrics = Arc::new(Metrics::new());
+        App {
+            admission: Admission::new(
+                config.max_concurrent,
+                config.max_queued,
+                config.queue_timeout,
+                metrics.clone(),
+            ),
+            config,
+            registry: Arc::new(Registry::default()),
+            metrics,
+            runs: TaskTracker::new(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Body::full(value.to_string()))
+        .expect("static headers are valid")
+}
+
+fn text(content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    Response::builder()
+        .header(CONTENT_TYPE, content_type)
+        .body(Body::full(body))
+        .expect("static headers are valid")
+}
+
+/// Entry point for every request.
+pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match route(&app, client, req).await {
+        Ok(response) => response,
+        Err(e) => {
+            let cause = match &e {
+                ApiError::Unauthorized | ApiError::Forbidden => "auth",
+                ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overload",
+                ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) => "not_found",
+                ApiError::Conflict(_) => "conflict",
+                _ => "bad_request",
+            };
+            app.metrics.reject(cause);
+            tracing::info!(client = %client, %method, path, status = e.status().as_u16(), error = e.kind(), "request rejected");
+            e.into_response()
+        }
+    };
+    Ok(response)
+}
+
+async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (pattern, protected) = match segments.as_slice() {
+        ["sessions", id] if !id.is_empty() => ("/sessions/{session_id}", true),
+        ["sessions", id, "stop"] if !id.is_empty() => ("/sessions/{session_id}/stop", true),
+        _ => match ROUTES.iter().find(|(_, p, _)| *p == path) {
+            Some((_, p, protected)) => (*p, *protected),
+            None => return Err(ApiError::NotFound(format!("no route for {path}"))),
+        },
+    };
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p, _)| *p == pattern)
+        .map(|(m, _, _)| *m)
+        .collect();
+    if !allowed.contains(&req.method().as_str()) {
+        return Err(ApiError::MethodNotAllowed(if allowed == ["POST"] {
+            "POST"
+        } else {
+            "GET"
+        }));
+    }
+    if protected {
+        auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
+            auth::Denied::Forbidden => ApiError::Forbidden,
+            auth::Denied::Unauthorized => ApiError::Unauthorized,
+        })?;
+    }
+    let config = &app.config;
+    Ok(match (req.method().clone(), pattern) {
+        (Method::GET, "/healthz") => text("text/plain; charset=utf-8", "ok"),
+        (Method::GET, "/readyz") => {
+            let value = health::ready(config, app.shutting_down.load(Ordering::Relaxed))
+                .await
+                .map_err(ApiError::Unavailable)?;
+            json(StatusCode::OK, &value)
+        }
+        (Method::GET, "/openapi.json") => text("application/json", OPENAPI),
+        (Method::GET, "/metrics") => text(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics.encode(),
+        ),
+        (Method::GET, "/models") => json(StatusCode::OK, &catalog::models(config)),
+        (Method::GET, "/clis") => json(StatusCode::OK, &catalog::clis(config)),
+        (Method::POST, "/run") => run::start(app, client, req).await?,
+        (Method::GET, "/sessions/{session_id}") => run::status(app, percent_decode(segments[1])?)?,
+        (Method::POST, "/sessions/{session_id}/stop") => run::stop(app, percent_decode(segments[1])?)?,
+        _ => unreachable!("every route in ROUTES is handled"),
+    })
+}
+
+/// Decodes `%XX` escapes of a path segment.
+fn percent_decode(segment: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest("session id is not UTF-8".into()))
+}

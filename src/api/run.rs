@@ -1,0 +1,200 @@
+//! `POST /run`, `GET /sessions/{id}` and `POST /sessions/{id}/stop`: read and validate the
+//! request, admit it, plan the launch, start the supervisor, and answer with its frame stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::{App, json};
+use crate::admission::Refused;
+use crate::body::Body;
+use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, StreamLabels};
+use crate::run::frame::{EndReason, Frame};
+use crate::run::plan::plan;
+use crate::run::request::RunRequest;
+use crate::run::supervisor::{Limits, supervise};
+use crate::run::{Run, RunState};
+
+/// Encoded frames buffered between a run and its client. Small on purpose: with at most
+/// 64 KiB of output per frame batch this bounds what a stalled client can make the gateway hold.
+const FRAME_BUFFER: usize = 4;
+
+/// Reads the whole body, refusing more than `limit` bytes. The content type is not checked:
+/// clients of the reference send JSON under whatever type their HTTP library picks.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+    }
+}
+
+fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+        _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
+    })
+}
+
+pub async fn start(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let config = &app.config;
+    let body = read_body(req, config.max_request_bytes).await?;
+    let spec = parse(&body)?.validate(config).map_err(ApiError::BadRequest)?;
+    drop(body);
+    let conflict = || ApiError::Conflict(format!("session '{}' is already running", spec.session_id));
+    if app.registry.get(&spec.session_id).is_some() {
+        return Err(conflict());
+    }
+    let permit = app.admission.admit().await.map_err(|refused| match refused {
+        Refused::QueueFull => ApiError::Overloaded {
+            detail: format!(
+                "{} runs are running and {} waiting",
+                config.max_concurrent, config.max_queued
+            ),
+            retry_after: 1,
+        },
+        Refused::QueueTimeout => ApiError::Overloaded {
+            detail: "no run slot became free in QUEUE_TIMEOUT_SECONDS".into(),
+            retry_after: 1,
+        },
+        Refused::ShuttingDown => ApiError::Unavailable("the gateway is shutting down".into()),
+    })?;
+    let run = Arc::new(Run::new(spec.session_id.clone(), spec.cli.clone()));
+    let registration = app.registry.insert(run.clone()).ok_or_else(conflict)?;
+    let launch = plan(&spec, config, &run.id);
+
+    let (sink, frames) = mpsc::channel(FRAME_BUFFER);
+    let mut first = BytesMut::new();
+    Frame::Session {
+        id: run.session_id.clone(),
+    }
+    .encode(&mut first);
+    sink.try_send(first.freeze()).expect("a new channel has room");
+
+    let limits = Limits {
+        timeout: config.timeout,
+        idle_timeout: config.idle_timeout,
+        output_limit: config.output_limit,
+        kill_grace: config.kill_grace,
+    };
+    let metrics = app.metrics.clone();
+    let search_path = config.search_path.clone();
+    let run_id = run.id.clone();
+    metrics
+        .runs_started
+        .get_or_create(&CliLabels { cli: spec.cli.clone() })
+        .inc();
+    metrics.active_runs.inc();
+    app.runs.spawn(async move {
+        let model = launch.model.clone();
+        let container = launch.container.is_some();
+        let outcome = supervise(&run, launch, spec.stdin, &search_path, &limits, sink).await;
+        drop(registration);
+        drop(permit);
+        let end = outcome.end;
+        let duration = run.started.elapsed();
+        metrics.active_runs.dec();
+        metrics
+            .runs_finished
+            .get_or_create(&FinishLabels {
+                cli: run.cli.clone(),
+                reason: end.reason.as_str().into(),
+            })
+            .inc();
+        metrics.exit_codes.get_or_create(&CodeLabels { code: end.code }).inc();
+        metrics
+            .run_duration
+            .get_or_create(&CliLabels { cli: run.cli.clone() })
+            .observe(duration.as_secs_f64());
+        metrics
+            .bytes
+            .get_or_create(&StreamLabels { stream: "stdout" })
+            .inc_by(outcome.stdout_bytes);
+        metrics
+            .bytes
+            .get_or_create(&StreamLabels { stream: "stderr" })
+            .inc_by(outcome.stderr_bytes);
+        if container && end.reason != EndReason::Exited && end.reason != EndReason::SpawnFailed {
+            metrics
+                .container_cleanups
+                .get_or_create(&CleanupLabels { when: "run" })
+                .inc();
+        }
+        tracing::info!(
+            run_id = %run.id,
+            session_id = %run.session_id,
+            cli = %run.cli,
+            model = model.as_deref().unwrap_or(""),
+            code = end.code,
+            reason = end.reason.as_str(),
+            duration_ms = duration_as_ms(duration),
+            stdout_bytes = outcome.stdout_bytes,
+            stderr_bytes = outcome.stderr_bytes,
+            client = %client,
+            "run finished"
+        );
+    });
+
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .header(CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .header("x-cligate-run-id", run_id)
+        .body(Body::stream(frames))
+        .expect("static headers are valid"))
+}
+
+fn duration_as_ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+pub fn stop(app: &App, session_id: String) -> Result<Response<Body>, ApiError> {
+    if !app.registry.stop(&session_id, EndReason::Stopped) {
+        return Err(ApiError::NotFound(format!("session '{session_id}' is not running")));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "session_id": session_id, "status": "stopped" }),
+    ))
+}
+
+pub fn status(app: &App, session_id: String) -> Result<Response<Body>, ApiError> {
+    let run = app
+        .registry
+        .get(&session_id)
+        .ok_or_else(|| ApiError::NotFound(format!("session '{session_id}' is not running")))?;
+    let (state, pid) = match run.state() {
+        RunState::Starting => ("starting", None),
+        RunState::Running { pid } => ("running", Some(pid)),
+        RunState::Finished(_) => ("finished", None),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "session_id": run.session_id,
+            "run_id": run.id,
+            "cli": run.cli,
+            "state": state,
+            "pid": pid,
+            "elapsed_seconds": run.started.elapsed().as_secs_f64(),
+        }),
+    ))
+}

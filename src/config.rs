@@ -1,0 +1,549 @@
+//! Settings: environment variables read once at start-up (with `envy`) into an immutable,
+//! validated [`Config`]. A bad value stops start-up with one line naming the variable.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Every variable cligate reads: name, default, meaning. `--help` and the README are made from it.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    ("CLI_LIST", "codex", "comma-separated allow-list of CLI names"),
+    (
+        "MODEL_LIST",
+        "auto",
+        "comma-separated model ids returned by GET /models",
+    ),
+    ("CODEX_DOCKER_IMAGE", "", "image for docker mode; unset = local mode"),
+    (
+        "LITELLM_BASE_URL",
+        "",
+        "docker mode: passed into the container unless the request overrides it",
+    ),
+    (
+        "LITELLM_API_KEY",
+        "",
+        "docker mode: passed into the container unless the request overrides it",
+    ),
+    (
+        "RUN_RESPONSE_TIMEOUT_SECONDS",
+        "",
+        "wall-clock limit of a run; empty or <= 0 disables it",
+    ),
+    (
+        "RUN_IDLE_TIMEOUT_SECONDS",
+        "",
+        "end a run that prints nothing for this long; empty or <= 0 disables it",
+    ),
+    (
+        "RUN_OUTPUT_LIMIT_BYTES",
+        "",
+        "end a run once it has printed this many bytes; empty or 0 disables it",
+    ),
+    ("LISTEN_ADDR", "0.0.0.0:8000", "address and port to listen on"),
+    (
+        "KILL_GRACE_SECONDS",
+        "5",
+        "time between SIGTERM and SIGKILL when a run is ended",
+    ),
+    (
+        "SHUTDOWN_GRACE_SECONDS",
+        "10",
+        "on SIGTERM/SIGINT, time running runs get to finish before they are ended",
+    ),
+    ("MAX_CONCURRENT_RUNS", "32", "runs executing at once"),
+    (
+        "MAX_QUEUED_RUNS",
+        "64",
+        "requests waiting for a run slot; more are refused with 503",
+    ),
+    (
+        "QUEUE_TIMEOUT_SECONDS",
+        "30",
+        "longest wait for a run slot before 503; 0 = no limit",
+    ),
+    (
+        "MAX_REQUEST_BYTES",
+        "16777216",
+        "largest accepted request body (413 above)",
+    ),
+    (
+        "AUTH_TOKENS",
+        "",
+        "comma-separated bearer tokens; when set (or AUTH_TOKENS_FILE), every route but health needs one",
+    ),
+    ("AUTH_TOKENS_FILE", "", "file with one bearer token per line"),
+    (
+        "ALLOWED_CLIENTS",
+        "",
+        "comma-separated client IPs/CIDRs allowed to connect; empty = everyone",
+    ),
+    ("DOCKER_BIN", "docker", "docker client used in docker mode"),
+    (
+        "DOCKER_NETWORK",
+        "",
+        "docker mode: --network for run containers (default: the engine's default)",
+    ),
+    ("DOCKER_MEMORY", "", "docker mode: --memory for run containers"),
+    ("DOCKER_CPUS", "", "docker mode: --cpus for run containers"),
+    (
+        "DOCKER_PIDS_LIMIT",
+        "1024",
+        "docker mode: --pids-limit for run containers; 0 = none",
+    ),
+    ("DOCKER_USER", "", "docker mode: --user for run containers"),
+    (
+        "DOCKER_EXTRA_ARGS",
+        "",
+        "docker mode: JSON array of further `docker run` options (operator only)",
+    ),
+    (
+        "CLIGATE_INSTANCE",
+        "cligate",
+        "label value marking this gateway's containers (cleaned at start-up)",
+    ),
+    ("LOG_FORMAT", "text", "text or json"),
+    ("RUST_LOG", "info", "log filter"),
+];
+
+/// The raw strings, exactly as found in the environment. Everything is a string here so that
+/// validation can name the variable and the value it did not like.
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    cli_list: Option<String>,
+    model_list: Option<String>,
+    codex_docker_image: Option<String>,
+    litellm_base_url: Option<String>,
+    litellm_api_key: Option<String>,
+    run_response_timeout_seconds: Option<String>,
+    run_idle_timeout_seconds: Option<String>,
+    run_output_limit_bytes: Option<String>,
+    listen_addr: Option<String>,
+    kill_grace_seconds: Option<String>,
+    shutdown_grace_seconds: Option<String>,
+    max_concurrent_runs: Option<String>,
+    max_queued_runs: Option<String>,
+    queue_timeout_seconds: Option<String>,
+    max_request_bytes: Option<String>,
+    auth_tokens: Option<String>,
+    auth_tokens_file: Option<String>,
+    allowed_clients: Option<String>,
+    docker_bin: Option<String>,
+    docker_network: Option<String>,
+    docker_memory: Option<String>,
+    docker_cpus: Option<String>,
+    docker_pids_limit: Option<String>,
+    docker_user: Option<String>,
+    docker_extra_args: Option<String>,
+    cligate_instance: Option<String>,
+    log_format: Option<String>,
+    path: Option<String>,
+}
+
+/// How runs are launched.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// The CLI runs as a child process of the gateway, found on `PATH`.
+    Local,
+    /// The CLI runs as `docker run --rm -i … IMAGE <cli> <args…>`.
+    Docker(DockerConfig),
+}
+
+/// Operator-controlled settings for docker mode. Nothing in a request can add to these.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub image: String,
+    /// The docker client; a bare name is looked up on `PATH` at start-up.
+    pub bin: PathBuf,
+    /// `docker run` options built from the DOCKER_* variables, in order.
+    pub run_options: Vec<String>,
+    /// Label value that marks this gateway's containers, so a restarted gateway finds its leftovers.
+    pub instance: String,
+}
+
+/// Who may call the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Accepted bearer tokens; empty = no token needed.
+    pub tokens: Vec<String>,
+    /// Accepted client networks; empty = every address.
+    pub allowed: Vec<IpNet>,
+}
+
+/// The validated, immutable configuration shared by every task.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Sorted, de-duplicated allow-list.
+    pub clis: Vec<String>,
+    /// Model ids in the operator's order.
+    pub models: Vec<String>,
+    pub mode: Mode,
+    pub litellm_base_url: Option<String>,
+    pub litellm_api_key: Option<String>,
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub output_limit: Option<u64>,
+    pub listen_addr: SocketAddr,
+    pub kill_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub max_concurrent: usize,
+    pub max_queued: usize,
+    pub queue_timeout: Option<Duration>,
+    pub max_request_bytes: usize,
+    pub access: Access,
+    pub log_json: bool,
+    /// Where local-mode CLIs are looked up (the gateway's own `PATH`).
+    pub search_path: OsString,
+}
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Config> {
+        Config::from_vars(std::env::vars())
+    }
+
+    /// Reads and validates the given variables (tests pass their own).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let raw: Raw = envy::from_iter(vars).map_err(|e| anyhow!("reading the environment: {e}"))?;
+        raw.validate()
+    }
+
+    pub fn docker(&self) -> Option<&DockerConfig> {
+        match &self.mode {
+            Mode::Docker(d) => Some(d),
+            Mode::Local => None,
+        }
+    }
+}
+
+/// Trims and drops blanks of a comma-separated list.
+fn list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A value that is present and not blank.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Seconds as a float; empty, unset or `<= 0` mean "off".
+fn optional_seconds(name: &str, value: &Option<String>) -> Result<Option<Duration>> {
+    let Some(text) = given(value) else {
+        return Ok(None);
+    };
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| anyhow!("{name}: '{text}' is not a number of seconds"))?;
+    if !secs.is_finite() {
+        bail!("{name}: '{text}' is not a finite number of seconds");
+    }
+    if secs <= 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| anyhow!("{name}: '{text}' is too large"))
+}
+
+fn seconds(name: &str, value: &Option<String>, default: f64) -> Result<Duration> {
+    match given(value) {
+        None => Ok(Duration::from_secs_f64(default)),
+        Some(_) => Ok(optional_seconds(name, value)?.unwrap_or(Duration::ZERO)),
+    }
+}
+
+fn number(name: &str, value: &Option<String>, default: u64) -> Result<u64> {
+    match given(value) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|_| anyhow!("{name}: '{text}' is not a whole number")),
+    }
+}
+
+/// A CLI name is a plain file name: never a path, never an option.
+fn valid_cli_name(name: &str) -> bool {
+    !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+        && name != "."
+        && name != ".."
+}
+
+impl Raw {
+    fn validate(self) -> Result<Config> {
+        let mut clis = match &self.cli_list {
+            None => vec!["codex".to_string()],
+            Some(v) => list(Some(v)),
+        };
+        if clis.is_empty() {
+            bail!("CLI_LIST: the allow-list is empty; name at least one CLI");
+        }
+        if let Some(bad) = clis.iter().find(|c| !valid_cli_name(c)) {
+            bail!("CLI_LIST: '{bad}' is not a plain program name (letters, digits, . _ - +; no paths)");
+        }
+        clis.sort();
+        clis.dedup();
+
+        let models = match &self.model_list {
+            None => vec!["auto".to_string()],
+            Some(v) => list(Some(v)),
+        };
+
+        let listen_text = given(&self.listen_addr).unwrap_or("0.0.0.0:8000");
+        let listen_addr: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| anyhow!("LISTEN_ADDR: '{listen_text}' is not an address like 0.0.0.0:8000"))?;
+
+        let output_limit = match number("RUN_OUTPUT_LIMIT_BYTES", &self.run_output_limit_bytes, 0)? {
+            0 => None,
+            n => Some(n),
+        };
+        let max_concurrent = number("MAX_CONCURRENT_RUNS", &self.max_concurrent_runs, 32)?;
+        if max_concurrent == 0 {
+            bail!("MAX_CONCURRENT_RUNS: must be at least 1");
+        }
+        let max_request_bytes = number("MAX_REQUEST_BYTES", &self.max_request_bytes, 16 << 20)?;
+        if max_request_bytes < 64 {
+            bail!("MAX_REQUEST_BYTES: {max_request_bytes} is too small to hold a request");
+        }
+
+        let access = Access {
+            tokens: self.tokens()?,
+            allowed: self.allowed_clients()?,
+        };
+
+        let log_json = match given(&self.log_format).unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => bail!("LOG_FORMAT: '{other}' is neither 'text' nor 'json'"),
+        };
+
+        let mode = match given(&self.codex_docker_image) {
+            None => Mode::Local,
+            Some(image) => Mode::Docker(self.docker(image)?),
+        };
+
+        Ok(Config {
+            clis,
+            models,
+            mode,
+            litellm_base_url: given(&self.litellm_base_url).map(String::from),
+            litellm_api_key: given(&self.litellm_api_key).map(String::from),
+            timeout: optional_seconds("RUN_RESPONSE_TIMEOUT_SECONDS", &self.run_response_timeout_seconds)?,
+            idle_timeout: optional_seconds("RUN_IDLE_TIMEOUT_SECONDS", &self.run_idle_timeout_seconds)?,
+            output_limit,
+            listen_addr,
+            kill_grace: seconds("KILL_GRACE_SECONDS", &self.kill_grace_seconds, 5.0)?,
+            shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", &self.shutdown_grace_seconds, 10.0)?,
+            max_concurrent: max_concurrent as usize,
+            max_queued: number("MAX_QUEUED_RUNS", &self.max_queued_runs, 64)? as usize,
+            queue_timeout: match given(&self.queue_timeout_seconds) {
+                None => Some(Duration::from_secs(30)),
+                Some(_) => optional_seconds("QUEUE_TIMEOUT_SECONDS", &self.queue_timeout_seconds)?,
+            },
+            max_request_bytes: max_request_bytes as usize,
+            access,
+            log_json,
+            search_path: self.path.map(OsString::from).unwrap_or_default(),
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<String>> {
+        let mut tokens = list(self.auth_tokens.as_deref());
+        if let Some(file) = given(&self.auth_tokens_file) {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("AUTH_TOKENS_FILE: cannot read '{file}'"))?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+            if tokens.is_empty() {
+                bail!("AUTH_TOKENS_FILE: '{file}' holds no token");
+            }
+        }
+        if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
+            bail!(
+                "AUTH_TOKENS: a token of {} characters is too short to be a secret (16 at least)",
+                short.len()
+            );
+        }
+        Ok(tokens)
+    }
+
+    fn allowed_clients(&self) -> Result<Vec<IpNet>> {
+        list(self.allowed_clients.as_deref())
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| anyhow!("ALLOWED_CLIENTS: '{entry}' is not an IP address or CIDR"))
+            })
+            .collect()
+    }
+
+    fn docker(&self, image: &str) -> Result<DockerConfig> {
+        let bin = given(&self.docker_bin).unwrap_or("docker");
+        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
+            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+        let instance = given(&self.cligate_instance).unwrap_or("cligate");
+        if !instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            bail!("CLIGATE_INSTANCE: '{instance}' may hold only letters, digits, '.', '_' and '-'");
+        }
+        let mut run_options = Vec::new();
+        let mut flag = |name: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                run_options.push(format!("--{name}={v}"));
+            }
+        };
+        flag("network", given(&self.docker_network));
+        flag("memory", given(&self.docker_memory));
+        flag("cpus", given(&self.docker_cpus));
+        flag("user", given(&self.docker_user));
+        let pids = number("DOCKER_PIDS_LIMIT", &self.docker_pids_limit, 1024)?;
+        if pids > 0 {
+            run_options.push(format!("--pids-limit={pids}"));
+        }
+        if let Some(extra) = given(&self.docker_extra_args) {
+            let extra: Vec<String> = serde_json::from_str(extra)
+                .map_err(|_| anyhow!("DOCKER_EXTRA_ARGS: not a JSON array of strings: {extra}"))?;
+            run_options.extend(extra);
+        }
+        Ok(DockerConfig {
+            image: image.to_string(),
+            bin,
+            run_options,
+            instance: instance.to_string(),
+        })
+    }
+}
+
+/// Finds `program` the way a shell would: a name with a `/` is taken as is, anything else is
+/// searched for as an executable file in each directory of `path`.
+pub fn resolve_program(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.clis, ["codex"]);
+        assert_eq!(c.models, ["auto"]);
+        assert!(matches!(c.mode, Mode::Local));
+        assert_eq!(c.listen_addr, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(c.timeout, None);
+    }
+
+    #[test]
+    fn lists_are_trimmed_sorted_and_deduplicated() {
+        let c = config(&[("CLI_LIST", " qwen, codex,,codex ,claude "), ("MODEL_LIST", "b, a ,,")]).unwrap();
+        assert_eq!(c.clis, ["claude", "codex", "qwen"]);
+        assert_eq!(c.models, ["b", "a"]);
+    }
+
+    #[test]
+    fn timeout_off_when_empty_or_not_positive() {
+        for v in ["", "0", "-3", "  "] {
+            assert_eq!(
+                config(&[("RUN_RESPONSE_TIMEOUT_SECONDS", v)]).unwrap().timeout,
+                None,
+                "{v:?}"
+            );
+        }
+        let c = config(&[("RUN_RESPONSE_TIMEOUT_SECONDS", "1.5")]).unwrap();
+        assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("RUN_RESPONSE_TIMEOUT_SECONDS", "soon"),
+            ("RUN_RESPONSE_TIMEOUT_SECONDS", "inf"),
+            ("RUN_IDLE_TIMEOUT_SECONDS", "x"),
+            ("LISTEN_ADDR", "localhost"),
+            ("CLI_LIST", " , "),
+            ("CLI_LIST", "/bin/sh"),
+            ("CLI_LIST", "-rf"),
+            ("MAX_CONCURRENT_RUNS", "0"),
+            ("MAX_QUEUED_RUNS", "-1"),
+            ("AUTH_TOKENS", "short"),
+            ("AUTH_TOKENS_FILE", "/nonexistent/tokens"),
+            ("ALLOWED_CLIENTS", "10.0.0.0/33"),
+            ("LOG_FORMAT", "xml"),
+            ("RUN_OUTPUT_LIMIT_BYTES", "1k"),
+        ];
+        for (name, value) in cases {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn docker_mode_needs_the_client_and_builds_options() {
+        let err = config(&[
+            ("CODEX_DOCKER_IMAGE", "img"),
+            ("DOCKER_BIN", "no-such-docker"),
+            ("PATH", "/nonexistent"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().starts_with("DOCKER_BIN"), "{err}");
+        let c = config(&[
+            ("CODEX_DOCKER_IMAGE", "img"),
+            ("DOCKER_BIN", "/bin/sh"),
+            ("DOCKER_NETWORK", "host"),
+            ("DOCKER_EXTRA_ARGS", r#"["--read-only"]"#),
+        ])
+        .unwrap();
+        let d = c.docker().unwrap();
+        assert_eq!(d.run_options, ["--network=host", "--pids-limit=1024", "--read-only"]);
+        assert!(
+            config(&[
+                ("CODEX_DOCKER_IMAGE", "i"),
+                ("DOCKER_BIN", "/bin/sh"),
+                ("DOCKER_EXTRA_ARGS", "--x")
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn allowed_clients_accept_addresses_and_networks() {
+        let c = config(&[("ALLOWED_CLIENTS", "127.0.0.1, 10.0.0.0/8,::1")]).unwrap();
+        assert_eq!(c.access.allowed.len(), 3);
+    }
+}

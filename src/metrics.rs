@@ -1,0 +1,126 @@
+//! Prometheus metrics: what the gateway is doing, for scraping at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CliLabels {
+    pub cli: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinishLabels {
+    pub cli: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CleanupLabels {
+    /// `run`: a container ended with its run; `startup`: a leftover of an earlier gateway.
+    pub when: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.5, 14))
+}
+
+/// Every metric the gateway exports. Cheap to update from any task.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub runs_started: Family<CliLabels, Counter>,
+    pub runs_finished: Family<FinishLabels, Counter>,
+    pub exit_codes: Family<CodeLabels, Counter>,
+    pub run_duration: Family<CliLabels, Histogram, fn() -> Histogram>,
+    pub bytes: Family<StreamLabels, Counter>,
+    pub active_runs: Gauge,
+    pub queued: Gauge,
+    pub rejected: Family<CauseLabels, Counter>,
+    pub container_cleanups: Family<CleanupLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cligate");
+        let m = Metrics {
+            runs_started: Family::default(),
+            runs_finished: Family::default(),
+            exit_codes: Family::default(),
+            run_duration: Family::new_with_constructor(duration_histogram),
+            bytes: Family::default(),
+            active_runs: Gauge::default(),
+            queued: Gauge::default(),
+            rejected: Family::default(),
+            container_cleanups: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("runs_started", "Runs started, by CLI", m.runs_started.clone());
+        registry.register(
+            "runs_finished",
+            "Runs finished, by CLI and end reason",
+            m.runs_finished.clone(),
+        );
+        registry.register("run_exit_codes", "Runs finished, by exit code", m.exit_codes.clone());
+        registry.register("run_duration_seconds", "Run duration, by CLI", m.run_duration.clone());
+        registry.register(
+            "output_bytes",
+            "Bytes of CLI output streamed, by stream",
+            m.bytes.clone(),
+        );
+        registry.register("active_runs", "Runs executing now", m.active_runs.clone());
+        registry.register(
+            "queued_requests",
+            "Run requests waiting for a slot now",
+            m.queued.clone(),
+        );
+        registry.register("rejected_requests", "Requests refused, by cause", m.rejected.clone());
+        registry.register(
+            "container_cleanups",
+            "Containers removed through the engine",
+            m.container_cleanups.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn reject(&self, cause: &'static str) {
+        self.rejected.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

@@ -1,0 +1,91 @@
+//! A run is a value: an id, the session it serves, a life cycle (starting → running → finished
+//! with a code and a reason) and a handle to end it. The HTTP stream is only one consumer of it,
+//! which leaves room for durable records, detached runs and re-attach.
+
+pub mod frame;
+pub mod output;
+pub mod plan;
+pub mod registry;
+pub mod request;
+pub mod supervisor;
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use frame::EndReason;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub code: i32,
+    pub reason: EndReason,
+}
+
+/// Where a run is in its life cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Starting,
+    Running { pid: u32 },
+    Finished(End),
+}
+
+/// One run of a CLI.
+#[derive(Debug)]
+pub struct Run {
+    /// Unique per run; names the container and tags every log line of the run.
+    pub id: String,
+    /// The client's name for the run (unique among running runs).
+    pub session_id: String,
+    pub cli: String,
+    pub started: Instant,
+    state: watch::Sender<RunState>,
+    /// Cancelled when someone asks the run to end early (stop, shutdown).
+    stop: CancellationToken,
+    /// Why the run was asked to end; the first request wins.
+    stop_reason: OnceLock<EndReason>,
+}
+
+impl Run {
+    pub fn new(session_id: String, cli: String) -> Run {
+        Run {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            session_id,
+            cli,
+            started: Instant::now(),
+            state: watch::Sender::new(RunState::Starting),
+            stop: CancellationToken::new(),
+            stop_reason: OnceLock::new(),
+        }
+    }
+
+    /// Asks the run to end; returns false when it had already been asked or has finished.
+    pub fn request_stop(&self, reason: EndReason) -> bool {
+        if matches!(self.state(), RunState::Finished(_)) || self.stop_reason.set(reason).is_err() {
+            return false;
+        }
+        self.stop.cancel();
+        true
+    }
+
+    /// Resolves with the reason once the run has been asked to end.
+    pub async fn stop_requested(&self) -> EndReason {
+        self.stop.cancelled().await;
+        *self.stop_reason.get().expect("reason is set before cancelling")
+    }
+
+    pub fn state(&self) -> RunState {
+        self.state.borrow().clone()
+    }
+
+    pub fn set_state(&self, state: RunState) {
+        self.state.send_replace(state);
+    }
+
+    /// Follows the life cycle (e.g. to wait for the end).
+    pub fn subscribe(&self) -> watch::Receiver<RunState> {
+        self.state.subscribe()
+    }
+}

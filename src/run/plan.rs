@@ -1,0 +1,349 @@
+//! Pure planning: a validated [`RunSpec`] plus the [`Config`] become a [`Launch`] — the exact
+//! program, argv and environment to start. Every rule of the contract about argv and env lives
+//! here, where it is unit-tested without spawning anything.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::request::RunSpec;
+use crate::config::{Config, DockerConfig, Mode};
+
+/// Gateway settings a launched process must not inherit: they are the gateway's own secrets.
+pub const GATEWAY_SECRETS: &[&str] = &["AUTH_TOKENS", "AUTH_TOKENS_FILE"];
+
+/// Labels put on every container, so the gateway can find its own again after a crash.
+pub const LABEL_INSTANCE: &str = "cligate.instance";
+pub const LABEL_SESSION: &str = "cligate.session";
+pub const LABEL_RUN: &str = "cligate.run";
+
+/// What to start, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// A bare name (looked up on the gateway's `PATH` when spawning) or a path.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Set on the launched process over the gateway's environment. In docker mode these are
+    /// the container's variables: the argv names them (`-e KEY`) and the `docker` client reads
+    /// their values from its own environment, so no value is ever on a command line.
+    pub env: BTreeMap<String, String>,
+    /// The container that runs the CLI (docker mode), to be ended through the engine.
+    pub container: Option<String>,
+    /// The model the run uses, when known (for logs and metrics).
+    pub model: Option<String>,
+}
+
+/// The model named by `--model X`, `-m X` or `--model=X` (the first of them).
+pub fn model_from_args(args: &[String]) -> Option<&str> {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--model" || arg == "-m" {
+            return it.next().map(String::as_str);
+        }
+        if let Some(model) = arg.strip_prefix("--model=") {
+            return Some(model);
+        }
+    }
+    None
+}
+
+/// `args` without any model flag or its value.
+fn strip_model_flags(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--model" || arg == "-m" {
+            it.next();
+        } else if !arg.starts_with("--model=") {
+            out.push(arg.clone());
+        }
+    }
+    out
+}
+
+/// `auto` (any case) means the first configured model that is not `auto`; `None` when there is
+/// no such model.
+fn resolve_auto<'a>(model: &'a str, models: &'a [String]) -> Option<&'a str> {
+    if model.eq_ignore_ascii_case("auto") {
+        models
+            .iter()
+            .map(String::as_str)
+            .find(|m| !m.eq_ignore_ascii_case("auto"))
+    } else {
+        Some(model)
+    }
+}
+
+/// Builds the launch for `spec`. `run_id` names the container.
+pub fn plan(spec: &RunSpec, config: &Config, run_id: &str) -> Launch {
+    match &config.mode {
+        Mode::Local => Launch {
+            program: PathBuf::from(&spec.cli),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            container: None,
+            model: model_from_args(&spec.args).map(String::from),
+        },
+        Mode::Docker(docker) => plan_docker(spec, config, docker, run_id),
+    }
+}
+
+fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &str) -> Launch {
+    let mut env = BTreeMap::new();
+    if let Some(url) = &config.litellm_base_url {
+        env.insert("LITELLM_BASE_URL".to_string(), url.clone());
+    }
+    if let Some(key) = &config.litellm_api_key {
+        env.insert("LITELLM_API_KEY".to_string(), key.clone());
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.insert("CLI_PROVIDER_NAME".to_string(), spec.cli.clone());
+    let requested = spec
+        .env
+        .get("LITELLM_MODEL")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty())
+        .or_else(|| model_from_args(&spec.args));
+    let model = requested
+        .and_then(|m| resolve_auto(m, &config.models))
+        .map(String::from);
+    match &model {
+        Some(m) => env.insert("LITELLM_MODEL".to_string(), m.clone()),
+        None => env.remove("LITELLM_MODEL"),
+    };
+
+    let container = format!("cligate-{run_id}");
+    let mut args: Vec<String> = ["run", "--rm", "-i", "--init", "--name"].map(String::from).into();
+    args.push(container.clone());
+    for (label, value) in [
+        (LABEL_INSTANCE, docker.instance.as_str()),
+        (LABEL_SESSION, spec.session_id.as_str()),
+        (LABEL_RUN, run_id),
+    ] {
+        args.push("--label".into());
+        args.push(format!("{label}={value}"));
+    }
+    args.extend(["--security-opt", "no-new-privileges"].map(String::from));
+    args.extend(docker.run_options.iter().cloned());
+    for key in env.keys() {
+        args.push("-e".into());
+        args.push(key.clone());
+    }
+    args.push(docker.image.clone());
+    args.push(spec.cli.clone());
+    if spec.cli == "opencode" {
+        args.extend(strip_model_flags(&spec.args));
+    } else {
+        args.extend(spec.args.iter().cloned());
+    }
+
+    Launch {
+        program: docker.bin.clone(),
+        args,
+        env,
+        container: Some(container),
+        model,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut vars: Vec<(String, String)> = vec![
+            ("CLI_LIST".into(), "codex,opencode,claude".into()),
+            ("CODEX_DOCKER_IMAGE".into(), "cli-image:1".into()),
+            ("DOCKER_BIN".into(), "/bin/sh".into()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_vars(vars).unwrap()
+    }
+
+    fn spec(cli: &str, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
+        RunSpec {
+            cli: cli.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdin: String::new(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            session_id: "s-1".into(),
+        }
+    }
+
+    fn env_of(l: &Launch) -> Vec<(&str, &str)> {
+        l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn model_inference_takes_the_first_flag_of_any_form() {
+        assert_eq!(model_from_args(&strings(&["--model", "a", "-m", "b"])), Some("a"));
+        assert_eq!(model_from_args(&strings(&["x", "-m", "b", "--model=c"])), Some("b"));
+        assert_eq!(model_from_args(&strings(&["--model=c", "--model", "d"])), Some("c"));
+        assert_eq!(model_from_args(&strings(&["--model"])), None);
+        assert_eq!(model_from_args(&strings(&["--models", "x", "-mx"])), None);
+    }
+
+    #[test]
+    fn local_mode_runs_the_cli_with_args_verbatim() {
+        let c = Config::from_vars([("CLI_LIST".to_string(), "codex".to_string())]).unwrap();
+        let l = plan(
+            &spec("codex", &["--model", "m", "a b", "$(x)"], &[("K", "V")]),
+            &c,
+            "r1",
+        );
+        assert_eq!(l.program, PathBuf::from("codex"));
+        assert_eq!(l.args, strings(&["--model", "m", "a b", "$(x)"]));
+        assert_eq!(env_of(&l), [("K", "V")]);
+        assert_eq!(l.container, None);
+        assert_eq!(l.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn docker_argv_is_run_rm_interactive_named_labelled_with_env_names_only() {
+        let c = config(&[("LITELLM_BASE_URL", "http://llm"), ("LITELLM_API_KEY", "sk-secret")]);
+        let l = plan(
+            &spec("codex", &["--model", "gpt-4", "exec"], &[("EXTRA", "v")]),
+            &c,
+            "r1",
+        );
+        assert_eq!(l.program, PathBuf::from("/bin/sh"));
+        assert_eq!(
+            l.args,
+            strings(&[
+                "run",
+                "--rm",
+                "-i",
+                "--init",
+                "--name",
+                "cligate-r1",
+                "--label",
+                "cligate.instance=cligate",
+                "--label",
+                "cligate.session=s-1",
+                "--label",
+                "cligate.run=r1",
+                "--security-opt",
+                "no-new-privileges",
+                "--pids-limit=1024",
+                "-e",
+                "CLI_PROVIDER_NAME",
+                "-e",
+                "EXTRA",
+                "-e",
+                "LITELLM_API_KEY",
+                "-e",
+                "LITELLM_BASE_URL",
+                "-e",
+                "LITELLM_MODEL",
+                "cli-image:1",
+                "codex",
+                "--model",
+                "gpt-4",
+                "exec",
+            ])
+        );
+        assert!(
+            !l.args
+                .iter()
+                .any(|a| a.contains("sk-secret") || a.contains("http://llm"))
+        );
+        assert_eq!(
+            env_of(&l),
+            [
+                ("CLI_PROVIDER_NAME", "codex"),
+                ("EXTRA", "v"),
+                ("LITELLM_API_KEY", "sk-secret"),
+                ("LITELLM_BASE_URL", "http://llm"),
+                ("LITELLM_MODEL", "gpt-4"),
+            ]
+        );
+        assert_eq!(l.container.as_deref(), Some("cligate-r1"));
+    }
+
+    #[test]
+    fn request_env_overrides_litellm_defaults_but_not_the_provider_name() {
+        let c = config(&[("LITELLM_BASE_URL", "http://default"), ("LITELLM_API_KEY", "k0")]);
+        let l = plan(
+            &spec(
+                "claude",
+                &[],
+                &[("LITELLM_BASE_URL", "http://mine"), ("CLI_PROVIDER_NAME", "evil")],
+            ),
+            &c,
+            "r",
+        );
+        assert_eq!(l.env["LITELLM_BASE_URL"], "http://mine");
+        assert_eq!(l.env["LITELLM_API_KEY"], "k0");
+        assert_eq!(l.env["CLI_PROVIDER_NAME"], "claude");
+    }
+
+    #[test]
+    fn model_comes_from_request_env_then_args() {
+        let c = config(&[]);
+        let l = plan(
+            &spec("codex", &["-m", "from-args"], &[("LITELLM_MODEL", "from-env")]),
+            &c,
+            "r",
+        );
+        assert_eq!(l.env["LITELLM_MODEL"], "from-env");
+        let l = plan(&spec("codex", &["--model=eq"], &[]), &c, "r");
+        assert_eq!(l.env["LITELLM_MODEL"], "eq");
+        let l = plan(&spec("codex", &["exec"], &[]), &c, "r");
+        assert!(!l.env.contains_key("LITELLM_MODEL"));
+        assert!(!l.args.contains(&"LITELLM_MODEL".to_string()));
+    }
+
+    #[test]
+    fn auto_resolves_to_the_first_real_model_or_is_left_out() {
+        let c = config(&[("MODEL_LIST", "AUTO, gpt-4o, o3")]);
+        let l = plan(&spec("codex", &["--model", "Auto"], &[]), &c, "r");
+        assert_eq!(l.env["LITELLM_MODEL"], "gpt-4o");
+        assert_eq!(l.model.as_deref(), Some("gpt-4o"));
+        let l = plan(&spec("codex", &[], &[("LITELLM_MODEL", "auto")]), &c, "r");
+        assert_eq!(l.env["LITELLM_MODEL"], "gpt-4o");
+
+        let c = config(&[("MODEL_LIST", "auto")]);
+        let l = plan(
+            &spec("codex", &["--model", "auto"], &[("LITELLM_MODEL", "auto")]),
+            &c,
+            "r",
+        );
+        assert!(!l.env.contains_key("LITELLM_MODEL"));
+        assert!(!l.args.contains(&"LITELLM_MODEL".to_string()));
+        // The args themselves are untouched for CLIs other than opencode.
+        assert!(l.args.ends_with(&strings(&["codex", "--model", "auto"])));
+    }
+
+    #[test]
+    fn opencode_loses_its_model_flags_but_keeps_the_model() {
+        let c = config(&[]);
+        let l = plan(
+            &spec(
+                "opencode",
+                &["run", "--model", "a", "-m", "b", "--model=c", "x", "--model"],
+                &[],
+            ),
+            &c,
+            "r",
+        );
+        assert!(l.args.ends_with(&strings(&["cli-image:1", "opencode", "run", "x"])));
+        assert_eq!(l.env["LITELLM_MODEL"], "a");
+    }
+
+    #[test]
+    fn operator_options_come_before_the_image_and_request_cannot_add_any() {
+        let c = config(&[("DOCKER_NETWORK", "llm-net"), ("DOCKER_MEMORY", "2g")]);
+        let l = plan(&spec("codex", &["--privileged", "-v", "/:/host"], &[]), &c, "r");
+        let image = l.args.iter().position(|a| a == "cli-image:1").unwrap();
+        assert!(l.args[..image].contains(&"--network=llm-net".to_string()));
+        assert!(l.args[..image].contains(&"--memory=2g".to_string()));
+        assert!(!l.args[..image].iter().any(|a| a == "--privileged" || a == "-v"));
+        assert_eq!(
+            l.args[image + 1..],
+            strings(&["codex", "--privileged", "-v", "/:/host"])
+        );
+    }
+}

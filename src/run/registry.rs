@@ -1,0 +1,109 @@
+//! The running runs, by session id: refuses a second run of a running session, finds a run to
+//! stop, and lets shutdown end them all. An in-memory map today; the run store later.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::frame::EndReason;
+use super::{Run, RunState};
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Never held across an `.await`.
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+/// Keeps a run registered; dropping it (when the run ends) removes the entry.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    run: Arc<Run>,
+}
+
+impl Registry {
+    /// Registers `run` unless its session is already running.
+    pub fn insert(self: &Arc<Self>, run: Arc<Run>) -> Option<Registration> {
+        let mut runs = self.runs.lock().expect("registry lock");
+        if runs.contains_key(&run.session_id) {
+            return None;
+        }
+        runs.insert(run.session_id.clone(), run.clone());
+        Some(Registration {
+            registry: self.clone(),
+            run,
+        })
+    }
+
+    pub fn get(&self, session_id: &str) -> Option<Arc<Run>> {
+        self.runs.lock().expect("registry lock").get(session_id).cloned()
+    }
+
+    /// Asks the session's run to end; false when no such run is running.
+    pub fn stop(&self, session_id: &str, reason: EndReason) -> bool {
+        self.get(session_id).is_some_and(|run| {
+            run.request_stop(reason);
+            !matches!(run.state(), RunState::Finished(_))
+        })
+    }
+
+    /// Asks every run to end.
+    pub fn stop_all(&self, reason: EndReason) {
+        let runs: Vec<_> = self.runs.lock().expect("registry lock").values().cloned().collect();
+        for run in runs {
+            run.request_stop(reason);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.lock().expect("registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut runs = self.registry.runs.lock().expect("registry lock");
+        if runs
+            .get(&self.run.session_id)
+            .is_some_and(|r| Arc::ptr_eq(r, &self.run))
+        {
+            runs.remove(&self.run.session_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::End;
+
+    #[test]
+    fn a_session_runs_once_at_a_time() {
+        let reg = Arc::new(Registry::default());
+        let a = Arc::new(Run::new("s".into(), "codex".into()));
+        let entry = reg.insert(a.clone()).unwrap();
+        assert!(reg.insert(Arc::new(Run::new("s".into(), "codex".into()))).is_none());
+        assert!(reg.stop("s", EndReason::Stopped));
+        assert!(
+            reg.stop("s", EndReason::Shutdown),
+            "still running: a second stop is accepted"
+        );
+        drop(entry);
+        assert!(reg.is_empty());
+        assert!(!reg.stop("s", EndReason::Stopped));
+        assert!(reg.insert(Arc::new(Run::new("s".into(), "codex".into()))).is_some());
+    }
+
+    #[test]
+    fn a_finished_run_cannot_be_stopped() {
+        let run = Run::new("s".into(), "c".into());
+        run.set_state(RunState::Finished(End {
+            code: 0,
+            reason: EndReason::Exited,
+        }));
+        assert!(!run.request_stop(EndReason::Stopped));
+    }
+}

@@ -1,0 +1,458 @@
+//! Drives one launch to its end. The child gets its own process group; stdin is written while
+//! stdout and stderr are read, so no pipe can deadlock; the child is raced against the deadline,
+//! the idle timer, the output cap, a stop request and the client going away; whatever ends the
+//! run, the whole process tree (and in docker mode the container, through the engine) is ended
+//! and reaped before the exit frame is sent.
+
+use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{EndReason, Frame, Stream};
+use super::output::LineFramer;
+use super::plan::{GATEWAY_SECRETS, Launch};
+use super::{End, Run, RunState};
+use crate::config::resolve_program;
+use crate::docker;
+
+/// Bytes read from a pipe at once.
+const READ_BUF: usize = 32 * 1024;
+/// How long an unfinished line is held for the rest of it before it is sent anyway.
+const PARTIAL_FLUSH: Duration = Duration::from_millis(40);
+/// How long pipes may stay open after the run's process group is gone (a process that left
+/// the group can hold them forever).
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+/// Longest wait for the pipes after the run's process group is gone.
+const DRAIN_MAX: Duration = Duration::from_secs(30);
+
+/// Where a run's encoded frames go. Bounded: a slow client makes sends wait, which stops the
+/// pipes being read, which pauses the child.
+pub type FrameSink = mpsc::Sender<Bytes>;
+
+/// The limits a run is held to.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub output_limit: Option<u64>,
+    pub kill_grace: Duration,
+}
+
+/// What the run did, for logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub end: End,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+/// Byte counters and the output clock, shared by the two pumps and the supervisor.
+#[derive(Debug)]
+struct Meter {
+    start: Instant,
+    stdout: AtomicU64,
+    stderr: AtomicU64,
+    /// Milliseconds since `start` of the last output.
+    last_output_ms: AtomicU64,
+    limit: Option<u64>,
+    /// Cancelled when the output cap is reached.
+    limit_hit: CancellationToken,
+}
+
+impl Meter {
+    /// Counts `n` bytes of `stream` and returns how many of them are within the cap.
+    fn take(&self, stream: Stream, n: usize) -> usize {
+        self.last_output_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let counter = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        };
+        let Some(limit) = self.limit else {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            return n;
+        };
+        let before = self.stdout.load(Ordering::Relaxed) + self.stderr.load(Ordering::Relaxed);
+        let allowed = limit.saturating_sub(before).min(n as u64);
+        counter.fetch_add(allowed, Ordering::Relaxed);
+        if allowed < n as u64 {
+            self.limit_hit.cancel();
+        }
+        allowed as usize
+    }
+
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_output_ms.load(Ordering::Relaxed));
+            let due = self.start + last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// The run's process group. Dropping it while armed kills the group: whatever happens to the
+/// supervising task (a panic, the runtime going down), nothing of the run is left running.
+struct ProcessGroup {
+    pgid: Pid,
+    armed: bool,
+}
+
+impl ProcessGroup {
+    fn signal(&self, signal: Signal) {
+        // ESRCH (the group is already empty) is the normal case at the end of a run.
+        let _ = killpg(self.pgid, signal);
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if self.armed {
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// The run's container. Dropping it while armed removes it through the engine.
+struct Container {
+    docker: PathBuf,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.armed {
+            let (docker, name) = (self.docker.clone(), std::mem::take(&mut self.name));
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { docker::remove(&docker, &name).await });
+            }
+        }
+    }
+}
+
+/// Runs `launch` to its end, sending its frames (not the session frame, which the caller sends,
+/// but the final exit frame included) to `sink`.
+pub async fn supervise(
+    run: &Run,
+    launch: Launch,
+    stdin: String,
+    search_path: &OsStr,
+    limits: &Limits,
+    sink: FrameSink,
+) -> Outcome {
+    let meter = Arc::new(Meter {
+        start: Instant::now(),
+        stdout: AtomicU64::new(0),
+        stderr: AtomicU64::new(0),
+        last_output_ms: AtomicU64::new(0),
+        limit: limits.output_limit,
+        limit_hit: CancellationToken::new(),
+    });
+    let end = match spawn(&launch, search_path) {
+        Ok(child) => drive(run, &launch, child, stdin, limits, &meter, &sink).await,
+        Err((code, message)) => {
+            send_text(&sink, Stream::Stderr, &message).await;
+            End {
+                code,
+                reason: EndReason::SpawnFailed,
+            }
+        }
+    };
+    run.set_state(RunState::Finished(end));
+    send_frame(
+        &sink,
+        &Frame::Exit {
+            code: end.code,
+            reason: end.reason,
+        },
+    )
+    .await;
+    Outcome {
+        end,
+        stdout_bytes: meter.stdout.load(Ordering::Relaxed),
+        stderr_bytes: meter.stderr.load(Ordering::Relaxed),
+    }
+}
+
+/// Starts the process in a new process group, or says why it could not be started.
+fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
+    let shown = launch.program.display();
+    let program = launch
+        .program
+        .to_str()
+        .and_then(|p| resolve_program(p, search_path))
+        .ok_or_else(|| (127, format!("cligate: '{shown}' was not found on PATH\n")))?;
+    let mut cmd = Command::new(&program);
+    cmd.args(&launch.args)
+        .envs(&launch.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for key in GATEWAY_SECRETS {
+        cmd.env_remove(key);
+    }
+    cmd.spawn().map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => 127,
+            std::io::ErrorKind::PermissionDenied => 126,
+            _ => 1,
+        };
+        (code, format!("cligate: cannot start '{shown}': {e}\n"))
+    })
+}
+
+async fn drive(
+    run: &Run,
+    launch: &Launch,
+    mut child: Child,
+    stdin: String,
+    limits: &Limits,
+    meter: &Arc<Meter>,
+    sink: &FrameSink,
+) -> End {
+    let pid = child.id().expect("a child that was just spawned has a pid");
+    let mut group = ProcessGroup {
+        pgid: Pid::from_raw(pid as i32),
+        armed: true,
+    };
+    let mut container = launch.container.as_ref().map(|name| Container {
+        docker: launch.program.clone(),
+        name: name.clone(),
+        armed: true,
+    });
+    run.set_state(RunState::Running { pid });
+
+    // Written concurrently with reading: a child that echoes its input cannot deadlock, and one
+    // that never reads it (a closed pipe) is not an error.
+    let mut stdin_pipe = child.stdin.take().expect("stdin is piped");
+    let writer = tokio::spawn(async move {
+        let _ = stdin_pipe.write_all(stdin.as_bytes()).await;
+        let _ = stdin_pipe.shutdown().await;
+    });
+    let ended = CancellationToken::new();
+    let pumps = [
+        tokio::spawn(pump(
+            child.stdout.take().expect("stdout is piped"),
+            Stream::Stdout,
+            sink.clone(),
+            meter.clone(),
+            ended.clone(),
+        )),
+        tokio::spawn(pump(
+            child.stderr.take().expect("stderr is piped"),
+            Stream::Stderr,
+            sink.clone(),
+            meter.clone(),
+            ended.clone(),
+        )),
+    ];
+
+    let deadline = limits.timeout.map(|t| tokio::time::Instant::from_std(meter.start + t));
+    let mut exited: Option<ExitStatus> = None;
+    let reason = tokio::select! {
+        status = child.wait() => {
+            exited = status.ok();
+            EndReason::Exited
+        }
+        reason = run.stop_requested() => reason,
+        _ = sink.closed() => EndReason::Disconnected,
+        _ = sleep_until(deadline) => EndReason::Timeout,
+        _ = idle(meter, limits.idle_timeout) => EndReason::IdleTimeout,
+        _ = meter.limit_hit.cancelled() => EndReason::OutputLimit,
+    };
+
+    let status = match exited {
+        Some(status) => status,
+        None => terminate(&mut child, &group, container.as_ref(), limits.kill_grace).await,
+    };
+    // Anything still in the group is a leftover of this run.
+    group.signal(Signal::SIGKILL);
+    group.armed = false;
+    if let Some(c) = container.as_mut() {
+        if reason != EndReason::Exited {
+            // The client may have died between creating and starting the container.
+            docker::remove(&c.docker, &c.name).await;
+        }
+        c.armed = false;
+    }
+    writer.abort();
+    ended.cancel();
+    drain(pumps).await;
+
+    let code = match reason {
+        EndReason::Timeout | EndReason::IdleTimeout => 124,
+        _ => exit_code(status),
+    };
+    if let Some(text) = final_message(reason, limits) {
+        send_text(sink, Stream::Stderr, &text).await;
+    }
+    End { code, reason }
+}
+
+/// Ends the run's process tree: SIGTERM, the grace period, then SIGKILL. In docker mode the
+/// signals go to the container through the engine; killing only the `docker` client would leave
+/// the container running.
+async fn terminate(
+    child: &mut Child,
+    group: &ProcessGroup,
+    container: Option<&Container>,
+    grace: Duration,
+) -> ExitStatus {
+    match container {
+        Some(c) => {
+            if let Err(e) = docker::kill(&c.docker, &c.name, "TERM").await {
+                tracing::debug!(container = %c.name, error = %e, "docker kill");
+            }
+        }
+        None => group.signal(Signal::SIGTERM),
+    }
+    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+        return status;
+    }
+    if let Some(c) = container {
+        docker::remove(&c.docker, &c.name).await;
+    }
+    group.signal(Signal::SIGKILL);
+    match child.wait().await {
+        Ok(status) => status,
+        Err(_) => ExitStatus::from_raw(Signal::SIGKILL as i32),
+    }
+}
+
+/// Waits for both pumps to deliver what the pipes still hold. A slow client is waited for; a
+/// process that escaped the group and keeps writing is not, past [`DRAIN_MAX`].
+async fn drain(pumps: [JoinHandle<()>; 2]) {
+    let [out, err] = pumps;
+    let (abort_out, abort_err) = (out.abort_handle(), err.abort_handle());
+    if tokio::time::timeout(DRAIN_MAX, async {
+        let _ = out.await;
+        let _ = err.await;
+    })
+    .await
+    .is_err()
+    {
+        abort_out.abort();
+        abort_err.abort();
+    }
+}
+
+/// `128 + N` for a signal, the exit code otherwise.
+fn exit_code(status: ExitStatus) -> i32 {
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)
+}
+
+fn final_message(reason: EndReason, limits: &Limits) -> Option<String> {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64()).unwrap_or_default();
+    match reason {
+        EndReason::Timeout => Some(format!(
+            "Request timed out while waiting for CLI response ({}s).",
+            secs(limits.timeout)
+        )),
+        EndReason::IdleTimeout => Some(format!(
+            "Run ended: no output for {}s (RUN_IDLE_TIMEOUT_SECONDS).",
+            secs(limits.idle_timeout)
+        )),
+        EndReason::OutputLimit => Some(format!(
+            "Run ended: output reached the limit of {} bytes (RUN_OUTPUT_LIMIT_BYTES).",
+            limits.output_limit.unwrap_or_default()
+        )),
+        EndReason::Shutdown => Some("Run ended: the gateway is shutting down.".to_string()),
+        _ => None,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn idle(meter: &Meter, idle: Option<Duration>) {
+    match idle {
+        Some(d) => meter.idle(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies one pipe into frames until it closes, the client goes away or the cap is reached.
+/// Once `ended` is cancelled (the run's process group is gone) a pipe that stays silent for
+/// [`PIPE_DRAIN`] is given up: only a process that escaped the group can still be holding it.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    sink: FrameSink,
+    meter: Arc<Meter>,
+    ended: CancellationToken,
+) {
+    let mut framer = LineFramer::new(stream);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut out = BytesMut::new();
+    loop {
+        let partial = framer.has_partial();
+        let read = tokio::select! {
+            biased;
+            read = pipe.read(&mut buf) => read,
+            _ = tokio::time::sleep(PARTIAL_FLUSH), if partial => {
+                framer.flush_partial(&mut out);
+                if !flush(&sink, &mut out).await {
+                    return;
+                }
+                continue;
+            }
+            _ = async { ended.cancelled().await; tokio::time::sleep(PIPE_DRAIN).await } => break,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let allowed = meter.take(stream, n);
+        framer.push(&buf[..allowed], &mut out);
+        if allowed < n {
+            break;
+        }
+        if !flush(&sink, &mut out).await {
+            return;
+        }
+    }
+    framer.finish(&mut out);
+    flush(&sink, &mut out).await;
+}
+
+/// Sends what `out` holds; false when the client is gone.
+async fn flush(sink: &FrameSink, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    sink.send(out.split().freeze()).await.is_ok()
+}
+
+async fn send_text(sink: &FrameSink, stream: Stream, text: &str) {
+    let mut out = BytesMut::new();
+    super::frame::encode_output(stream, text, &mut out);
+    let _ = sink.send(out.freeze()).await;
+}
+
+async fn send_frame(sink: &FrameSink, frame: &Frame) {
+    let mut out = BytesMut::new();
+    frame.encode(&mut out);
+    let _ = sink.send(out.freeze()).await;
+}
