@@ -47,10 +47,16 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
 }
 
 fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
+    let shape = |e: serde_json::Error| match e.classify() {
         serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
         _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
-    })
+    };
+    // serde would also accept a struct written as an array; the contract's body is an object.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(shape)?;
+        return Err(ApiError::Unprocessable("body must be a JSON object".into()));
+    }
+    serde_json::from_slice(body).map_err(shape)
 }
 
 pub async fn start(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

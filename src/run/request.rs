@@ -87,7 +87,7 @@ fn refused(key: &str, mode: &Mode) -> bool {
 impl RunRequest {
     /// Checks the request against the configuration. The error is a message for the client.
     pub fn validate(self, config: &Config) -> Result<RunSpec, String> {
-        if !config.clis.iter().any(|c| *c == self.cli) {
+        if !config.clis.contains(&self.cli) {
             return Err(format!(
                 "cli '{}' is not allowed; allowed: {}",
                 self.cli.escape_debug(),

@@ -61,7 +61,12 @@ impl Gateway {
         let task = tokio::spawn(cligate::server::run(listener, app.clone(), async {
             let _ = rx.await;
         }));
-        Ok(Gateway { addr, app, shutdown: Some(tx), task: Some(task) })
+        Ok(Gateway {
+            addr,
+            app,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
     }
 
     /// Starts a graceful shutdown and returns the server task to await.
@@ -88,7 +93,10 @@ impl Gateway {
     /// Starts a run and reads it to its end.
     pub async fn run_to_end(&self, body: Value) -> Frames {
         let mut stream = self.run(body).await;
-        assert_eq!(stream.status, StatusCode::OK, "run refused: {:?}", stream.error_body().await);
+        if stream.status != StatusCode::OK {
+            let status = stream.status;
+            panic!("run refused with {status}: {}", stream.error_body().await);
+        }
         stream.collect().await
     }
 }
@@ -116,17 +124,27 @@ impl Reply {
 
     /// Asserts the gateway's error shape and status.
     pub fn assert_error(&self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "body: {:?}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
         let body = self.json();
         assert_eq!(body["code"], status, "{body}");
-        assert!(body["error"].is_string() && body["message"].is_string() && body["detail"].is_string(), "{body}");
+        assert!(
+            body["error"].is_string() && body["message"].is_string() && body["detail"].is_string(),
+            "{body}"
+        );
         body
     }
 }
 
 async fn connect(addr: SocketAddr) -> (hyper::client::conn::http1::SendRequest<Full<Bytes>>, JoinHandle<()>) {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -134,7 +152,10 @@ async fn connect(addr: SocketAddr) -> (hyper::client::conn::http1::SendRequest<F
 }
 
 fn build(method: &str, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::builder().method(method).uri(path).header("host", "cligate.test");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "cligate.test");
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
@@ -153,11 +174,18 @@ pub async fn request(
     headers: &[(&str, &str)],
 ) -> Reply {
     let (mut sender, task) = connect(addr).await;
-    let response = sender.send_request(build(method, path, body, headers)).await.expect("response");
+    let response = sender
+        .send_request(build(method, path, body, headers))
+        .await
+        .expect("response");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
     task.abort();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// An open `POST /run` response, read frame by frame. Dropping it closes the connection.
@@ -172,9 +200,18 @@ pub struct RunStream {
 impl RunStream {
     pub async fn open(addr: SocketAddr, body: Vec<u8>, headers: &[(&str, &str)]) -> RunStream {
         let (mut sender, conn) = connect(addr).await;
-        let response = sender.send_request(build("POST", "/run", Some(body), headers)).await.expect("response");
+        let response = sender
+            .send_request(build("POST", "/run", Some(body), headers))
+            .await
+            .expect("response");
         let (parts, body) = response.into_parts();
-        RunStream { status: parts.status, headers: parts.headers, body, buf: Vec::new(), conn }
+        RunStream {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            buf: Vec::new(),
+            conn,
+        }
     }
 
     /// The rest of the body as text (for refused runs).
@@ -193,9 +230,10 @@ impl RunStream {
         loop {
             if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return Some(serde_json::from_slice(&line).unwrap_or_else(|e| {
-                    panic!("frame is not JSON ({e}): {:?}", String::from_utf8_lossy(&line))
-                }));
+                return Some(
+                    serde_json::from_slice(&line)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {:?}", String::from_utf8_lossy(&line))),
+                );
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -220,7 +258,10 @@ impl RunStream {
     /// Reads frames until one of type `kind` arrives, returning it.
     pub async fn until(&mut self, kind: &str) -> Value {
         loop {
-            let frame = self.next().await.unwrap_or_else(|| panic!("stream ended before a {kind} frame"));
+            let frame = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before a {kind} frame"));
             if frame["type"] == kind {
                 return frame;
             }
@@ -231,7 +272,10 @@ impl RunStream {
     pub async fn stdout_until(&mut self, needle: &str) -> String {
         let mut text = String::new();
         while !text.contains(needle) {
-            let frame = self.next().await.unwrap_or_else(|| panic!("ended before {needle:?}; got {text:?}"));
+            let frame = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("ended before {needle:?}; got {text:?}"));
             if frame["type"] == "stdout" {
                 text.push_str(frame["data"].as_str().unwrap());
             }
@@ -266,7 +310,11 @@ pub struct Frames(pub Vec<Value>);
 
 impl Frames {
     pub fn text(&self, kind: &str) -> String {
-        self.0.iter().filter(|f| f["type"] == kind).map(|f| f["data"].as_str().unwrap()).collect()
+        self.0
+            .iter()
+            .filter(|f| f["type"] == kind)
+            .map(|f| f["data"].as_str().unwrap())
+            .collect()
     }
 
     pub fn stdout(&self) -> String {
@@ -285,7 +333,10 @@ impl Frames {
         let last = frames.last().unwrap();
         assert_eq!(last["type"], "exit", "{frames:?}");
         assert_eq!(frames.iter().filter(|f| f["type"] == "exit").count(), 1, "{frames:?}");
-        (last["code"].as_i64().unwrap(), last["reason"].as_str().unwrap().to_string())
+        (
+            last["code"].as_i64().unwrap(),
+            last["reason"].as_str().unwrap().to_string(),
+        )
     }
 
     pub fn session(&self) -> String {
@@ -297,7 +348,13 @@ impl Frames {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
             state != "Z" && state != "X"
         }
         Err(_) => false,
@@ -315,7 +372,10 @@ pub async fn assert_gone(pids: &[u32], limit: Duration) {
 
 /// Pids announced by the `spawn-tree` fixture (`pid <n>` lines).
 pub fn pids_in(text: &str) -> Vec<u32> {
-    text.lines().filter_map(|l| l.strip_prefix("pid ")).map(|p| p.trim().parse().unwrap()).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix("pid "))
+        .map(|p| p.trim().parse().unwrap())
+        .collect()
 }
 
 /// The resident set size of this process, in KiB.
