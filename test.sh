@@ -375,8 +375,11 @@ step_smoke() {
     check "no cligate.instance=$SMOKE_INSTANCE container left" equals "$left" ""
 
     # openapi-check
-    # (hook: a later step runs schemathesis against "$GATEWAY_URL" here, while
-    # the gateway container is still up; count it with check/pass/fail.)
+    # Schemathesis against the gateway's own /openapi.json: the release binary
+    # built above, started locally with the fixture CLIs (tests/openapi-check.sh
+    # installs schemathesis in target/venv, starts and stops the gateway).
+    say "smoke: schemathesis (tests/openapi-check.sh)"
+    check "schemathesis: the gateway conforms to its OpenAPI document" tests/openapi-check.sh target/release/cligate
 
     # The entrypoint alone, in the test image without the gateway.
     say "smoke: entrypoint checks (docker run $TEST_CLI_IMAGE)"
