@@ -542,6 +542,23 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_variable_with_its_default() {
+        let readme = include_str!("../README.md");
+        for (name, default, _) in VARIABLES {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("README has no row for {name}"));
+            if !default.is_empty() {
+                assert!(
+                    row.contains(&format!("`{default}`")),
+                    "README row of {name} lacks its default: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn allowed_clients_accept_addresses_and_networks() {
         let c = config(&[("ALLOWED_CLIENTS", "127.0.0.1, 10.0.0.0/8,::1")]).unwrap();
         assert_eq!(c.access.allowed.len(), 3);
