@@ -1,0 +1,857 @@
+//! The OpenAPI document (`src/api/openapi.json`) against the gateway it describes: it is what
+//! `/openapi.json` serves, it names exactly the routes of `cligate::api::ROUTES`, its examples
+//! match its own schemas, and every documented status of every operation is really produced by
+//! the running gateway, with a body and headers that match what the document says.
+//!
+//! Schemas are checked by a small validator written here rather than a JSON Schema crate: the
+//! document is OpenAPI 3.0, whose `nullable` and `$ref`-into-`components` are not plain JSON Schema
+//! (a validator crate would need the document rewritten first), and it uses only a handful of
+//! keywords. The validator knows exactly those, and `the_document_uses_only_keywords_the_validator_knows`
+//! fails if the document starts using another one, so nothing is silently skipped.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Reply, RunStream, TEST_CLIS, fixtures, request};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "openapi-test-token-0123456789";
+
+/// Keywords the validator evaluates.
+const VALIDATED: &[&str] = &[
+    "$ref",
+    "type",
+    "nullable",
+    "enum",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "oneOf",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+];
+/// Keywords that only annotate. `pattern` is enforced by the gateway, not here: it appears only on
+/// request fields (checked below), which Schemathesis fuzzes against the gateway.
+const ANNOTATIONS: &[&str] = &["description", "example", "format", "discriminator", "pattern"];
+
+fn doc() -> Value {
+    serde_json::from_str(cligate::api::OPENAPI).expect("openapi.json is JSON")
+}
+
+/// The document, with the lookups and the validator the tests need.
+struct Spec(Value);
+
+impl Spec {
+    fn new() -> Spec {
+        Spec(doc())
+    }
+
+    /// Follows `$ref`s (`#/a/b/c`) until a concrete object.
+    fn resolve<'a>(&'a self, mut node: &'a Value) -> &'a Value {
+        while let Some(r) = node.get("$ref").and_then(Value::as_str) {
+            let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("external $ref {r}"));
+            node = self.0.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {r}"));
+        }
+        node
+    }
+
+    fn operation(&self, method: &str, path: &str) -> &Value {
+        let op = &self.0["paths"][path][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        op
+    }
+
+    /// The documented response of an operation for a status, resolved.
+    fn response(&self, method: &str, path: &str, status: u16) -> Option<&Value> {
+        self.operation(method, path)["responses"]
+            .get(status.to_string())
+            .map(|r| self.resolve(r))
+    }
+
+    fn statuses(&self, method: &str, path: &str) -> BTreeSet<u16> {
+        self.operation(method, path)["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| {
+                k.parse()
+                    .unwrap_or_else(|_| panic!("{method} {path}: status {k} is not a number"))
+            })
+            .collect()
+    }
+
+    fn schema(&self, name: &str) -> &Value {
+        &self.0["components"]["schemas"][name]
+    }
+
+    /// Errors of `value` against `schema` (empty when it matches).
+    fn validate(&self, schema: &Value, value: &Value) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.check(schema, value, "$", &mut errors);
+        errors
+    }
+
+    fn check(&self, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        if value.is_null() && schema["nullable"] == true {
+            return;
+        }
+        if let Some(variants) = schema.get("oneOf").and_then(Value::as_array) {
+            let matching = variants.iter().filter(|v| self.validate(v, value).is_empty()).count();
+            if matching != 1 {
+                errors.push(format!("{at}: matches {matching} of the oneOf variants: {value}"));
+            }
+        }
+        if let Some(kind) = schema.get("type").and_then(Value::as_str) {
+            let ok = match kind {
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "string" => value.is_string(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "number" => value.is_number(),
+                "boolean" => value.is_boolean(),
+                other => panic!("unknown type {other}"),
+            };
+            if !ok {
+                errors.push(format!("{at}: {value} is not of type {kind}"));
+                return;
+            }
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+            && !allowed.contains(value)
+        {
+            errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+        if let Some(n) = value.as_f64() {
+            if schema.get("minimum").and_then(Value::as_f64).is_some_and(|min| n < min) {
+                errors.push(format!("{at}: {n} is below the minimum"));
+            }
+            if schema.get("maximum").and_then(Value::as_f64).is_some_and(|max| n > max) {
+                errors.push(format!("{at}: {n} is above the maximum"));
+            }
+        }
+        if let Some(s) = value.as_str() {
+            let len = s.chars().count() as u64;
+            if schema
+                .get("minLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|min| len < min)
+            {
+                errors.push(format!("{at}: {s:?} is shorter than minLength"));
+            }
+            if schema
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|max| len > max)
+            {
+                errors.push(format!("{at}: {s:?} is longer than maxLength"));
+            }
+        }
+        if let Some(object) = value.as_object() {
+            for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                if !object.contains_key(name.as_str().unwrap()) {
+                    errors.push(format!("{at}: required property {name} is missing"));
+                }
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for (key, item) in object {
+                match properties.and_then(|p| p.get(key)) {
+                    Some(property) => self.check(property, item, &format!("{at}.{key}"), errors),
+                    None => match schema.get("additionalProperties") {
+                        Some(Value::Bool(false)) => errors.push(format!("{at}: unexpected property {key}")),
+                        Some(extra @ Value::Object(_)) => self.check(extra, item, &format!("{at}.{key}"), errors),
+                        _ => {}
+                    },
+                }
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                self.check(items, item, &format!("{at}[{i}]"), errors);
+            }
+        }
+    }
+
+    fn assert_valid(&self, schema: &Value, value: &Value, what: &str) {
+        let errors = self.validate(schema, value);
+        assert!(errors.is_empty(), "{what}: {value}\n{}", errors.join("\n"));
+    }
+
+    /// Checks a complete response against the document: a documented status, the documented media
+    /// type, the required headers, and a body matching the schema (for errors, the Error schema).
+    fn check_reply(&self, method: &str, path: &str, reply: &Reply) {
+        let status = reply.status.as_u16();
+        let what = format!("{method} {path} → {status}");
+        let response = self.response(method, path, status).unwrap_or_else(|| {
+            panic!(
+                "{what} is not documented; body {:?}",
+                String::from_utf8_lossy(&reply.body)
+            )
+        });
+        self.check_headers(response, &reply.headers, &what);
+        let (media, schema) = self.media(response, &reply.headers, &what);
+        if media == "application/x-ndjson" {
+            let text = std::str::from_utf8(&reply.body).expect("UTF-8 frames");
+            assert!(text.ends_with('\n'), "{what}: {text:?}");
+            for line in text.lines() {
+                self.assert_valid(schema, &serde_json::from_str(line).expect("a JSON frame"), &what);
+            }
+        } else if media.ends_with("json") {
+            self.assert_valid(schema, &reply.json(), &what);
+        } else {
+            let text = std::str::from_utf8(&reply.body).expect("text body");
+            self.assert_valid(schema, &Value::String(text.into()), &what);
+        }
+        if status >= 400 {
+            assert_eq!(schema, &json!({"$ref": "#/components/schemas/Error"}), "{what}");
+            reply.assert_error(status);
+        }
+    }
+
+    fn check_headers(&self, response: &Value, headers: &hyper::HeaderMap, what: &str) {
+        for (name, header) in response.get("headers").and_then(Value::as_object).into_iter().flatten() {
+            match headers.get(name.as_str()) {
+                Some(value) => {
+                    let text = value.to_str().unwrap();
+                    let schema = self.resolve(&header["schema"]);
+                    let value = match schema["type"].as_str() {
+                        Some("integer") => json!(text.parse::<i64>().unwrap_or_else(|_| panic!("{what}: {name}"))),
+                        _ => json!(text),
+                    };
+                    self.assert_valid(schema, &value, &format!("{what}: header {name}"));
+                }
+                None => assert!(header["required"] != true, "{what}: required header {name} is missing"),
+            }
+        }
+    }
+
+    /// The documented media type matching the response's content type, and its schema.
+    fn media<'a>(&'a self, response: &'a Value, headers: &hyper::HeaderMap, what: &str) -> (&'a str, &'a Value) {
+        let content_type = headers
+            .get("content-type")
+            .unwrap_or_else(|| panic!("{what}: no content type"))
+            .to_str()
+            .unwrap();
+        let essence = content_type.split(';').next().unwrap().trim();
+        let (media, body) = response["content"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{what}: no documented content"))
+            .iter()
+            .find(|(m, _)| m.as_str() == essence)
+            .unwrap_or_else(|| panic!("{what}: content type {content_type} is not documented"));
+        (media.as_str(), &body["schema"])
+    }
+}
+
+#[tokio::test]
+async fn the_served_document_is_the_file_and_valid_json() {
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/openapi.json")).unwrap();
+    let gw = Gateway::start(&[]).await;
+    let reply = gw.get("/openapi.json").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(std::str::from_utf8(&reply.body).unwrap(), file);
+    let served: Value = serde_json::from_slice(&reply.body).expect("valid JSON");
+    assert!(
+        served["openapi"].as_str().unwrap().starts_with("3.0."),
+        "{}",
+        served["openapi"]
+    );
+    assert_eq!(served["info"]["version"], env!("CARGO_PKG_VERSION"));
+    // Open even when tokens are configured.
+    let gw = Gateway::start(&[("AUTH_TOKENS", TOKEN)]).await;
+    assert_eq!(gw.get("/openapi.json").await.body, reply.body);
+}
+
+#[test]
+fn the_documented_operations_are_exactly_the_routes() {
+    let doc = doc();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if method != "parameters" {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routes: BTreeSet<(String, String)> = cligate::api::ROUTES
+        .iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, routes);
+}
+
+#[test]
+fn open_routes_are_documented_without_security_and_the_rest_with_the_bearer_scheme() {
+    let spec = Spec::new();
+    assert_eq!(
+        spec.0["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    // Optional: no requirement (`{}`) or the bearer token.
+    assert_eq!(spec.0["security"], json!([{}, {"bearerAuth": []}]));
+    for (method, path, protected) in cligate::api::ROUTES {
+        let op = spec.operation(method, path);
+        if *protected {
+            assert!(op.get("security").is_none(), "{method} {path} overrides the security");
+            for status in [401, 403] {
+                assert!(
+                    spec.statuses(method, path).contains(&status),
+                    "{method} {path} lacks {status}"
+                );
+            }
+        } else {
+            assert_eq!(op["security"], json!([]), "{method} {path} must be open");
+            assert!(!spec.statuses(method, path).contains(&401), "{method} {path}");
+        }
+    }
+}
+
+/// Every schema node reachable from the document, with where it is.
+fn schemas(spec: &Spec) -> Vec<(String, Value)> {
+    fn walk(node: &Value, at: String, out: &mut Vec<(String, Value)>) {
+        out.push((at.clone(), node.clone()));
+        for key in ["items", "additionalProperties"] {
+            if let Some(child) = node.get(key).filter(|c| c.is_object()) {
+                walk(child, format!("{at}/{key}"), out);
+            }
+        }
+        for (name, child) in node.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            walk(child, format!("{at}/properties/{name}"), out);
+        }
+        for (i, child) in node
+            .get("oneOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            walk(child, format!("{at}/oneOf/{i}"), out);
+        }
+    }
+    fn find(node: &Value, at: String, out: &mut Vec<(String, Value)>) {
+        match node {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if key == "schema" {
+                        walk(child, format!("{at}/schema"), out);
+                    } else if key != "example" && key != "examples" {
+                        find(child, format!("{at}/{key}"), out);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    find(child, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (name, schema) in spec.0["components"]["schemas"].as_object().unwrap() {
+        walk(schema, format!("#/components/schemas/{name}"), &mut out);
+    }
+    find(&spec.0["paths"], "#/paths".into(), &mut out);
+    find(
+        &spec.0["components"]["parameters"],
+        "#/components/parameters".into(),
+        &mut out,
+    );
+    find(
+        &spec.0["components"]["responses"],
+        "#/components/responses".into(),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn the_document_uses_only_keywords_the_validator_knows() {
+    let spec = Spec::new();
+    let all = schemas(&spec);
+    assert!(all.len() > 50, "{} schemas found", all.len());
+    for (at, schema) in &all {
+        for key in schema.as_object().unwrap().keys() {
+            assert!(
+                VALIDATED.contains(&key.as_str()) || ANNOTATIONS.contains(&key.as_str()),
+                "{at}: keyword {key} is not checked by this test's validator"
+            );
+            if key == "pattern" {
+                assert!(
+                    at.starts_with("#/components/schemas/RunRequest/"),
+                    "{at}: pattern outside the request"
+                );
+            }
+        }
+        if let Some(r) = schema.get("$ref") {
+            spec.resolve(schema);
+            assert_eq!(schema.as_object().unwrap().len(), 1, "{at}: $ref with siblings ({r})");
+        }
+    }
+}
+
+#[test]
+fn every_example_matches_its_schema() {
+    let spec = Spec::new();
+    let mut checked = 0;
+    let mut check = |schema: &Value, media: &str, example: &Value, at: &str| {
+        if media == "application/x-ndjson" {
+            let text = example
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: NDJSON example is not a string"));
+            assert!(text.ends_with('\n'), "{at}");
+            let frames: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(frames[0]["type"], "session", "{at}");
+            assert_eq!(frames.last().unwrap()["type"], "exit", "{at}");
+            for frame in &frames {
+                spec.assert_valid(schema, frame, at);
+            }
+        } else {
+            spec.assert_valid(schema, example, at);
+        }
+        checked += 1;
+    };
+    let mut media_objects = Vec::new();
+    for (path, item) in spec.0["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let at = format!("{method} {path}");
+            if let Some(content) = op.pointer("/requestBody/content").and_then(Value::as_object) {
+                for (media, body) in content {
+                    media_objects.push((format!("{at} request"), media.clone(), body.clone()));
+                }
+            }
+            for (status, response) in op["responses"].as_object().unwrap() {
+                for (media, body) in spec.resolve(response)["content"].as_object().into_iter().flatten() {
+                    media_objects.push((format!("{at} {status}"), media.clone(), body.clone()));
+                }
+            }
+            for param in op.get("parameters").and_then(Value::as_array).into_iter().flatten() {
+                let param = spec.resolve(param);
+                check(&param["schema"], "", &param["example"], &format!("{at} parameter"));
+            }
+        }
+    }
+    for (at, media, body) in &media_objects {
+        if let Some(example) = body.get("example") {
+            check(&body["schema"], media, example, at);
+        }
+        for (name, example) in body.get("examples").and_then(Value::as_object).into_iter().flatten() {
+            check(
+                &body["schema"],
+                media,
+                &example["value"],
+                &format!("{at} example {name}"),
+            );
+        }
+    }
+    // Examples on schemas and their properties.
+    for (at, schema) in schemas(&spec) {
+        if let Some(example) = schema.get("example") {
+            check(&schema, "", example, &format!("{at} example"));
+        }
+    }
+    assert!(checked > 30, "only {checked} examples checked");
+}
+
+#[test]
+fn error_responses_use_the_error_schema_and_name_every_kind() {
+    let spec = Spec::new();
+    let error = spec.schema("Error");
+    assert_eq!(error["required"], json!(["error", "message", "code", "detail"]));
+    for (path, item) in spec.0["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let response = spec.resolve(response);
+                let schema = &response["content"]["application/json"]["schema"];
+                if !status.starts_with('2') {
+                    assert_eq!(
+                        schema,
+                        &json!({"$ref": "#/components/schemas/Error"}),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    // Every kind the gateway can answer with is in the enum, with the status it goes with.
+    use cligate::api::error::ApiError;
+    let kinds = [
+        ApiError::BadRequest("x".into()),
+        ApiError::Unprocessable("x".into()),
+        ApiError::Unauthorized,
+        ApiError::Forbidden,
+        ApiError::NotFound("x".into()),
+        ApiError::MethodNotAllowed("GET"),
+        ApiError::Conflict("x".into()),
+        ApiError::PayloadTooLarge(1),
+        ApiError::Overloaded {
+            detail: "x".into(),
+            retry_after: 1,
+        },
+        ApiError::Unavailable("x".into()),
+    ];
+    let documented: Vec<&str> = error["properties"]["error"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(documented.len(), kinds.len());
+    for kind in kinds {
+        assert!(documented.contains(&kind.kind()), "{} is not documented", kind.kind());
+    }
+}
+
+/// A directory for this test's scripts, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("cligate-openapi-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn script(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends requests and records which documented (method, path, status) it has seen.
+struct Probe<'a> {
+    spec: &'a Spec,
+    seen: BTreeSet<(String, String, u16)>,
+}
+
+impl Probe<'_> {
+    /// One request to `path` (the concrete path of the `pattern` operation), checked against the document.
+    async fn call(
+        &mut self,
+        addr: SocketAddr,
+        method: &str,
+        pattern: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let reply = request(addr, method, path, body.map(|b| b.as_bytes().to_vec()), headers).await;
+        self.spec.check_reply(method, pattern, &reply);
+        self.seen.insert((method.into(), pattern.into(), reply.status.as_u16()));
+        reply
+    }
+
+    /// Every operation of the document, built from its examples, with the given headers.
+    async fn every_operation(&mut self, addr: SocketAddr, headers: &[(&str, &str)]) -> Vec<(String, Reply)> {
+        let mut replies = Vec::new();
+        for (method, pattern, _) in cligate::api::ROUTES {
+            let path = self.example_path(method, pattern);
+            let body = (*method == "POST" && *pattern == "/run").then(|| self.example_body("minimal").to_string());
+            let reply = self.call(addr, method, pattern, &path, body.as_deref(), headers).await;
+            replies.push((format!("{method} {pattern}"), reply));
+        }
+        replies
+    }
+
+    /// The path with each parameter replaced by its documented example.
+    fn example_path(&self, method: &str, pattern: &str) -> String {
+        let mut path = pattern.to_string();
+        for param in self
+            .spec
+            .operation(method, pattern)
+            .get("parameters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let param = self.spec.resolve(param);
+            let name = param["name"].as_str().unwrap();
+            path = path.replace(&format!("{{{name}}}"), param["example"].as_str().unwrap());
+        }
+        assert!(!path.contains('{'), "{path}");
+        path
+    }
+
+    fn example_body(&self, name: &str) -> Value {
+        let body = &self.spec.operation("POST", "/run")["requestBody"]["content"]["application/json"];
+        body["examples"][name]["value"].clone()
+    }
+
+    /// Starts a run and checks its response head against the document; the stream is returned open.
+    async fn open_run(&mut self, addr: SocketAddr, body: &Value, headers: &[(&str, &str)]) -> RunStream {
+        let stream = RunStream::open(addr, body.to_string().into_bytes(), headers).await;
+        let status = stream.status.as_u16();
+        self.seen.insert(("POST".into(), "/run".into(), status));
+        assert_eq!(status, 200, "run refused");
+        let response = self.spec.response("POST", "/run", 200).unwrap();
+        self.spec.check_headers(response, &stream.headers, "POST /run → 200");
+        let (media, _) = self.spec.media(response, &stream.headers, "POST /run → 200");
+        assert_eq!(media, "application/x-ndjson");
+        assert!(stream.headers.contains_key("x-cligate-run-id"));
+        stream
+    }
+
+    /// Reads a run to its end, checking every frame against the Frame schema; returns the frames.
+    async fn finish_run(&self, stream: RunStream) -> Vec<Value> {
+        let frames = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+            .await
+            .expect("run ends")
+            .0;
+        for frame in &frames {
+            self.spec.assert_valid(self.spec.schema("Frame"), frame, "frame");
+        }
+        assert_eq!(frames[0]["type"], "session", "{frames:?}");
+        assert_eq!(frames.last().unwrap()["type"], "exit", "{frames:?}");
+        assert_eq!(frames.iter().filter(|f| f["type"] == "exit").count(), 1, "{frames:?}");
+        frames
+    }
+}
+
+/// `PATH` for a test gateway: `dir` first, then the fixtures.
+fn path_with(dir: &std::path::Path) -> String {
+    format!(
+        "{}:{}:{}",
+        dir.display(),
+        fixtures().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[tokio::test]
+async fn every_documented_status_is_produced_and_matches_the_document() {
+    let spec = Spec::new();
+    let mut probe = Probe {
+        spec: &spec,
+        seen: BTreeSet::new(),
+    };
+
+    // A `codex` that is the `args` fixture, so the document's own request examples run unchanged.
+    let bin = Scratch::new("bin");
+    std::os::unix::fs::symlink(fixtures().join("args"), bin.0.join("codex")).unwrap();
+    let path = path_with(&bin.0);
+    let clis = format!("{TEST_CLIS},codex");
+    let open = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis)]).await;
+    let addr = open.addr;
+
+    // Nothing running: every operation from its examples. The session examples are 404s.
+    for (what, reply) in probe.every_operation(addr, &[]).await {
+        let expected = if what.contains("/sessions/") { 404 } else { 200 };
+        assert_eq!(reply.status, expected, "{what}");
+    }
+    assert_eq!(
+        probe.call(addr, "GET", "/healthz", "/healthz", None, &[]).await.body,
+        "ok"
+    );
+
+    // The request examples, as documented.
+    for name in ["full", "minimal"] {
+        let body = probe.example_body(name);
+        let stream = probe.open_run(addr, &body, &[]).await;
+        let frames = probe.finish_run(stream).await;
+        assert_eq!(
+            frames.last().unwrap(),
+            &json!({"type": "exit", "code": 0, "reason": "exited"})
+        );
+        let stdout: String = frames
+            .iter()
+            .filter(|f| f["type"] == "stdout")
+            .map(|f| f["data"].as_str().unwrap())
+            .collect();
+        if name == "full" {
+            assert_eq!(frames[0]["id"], body["session_id"]);
+            assert_eq!(stdout, "[--model]\n[gpt-4o]\n");
+        } else {
+            assert!(uuid_like(frames[0]["id"].as_str().unwrap()), "{}", frames[0]);
+            assert_eq!(stdout, "");
+        }
+    }
+
+    // A long run under the example's session id: its status, a duplicate (409), then a stop.
+    let mut long = probe.example_body("full");
+    long["cli"] = json!("sleep");
+    long["args"] = json!(["30"]);
+    let session = long["session_id"].as_str().unwrap().to_string();
+    let stream = probe.open_run(addr, &long, &[]).await;
+    let status_path = probe.example_path("GET", "/sessions/{session_id}");
+    let stop_path = probe.example_path("POST", "/sessions/{session_id}/stop");
+    let started = Instant::now();
+    loop {
+        let reply = probe
+            .call(addr, "GET", "/sessions/{session_id}", &status_path, None, &[])
+            .await;
+        let state = reply.json();
+        assert_eq!(state["session_id"], session.as_str());
+        if state["state"] == "running" {
+            assert!(state["pid"].is_u64(), "{state}");
+            assert_eq!(state["cli"], "sleep");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    probe
+        .call(addr, "POST", "/run", "/run", Some(&long.to_string()), &[])
+        .await
+        .assert_error(409);
+    let stopped = probe
+        .call(addr, "POST", "/sessions/{session_id}/stop", &stop_path, None, &[])
+        .await;
+    assert_eq!(stopped.json(), json!({"session_id": session, "status": "stopped"}));
+    let frames = probe.finish_run(stream).await;
+    assert_eq!(
+        frames.last().unwrap(),
+        &json!({"type": "exit", "code": 143, "reason": "stopped"})
+    );
+    // Finished: the session is gone.
+    probe
+        .call(addr, "POST", "/sessions/{session_id}/stop", &stop_path, None, &[])
+        .await
+        .assert_error(404);
+
+    // Refused run requests.
+    let bad_json = probe.call(addr, "POST", "/run", "/run", Some("{not json"), &[]).await;
+    assert_eq!(bad_json.assert_error(400)["error"], "bad_request");
+    let mut not_allowed = probe.example_body("minimal");
+    not_allowed["cli"] = json!("rm");
+    probe
+        .call(addr, "POST", "/run", "/run", Some(&not_allowed.to_string()), &[])
+        .await
+        .assert_error(400);
+    for wrong_shape in [
+        json!({}),
+        json!({"cli": 5}),
+        json!({"cli": "args", "args": "x"}),
+        json!({"cli": "args", "env": {"A": 1}}),
+    ] {
+        let reply = probe
+            .call(addr, "POST", "/run", "/run", Some(&wrong_shape.to_string()), &[])
+            .await;
+        assert_eq!(reply.assert_error(422)["error"], "unprocessable", "{wrong_shape}");
+    }
+    // A session id that is not UTF-8 once percent-decoded.
+    probe
+        .call(addr, "GET", "/sessions/{session_id}", "/sessions/%FF", None, &[])
+        .await
+        .assert_error(400);
+    probe
+        .call(
+            addr,
+            "POST",
+            "/sessions/{session_id}/stop",
+            "/sessions/%FF/stop",
+            None,
+            &[],
+        )
+        .await
+        .assert_error(400);
+    drop(open);
+
+    // Tokens configured: protected operations want one (401 + WWW-Authenticate), open ones do not.
+    let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("AUTH_TOKENS", TOKEN)]).await;
+    for (what, reply) in probe.every_operation(gw.addr, &[]).await {
+        let open = ["GET /healthz", "GET /readyz", "GET /openapi.json"].contains(&what.as_str());
+        assert_eq!(reply.status, if open { 200 } else { 401 }, "{what}");
+        if !open {
+            assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        }
+    }
+    let bearer = format!("Bearer {TOKEN}");
+    for (what, reply) in probe.every_operation(gw.addr, &[("authorization", &bearer)]).await {
+        let expected = if what.contains("/sessions/") { 404 } else { 200 };
+        assert_eq!(reply.status, expected, "{what}");
+    }
+    drop(gw);
+
+    // Client addresses restricted: protected operations are forbidden to this one.
+    let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("ALLOWED_CLIENTS", "10.0.0.0/8")]).await;
+    for (what, reply) in probe.every_operation(gw.addr, &[]).await {
+        let open = ["GET /healthz", "GET /readyz", "GET /openapi.json"].contains(&what.as_str());
+        assert_eq!(reply.status, if open { 200 } else { 403 }, "{what}");
+    }
+    drop(gw);
+
+    // A body over MAX_REQUEST_BYTES.
+    let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("MAX_REQUEST_BYTES", "64")]).await;
+    let big = probe.example_body("full").to_string();
+    assert!(big.len() > 64);
+    probe
+        .call(gw.addr, "POST", "/run", "/run", Some(&big), &[])
+        .await
+        .assert_error(413);
+    drop(gw);
+
+    // No run slot and no queue: 503 with Retry-After.
+    let gw = Gateway::start(&[
+        ("PATH", &path),
+        ("CLI_LIST", &clis),
+        ("MAX_CONCURRENT_RUNS", "1"),
+        ("MAX_QUEUED_RUNS", "0"),
+    ])
+    .await;
+    let mut busy = probe
+        .open_run(gw.addr, &json!({"cli": "sleep", "args": ["30"]}), &[])
+        .await;
+    busy.next().await.expect("session frame");
+    let reply = probe
+        .call(
+            gw.addr,
+            "POST",
+            "/run",
+            "/run",
+            Some(&probe.example_body("minimal").to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.assert_error(503)["error"], "overloaded");
+    assert_eq!(reply.headers["retry-after"], "1");
+    drop(busy);
+    drop(gw);
+
+    // Docker mode whose engine answers but lacks the image: not ready.
+    let engine = Scratch::new("engine");
+    let docker = engine.script(
+        "docker",
+        "#!/bin/sh\ncase \"$1\" in\n  version) echo 99.0.0 ;;\n  ps) ;;\n  *) echo \"Error: No such image\" >&2; exit 1 ;;\nesac\n",
+    );
+    let gw = Gateway::start(&[
+        ("CODEX_DOCKER_IMAGE", "cligate-openapi-missing:latest"),
+        ("DOCKER_BIN", docker.to_str().unwrap()),
+    ])
+    .await;
+    let reply = probe.call(gw.addr, "GET", "/readyz", "/readyz", None, &[]).await;
+    assert_eq!(reply.assert_error(503)["error"], "unavailable");
+    drop(gw);
+
+    // Every status the document lists was produced above.
+    let mut missing = Vec::new();
+    for (method, pattern, _) in cligate::api::ROUTES {
+        for status in spec.statuses(method, pattern) {
+            if !probe.seen.contains(&(method.to_string(), pattern.to_string(), status)) {
+                missing.push(format!("{method} {pattern} {status}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "documented but never produced: {missing:?}");
+}
+
+fn uuid_like(id: &str) -> bool {
+    id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4
+}
