@@ -15,6 +15,7 @@
 # does not answer. To add a step: write a function step_NAME (dashes in NAME
 # become underscores) and append NAME to STEPS below. Ends with a plain
 # "total: N passed, M failed" line (cargo test's counts plus the smoke checks).
+# shellcheck disable=SC2329 # step_* and helpers are called indirectly
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -151,6 +152,7 @@ check() {
     shift
     if "$@"; then pass "$desc"; else fail "$desc"; fi
 }
+quiet() { "$@" >/dev/null 2>&1; }
 has_line() { grep -qxF -- "$2" "$1"; }
 lacks_line() { ! grep -qxF -- "$2" "$1"; }
 lacks_match() { ! grep -qE -- "$2" "$1"; }
@@ -255,7 +257,7 @@ step_smoke() {
     local t=$SMOKE_TMP
     say "smoke: checks"
     check "gateway runs in a container with the docker client inside" \
-        docker exec "$GW_CONTAINER" docker version --format '{{.Server.Version}}'
+        quiet docker exec "$GW_CONTAINER" docker version --format '{{.Server.Version}}'
     check "GET /healthz is ok" equals "$(curl -sS --max-time 5 "$GATEWAY_URL/healthz")" ok
     check "GET /readyz is 200" equals "$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "$GATEWAY_URL/readyz")" 200
     curl -sS --max-time 5 "$GATEWAY_URL/clis" >"$t/clis.json"
@@ -413,29 +415,35 @@ step_smoke() {
 }
 
 # ------------------------------------------------------------------- main
+# All in one function, called on the last line with `exit`: bash reads a
+# script as it runs it, and the background job in the stop check shares the
+# script's file offset; nothing may be left to read after it.
+main() {
+    [ "$#" -gt 0 ] || set -- "${STEPS[@]}"
+    for arg in "$@"; do
+        case $arg in
+            -h | --help | help)
+                usage
+                exit 0
+                ;;
+        esac
+    done
+    require_docker
+    for arg in "$@"; do
+        case $arg in
+            rust) step_fmt && step_clippy && step_cargo_test ;;
+            *)
+                if declare -F "step_${arg//-/_}" >/dev/null; then
+                    "step_${arg//-/_}"
+                else
+                    usage >&2
+                    die "unknown step: $arg"
+                fi
+                ;;
+        esac
+    done
+    say "all steps passed: $*"
+    echo "total: $((CARGO_PASSED + PASSED)) passed, $((CARGO_FAILED + FAILED)) failed"
+}
 
-[ "$#" -gt 0 ] || set -- "${STEPS[@]}"
-for arg in "$@"; do
-    case $arg in
-        -h | --help | help)
-            usage
-            exit 0
-            ;;
-    esac
-done
-require_docker
-for arg in "$@"; do
-    case $arg in
-        rust) step_fmt && step_clippy && step_cargo_test ;;
-        *)
-            if declare -F "step_${arg//-/_}" >/dev/null; then
-                "step_${arg//-/_}"
-            else
-                usage >&2
-                die "unknown step: $arg"
-            fi
-            ;;
-    esac
-done
-say "all steps passed: $*"
-echo "total: $((CARGO_PASSED + PASSED)) passed, $((CARGO_FAILED + FAILED)) failed"
+main "$@"; exit $?
