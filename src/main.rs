@@ -42,25 +42,18 @@ async fn main() -> ExitCode {
     }
     let config = match Config::from_env() {
         Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("cligate: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return startup_failed(&format!("{e:#}")),
     };
     telemetry::init(config.log_json);
     let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cligate: LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr);
-            return ExitCode::from(2);
+            return startup_failed(&format!("LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr));
         }
     };
     let app = match server::prepare(config.clone()).await {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("cligate: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return startup_failed(&format!("{e:#}")),
     };
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -75,6 +68,14 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reports a start-up failure as exactly one line on stderr (`cligate: VARIABLE: reason`), also
+/// when the reason quotes a multi-line message such as the docker client's stderr.
+fn startup_failed(reason: &str) -> ExitCode {
+    let one_line: Vec<&str> = reason.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    eprintln!("cligate: {}", one_line.join(" | "));
+    ExitCode::from(2)
 }
 
 /// Resolves on SIGTERM or SIGINT.
