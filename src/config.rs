@@ -106,6 +106,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "cligate",
         "label value marking this gateway's containers (cleaned at start-up)",
     ),
+    (
+        "DOCKER_JANITOR_SECONDS",
+        "60",
+        "docker mode: how often containers of this instance that belong to no run are removed",
+    ),
     ("LOG_FORMAT", "text", "text or json"),
     ("RUST_LOG", "info", "log filter"),
 ];
@@ -140,6 +145,7 @@ struct Raw {
     docker_user: Option<String>,
     docker_extra_args: Option<String>,
     cligate_instance: Option<String>,
+    docker_janitor_seconds: Option<String>,
     log_format: Option<String>,
     path: Option<String>,
 }
@@ -163,6 +169,8 @@ pub struct DockerConfig {
     pub run_options: Vec<String>,
     /// Label value that marks this gateway's containers, so a restarted gateway finds its leftovers.
     pub instance: String,
+    /// How often to look for containers of this instance that belong to no run.
+    pub janitor_interval: Duration,
 }
 
 /// Who may call the gateway.
@@ -426,11 +434,16 @@ impl Raw {
                 .map_err(|_| anyhow!("DOCKER_EXTRA_ARGS: not a JSON array of strings: {extra}"))?;
             run_options.extend(extra);
         }
+        let janitor_interval = seconds("DOCKER_JANITOR_SECONDS", &self.docker_janitor_seconds, 60.0)?;
+        if janitor_interval.is_zero() {
+            bail!("DOCKER_JANITOR_SECONDS: must be more than 0");
+        }
         Ok(DockerConfig {
             image: image.to_string(),
             bin,
             run_options,
             instance: instance.to_string(),
+            janitor_interval,
         })
     }
 }

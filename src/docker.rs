@@ -63,11 +63,7 @@ pub async fn remove(bin: &Path, container: &str) -> bool {
 /// Names of the containers labelled as this instance's (running or not).
 pub async fn list_instance(bin: &Path, instance: &str) -> Result<Vec<String>> {
     let filter = format!("label={LABEL_INSTANCE}={instance}");
-    let out = call(
-        bin,
-        &["ps", "--all", "--quiet", "--filter", &filter, "--format", "{{.Names}}"],
-    )
-    .await?;
+    let out = call(bin, &["ps", "--all", "--filter", &filter, "--format", "{{.Names}}"]).await?;
     Ok(out
         .lines()
         .map(str::trim)

@@ -36,7 +36,8 @@ pub struct CauseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CleanupLabels {
-    /// `run`: a container ended with its run; `startup`: a leftover of an earlier gateway.
+    /// `run`: a container ended with its run; `startup`: a leftover of an earlier gateway;
+    /// `janitor`: a container that belonged to no run.
     pub when: &'static str,
 }
 
@@ -110,6 +111,10 @@ impl Metrics {
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        // Counted from zero, so the family is exposed (and rate() works) before the first clean-up.
+        for when in ["run", "startup"] {
+            m.container_cleanups.get_or_create(&CleanupLabels { when });
+        }
         Metrics { registry, ..m }
     }
 

@@ -1,6 +1,7 @@
 //! The accept loop: one task per connection under hyper's graceful watcher, and an orderly
 //! shutdown — stop accepting, let runs finish for a grace period, end the rest, drain.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,12 +13,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, App};
 use crate::config::Config;
 use crate::docker;
 use crate::metrics::CleanupLabels;
 use crate::run::frame::EndReason;
+use crate::run::plan::container_name;
 
 /// Longest wait for a request's headers (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,8 +47,38 @@ pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
     Ok(app)
 }
 
+/// Removes, every `janitor_interval`, containers of this instance that belong to no registered
+/// run: one whose `docker run` client died between creating and starting it escapes the run's own
+/// clean-up, and would otherwise wait for the next start-up.
+async fn janitor(app: Arc<App>, stop: CancellationToken) {
+    let Some(d) = app.config.docker() else { return };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(d.janitor_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        // List first, then look at the registry: a container listed belongs to a run that was
+        // registered before the listing, so a run still registered now is still its owner.
+        let Ok(names) = docker::list_instance(&d.bin, &d.instance).await else {
+            continue;
+        };
+        let owned: HashSet<String> = app.registry.run_ids().iter().map(|id| container_name(id)).collect();
+        for name in names.into_iter().filter(|n| !owned.contains(n)) {
+            if docker::remove(&d.bin, &name).await {
+                tracing::info!(container = name, "removed a container that belongs to no run");
+                app.metrics
+                    .container_cleanups
+                    .get_or_create(&CleanupLabels { when: "janitor" })
+                    .inc();
+            }
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let stop_janitor = CancellationToken::new();
+    let janitor = tokio::spawn(janitor(app.clone(), stop_janitor.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
@@ -76,6 +109,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     }
     drop(listener);
     shut_down(&app, graceful).await;
+    stop_janitor.cancel();
+    let _ = janitor.await;
     Ok(())
 }
 

@@ -645,6 +645,67 @@ async fn start_up_removes_this_instances_leftovers_only() {
 }
 
 #[tokio::test]
+async fn the_janitor_removes_containers_that_belong_to_no_run_and_spares_running_ones() {
+    let inst = Instance::new("janitor");
+    let gw = docker_gateway(&inst, &[("DOCKER_JANITOR_SECONDS", "0.5")]).await;
+    let sid = session("janitor-run");
+    let stream = open_started(&gw, polite_run(&sid)).await;
+    let own = wait_container(&session_label(&sid), Duration::from_secs(10)).await;
+    // What a `docker run` client that died between create and start leaves: a created container,
+    // and one that runs without any run of this gateway behind it.
+    let label = inst.label();
+    let created = docker(&[
+        "create",
+        "--label",
+        &label,
+        "--network",
+        "none",
+        image(),
+        "sleep",
+        "300",
+    ])
+    .await;
+    let stray = docker(&[
+        "run",
+        "-d",
+        "--label",
+        &label,
+        "--network",
+        "none",
+        image(),
+        "sleep",
+        "300",
+    ])
+    .await;
+    for id in [created.trim(), stray.trim()] {
+        let start = Instant::now();
+        while !docker(&["ps", "-a", "-q", "--filter", &format!("id={id}")])
+            .await
+            .trim()
+            .is_empty()
+        {
+            assert!(start.elapsed() < GONE_WITHIN, "the janitor left {id}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        containers(&session_label(&sid)).await,
+        [own],
+        "the running run's container was removed"
+    );
+    let metrics = String::from_utf8(gw.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cligate_container_cleanups_total{when=\"janitor\"} 2")),
+        "{metrics}"
+    );
+    assert_eq!(gw.post(&format!("/sessions/{sid}/stop"), "").await.status, 200);
+    let (_, _, reason) = finish(stream, Duration::from_secs(30)).await;
+    assert_eq!(reason, "stopped");
+}
+
+#[tokio::test]
 async fn readiness_follows_the_image_and_an_unreachable_engine_stops_start_up() {
     let inst = Instance::new("ready");
     let gw = docker_gateway(&inst, &[]).await;

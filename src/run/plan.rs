@@ -16,6 +16,11 @@ pub const LABEL_INSTANCE: &str = "cligate.instance";
 pub const LABEL_SESSION: &str = "cligate.session";
 pub const LABEL_RUN: &str = "cligate.run";
 
+/// The name of a run's container.
+pub fn container_name(run_id: &str) -> String {
+    format!("cligate-{run_id}")
+}
+
 /// What to start, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
@@ -111,7 +116,7 @@ fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &
         None => env.remove("LITELLM_MODEL"),
     };
 
-    let container = format!("cligate-{run_id}");
+    let container = container_name(run_id);
     let mut args: Vec<String> = ["run", "--rm", "-i", "--init", "--name"].map(String::from).into();
     args.push(container.clone());
     for (label, value) in [

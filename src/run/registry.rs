@@ -54,6 +54,16 @@ impl Registry {
         }
     }
 
+    /// The ids of the registered runs.
+    pub fn run_ids(&self) -> Vec<String> {
+        self.runs
+            .lock()
+            .expect("registry lock")
+            .values()
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.runs.lock().expect("registry lock").len()
     }
