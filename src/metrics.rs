@@ -112,8 +112,8 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         // Counted from zero, so the family is exposed (and rate() works) before the first clean-up.
-        for when in ["run", "startup"] {
-            m.container_cleanups.get_or_create(&CleanupLabels { when });
+        for when in ["run", "startup", "janitor"] {
+            m.container_cleanups.get_or_create(&CleanupLabels { when }).inc_by(0);
         }
         Metrics { registry, ..m }
     }

@@ -1,0 +1,509 @@
+//! Operations: Prometheus metrics after real runs, health and readiness with and without access
+//! control, and the `cligate` binary itself: `--help`, `--version`, one-line start-up failures
+//! naming the variable, JSON logs without secrets, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, RunStream, fixtures, request};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const TOKEN: &str = "ops-test-token-0123456789abcdef";
+const BIN: &str = env!("CARGO_BIN_EXE_cligate");
+
+/// One sample of the metrics text: value of `name` with exactly `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, found) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, parse_labels(rest.strip_suffix('}')?)),
+            None => (series, BTreeMap::new()),
+        };
+        (metric == name && found == wanted).then(|| value.parse().expect("a number"))
+    })
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    text.split("\",")
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once("=\"").expect("label=\"value\"");
+            (key.to_string(), value.trim_end_matches('"').to_string())
+        })
+        .collect()
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    let reply = request(
+        gw.addr,
+        "GET",
+        "/metrics",
+        None,
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let content_type = reply.headers["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_runs_output_and_rejections() {
+    let gw = Gateway::start(&[("AUTH_TOKENS", TOKEN)]).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // One run that exits 0 with 16 bytes of stdout.
+    let body = json!({"cli": "args", "args": ["hello", "world"]})
+        .to_string()
+        .into_bytes();
+    let stream = RunStream::open(gw.addr, body, &auth).await;
+    assert_eq!(stream.status, 200);
+    let frames = stream.collect().await;
+    assert_eq!(frames.exit(), (0, "exited".into()));
+    assert_eq!(frames.stdout(), "[hello]\n[world]\n");
+    // One refused as a bad request, one without a token.
+    let refused = json!({"cli": "not-allowed"}).to_string().into_bytes();
+    request(gw.addr, "POST", "/run", Some(refused), &auth)
+        .await
+        .assert_error(400);
+    gw.post("/run", r#"{"cli": "args"}"#).await.assert_error(401);
+
+    // The run's end is counted just after its exit frame is sent: wait for it.
+    let started = Instant::now();
+    let text = loop {
+        let text = metrics(&gw).await;
+        if sample(
+            &text,
+            "cligate_runs_finished_total",
+            &[("cli", "args"), ("reason", "exited")],
+        ) == Some(1.0)
+        {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run was never counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{text}"))
+    };
+    assert_eq!(value("cligate_runs_started_total", &[("cli", "args")]), 1.0);
+    assert_eq!(value("cligate_run_exit_codes_total", &[("code", "0")]), 1.0);
+    assert_eq!(value("cligate_run_duration_seconds_count", &[("cli", "args")]), 1.0);
+    assert_eq!(
+        value(
+            "cligate_run_duration_seconds_bucket",
+            &[("cli", "args"), ("le", "+Inf")]
+        ),
+        1.0
+    );
+    assert!(value("cligate_run_duration_seconds_sum", &[("cli", "args")]) > 0.0);
+    let buckets = text
+        .lines()
+        .filter(|l| l.starts_with("cligate_run_duration_seconds_bucket{"))
+        .count();
+    assert!(buckets > 5, "{text}");
+    assert_eq!(value("cligate_output_bytes_total", &[("stream", "stdout")]), 16.0);
+    assert_eq!(value("cligate_output_bytes_total", &[("stream", "stderr")]), 0.0);
+    assert_eq!(value("cligate_active_runs", &[]), 0.0);
+    assert_eq!(value("cligate_queued_requests", &[]), 0.0);
+    assert_eq!(
+        value("cligate_rejected_requests_total", &[("cause", "bad_request")]),
+        1.0
+    );
+    assert_eq!(value("cligate_rejected_requests_total", &[("cause", "auth")]), 1.0);
+    assert_eq!(
+        value("cligate_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        1.0
+    );
+    // Exposed from zero before the first clean-up (local mode never removes containers).
+    assert_eq!(value("cligate_container_cleanups_total", &[("when", "run")]), 0.0);
+    assert_eq!(value("cligate_container_cleanups_total", &[("when", "startup")]), 0.0);
+    assert_eq!(value("cligate_container_cleanups_total", &[("when", "janitor")]), 0.0);
+    for line in [
+        "# HELP cligate_container_cleanups Containers removed through the engine.",
+        "# TYPE cligate_container_cleanups counter",
+        "# TYPE cligate_runs_started counter",
+        "# TYPE cligate_active_runs gauge",
+        "# TYPE cligate_run_duration_seconds histogram",
+        "# TYPE cligate_build info",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert_eq!(text.lines().last(), Some("# EOF"));
+}
+
+#[tokio::test]
+async fn active_and_queued_gauges_follow_the_runs() {
+    let gw = Gateway::start(&[
+        ("AUTH_TOKENS", TOKEN),
+        ("MAX_CONCURRENT_RUNS", "1"),
+        ("QUEUE_TIMEOUT_SECONDS", "30"),
+    ])
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("authorization", bearer.as_str())];
+    let body = |id: &str| {
+        json!({"cli": "sleep", "args": ["30"], "session_id": id})
+            .to_string()
+            .into_bytes()
+    };
+    let mut running = RunStream::open(gw.addr, body("ops-active"), &auth).await;
+    running.next().await.expect("session frame");
+    let addr = gw.addr;
+    let header = bearer.clone();
+    let waiting = tokio::spawn(async move {
+        let mut stream = RunStream::open(addr, body("ops-queued"), &[("authorization", &header)]).await;
+        let status = stream.status;
+        stream.next().await;
+        status
+    });
+    let started = Instant::now();
+    loop {
+        let text = metrics(&gw).await;
+        if sample(&text, "cligate_queued_requests", &[]) == Some(1.0) {
+            assert_eq!(sample(&text, "cligate_active_runs", &[]), Some(1.0), "{text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopping the first lets the second start.
+    request(gw.addr, "POST", "/sessions/ops-active/stop", None, &auth).await;
+    assert_eq!(waiting.await.unwrap(), 200);
+    request(gw.addr, "POST", "/sessions/ops-queued/stop", None, &auth).await;
+    let text = metrics(&gw).await;
+    assert_eq!(sample(&text, "cligate_queued_requests", &[]), Some(0.0), "{text}");
+}
+
+#[tokio::test]
+async fn health_is_open_and_metrics_need_the_token() {
+    let gw = Gateway::start(&[("AUTH_TOKENS", TOKEN)]).await;
+    let health = gw.get("/healthz").await;
+    assert_eq!((health.status.as_u16(), &health.body[..]), (200, &b"ok"[..]));
+    assert_eq!(health.headers["content-type"], "text/plain; charset=utf-8");
+    let ready = gw.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json(), json!({"status": "ready", "mode": "local"}));
+
+    let denied = gw.get("/metrics").await;
+    assert_eq!(denied.assert_error(401)["error"], "unauthorized");
+    assert_eq!(denied.headers["www-authenticate"], "Bearer");
+    let wrong = request(
+        gw.addr,
+        "GET",
+        "/metrics",
+        None,
+        &[("authorization", "Bearer not-the-token-0123456789")],
+    )
+    .await;
+    wrong.assert_error(401);
+    assert!(metrics(&gw).await.contains("cligate_build_info"));
+
+    // Client address restrictions leave health open too.
+    let gw = Gateway::start(&[("ALLOWED_CLIENTS", "10.0.0.0/8")]).await;
+    assert_eq!(gw.get("/healthz").await.status, 200);
+    assert_eq!(gw.get("/readyz").await.status, 200);
+    gw.get("/metrics").await.assert_error(403);
+}
+
+#[tokio::test]
+async fn readiness_fails_once_shutdown_begins() {
+    let mut gw = Gateway::start(&[("MAX_CONCURRENT_RUNS", "1"), ("SHUTDOWN_GRACE_SECONDS", "5")]).await;
+    // The flag shutdown sets first: readiness fails from then on, with the error body.
+    gw.app.shutting_down.store(true, Ordering::Relaxed);
+    let reply = gw.get("/readyz").await;
+    assert_eq!(reply.assert_error(503)["error"], "unavailable");
+    assert_eq!(gw.get("/healthz").await.status, 200);
+    gw.app.shutting_down.store(false, Ordering::Relaxed);
+    assert_eq!(gw.get("/readyz").await.status, 200);
+
+    // A real shutdown: a request waiting for a run slot is answered 503 `unavailable`.
+    let mut running = gw.run(json!({"cli": "sleep", "args": ["30"]})).await;
+    running.next().await.expect("session frame");
+    let addr = gw.addr;
+    let queued = tokio::spawn(async move {
+        let mut stream = RunStream::open(addr, br#"{"cli": "args"}"#.to_vec(), &[]).await;
+        (stream.status.as_u16(), stream.error_body().await)
+    });
+    let started = Instant::now();
+    while gw.app.metrics.queued.get() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the second run never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let server = gw.begin_shutdown();
+    let (status, body) = queued.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["code"].as_u64()),
+        (Some("unavailable"), Some(503))
+    );
+    drop(running);
+    server.await.unwrap().unwrap();
+}
+
+/// Runs the binary with only `vars` (and a PATH with the fixtures) in its environment.
+async fn run_binary(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", test_path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the binary exits")
+        .unwrap()
+}
+
+fn test_path() -> String {
+    format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default())
+}
+
+#[tokio::test]
+async fn help_lists_every_variable_with_its_default() {
+    let out = run_binary(&["--help"], &[]).await;
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (name, default, _) in cligate::config::VARIABLES {
+        let line = help
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is not in --help:\n{help}"));
+        let shown = if default.is_empty() {
+            "(unset)".to_string()
+        } else {
+            format!("(default {default})")
+        };
+        assert!(line.ends_with(&shown), "{name}: {line:?} does not end with {shown:?}");
+    }
+}
+
+#[tokio::test]
+async fn version_prints_the_crate_version() {
+    let out = run_binary(&["--version"], &[]).await;
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("cligate {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// A directory for this test's scripts, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("cligate-ops-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn script(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let scratch = Scratch::new("engine");
+    // An engine that is never there, and says so on two lines.
+    let docker = scratch.script(
+        "docker",
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon.' >&2\necho 'Is the docker daemon running?' >&2\nexit 1\n",
+    );
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "RUN_RESPONSE_TIMEOUT_SECONDS",
+            vec![("RUN_RESPONSE_TIMEOUT_SECONDS", "abc")],
+        ),
+        ("CLI_LIST", vec![("CLI_LIST", ",")]),
+        ("LISTEN_ADDR", vec![("LISTEN_ADDR", "nonsense")]),
+        ("LISTEN_ADDR", vec![("LISTEN_ADDR", &taken_addr)]),
+        (
+            "CODEX_DOCKER_IMAGE",
+            vec![
+                ("LISTEN_ADDR", "127.0.0.1:0"),
+                ("CODEX_DOCKER_IMAGE", "cligate-ops:none"),
+                ("DOCKER_BIN", &docker),
+            ],
+        ),
+    ];
+    for (variable, vars) in cases {
+        let out = run_binary(&[], &vars).await;
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{vars:?} started");
+        assert_eq!(stderr.lines().count(), 1, "{vars:?}: {stderr:?}");
+        assert!(stderr.ends_with('\n'), "{stderr:?}");
+        assert!(
+            stderr.starts_with(&format!("cligate: {variable}")),
+            "{vars:?}: {stderr:?}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{vars:?}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    drop(taken);
+}
+
+/// The binary's stderr lines, collected as they come.
+struct Logs(tokio::sync::mpsc::UnboundedReceiver<String>, Vec<String>);
+
+impl Logs {
+    /// The first line containing `needle`, waiting for it if it has not come yet.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.1.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = tokio::time::timeout_at(deadline.into(), self.0.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in the log:\n{}", self.1.join("\n")))
+                .unwrap_or_else(|| panic!("the log ended without {needle:?}:\n{}", self.1.join("\n")));
+            self.1.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    async fn rest(mut self) -> Vec<String> {
+        while let Some(line) = self.0.recv().await {
+            self.1.push(line);
+        }
+        self.1
+    }
+}
+
+#[tokio::test]
+async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() {
+    let api_key = "sk-supersecret-value";
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PATH", test_path())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .env("CLI_LIST", "args,show-env")
+        .env("LITELLM_API_KEY", api_key)
+        .env("AUTH_TOKENS", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logs = Logs(rx, Vec::new());
+
+    let listening: Value = serde_json::from_str(&logs.wait_for("\"listening\"").await).unwrap();
+    let addr = listening["addr"].as_str().unwrap().parse().unwrap();
+
+    // One run with the token; its environment shows the secret to the CLI, never to the log.
+    let bearer = format!("Bearer {TOKEN}");
+    let body = json!({"cli": "show-env", "session_id": "ops-log-1", "env": {"LITELLM_API_KEY": api_key}});
+    let stream = RunStream::open(addr, body.to_string().into_bytes(), &[("authorization", &bearer)]).await;
+    assert_eq!(stream.status, 200);
+    let run_id = stream.headers["x-cligate-run-id"].to_str().unwrap().to_string();
+    let frames = stream.collect().await;
+    assert_eq!(frames.exit(), (0, "exited".into()));
+    let stdout_bytes = frames.stdout().len() as u64;
+    // One refused: a wrong token that carries the API key.
+    let wrong = format!("Bearer {api_key}");
+    request(
+        addr,
+        "POST",
+        "/run",
+        Some(br#"{"cli": "args"}"#.to_vec()),
+        &[("authorization", &wrong)],
+    )
+    .await
+    .assert_error(401);
+
+    let finished: Value = serde_json::from_str(&logs.wait_for("\"run finished\"").await).unwrap();
+    assert_eq!(finished["message"], "run finished");
+    assert_eq!(finished["run_id"], run_id.as_str());
+    assert_eq!(finished["session_id"], "ops-log-1");
+    assert_eq!(finished["cli"], "show-env");
+    assert_eq!(finished["code"], 0);
+    assert_eq!(finished["reason"], "exited");
+    assert!(finished["duration_ms"].is_u64(), "{finished}");
+    assert_eq!(finished["stdout_bytes"], stdout_bytes);
+    assert!(
+        finished["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{finished}"
+    );
+    assert_eq!(finished["level"], "INFO");
+    let rejected: Value = serde_json::from_str(&logs.wait_for("\"request rejected\"").await).unwrap();
+    assert_eq!(rejected["status"], 401);
+    assert_eq!(rejected["error"], "unauthorized");
+    assert_eq!(rejected["path"], "/run");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM");
+    assert_eq!(status.unwrap().code(), Some(0));
+
+    let all = logs.rest().await;
+    for line in &all {
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(parsed["message"].is_string() && parsed["level"].is_string(), "{line}");
+    }
+    assert!(all.iter().any(|l| l.contains("\"shut down\"")), "{all:#?}");
+    let text = all.join("\n");
+    assert!(!text.contains(api_key), "the API key is in the log:\n{text}");
+    assert!(!text.contains(TOKEN), "the token is in the log:\n{text}");
+    assert!(
+        !text.contains("supersecret"),
+        "part of the API key is in the log:\n{text}"
+    );
+}
