@@ -10,6 +10,9 @@
 #                  the Docker socket, /run end to end through sibling
 #                  containers for codex, claude, gemini, opencode and qwen
 #   rust           fmt + clippy + cargo-test
+#   cli-env        (not run by default) the real cligate-cli-env image: each
+#                  of the five CLIs through the gateway against a stand-in
+#                  LiteLLM; builds the ~2 GB image (npm registry needed)
 #
 # Needs a running Docker engine: it FAILS (does not skip) if `docker info`
 # does not answer. To add a step: write a function step_NAME (dashes in NAME
@@ -31,7 +34,7 @@ die() {
     exit 1
 }
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 require_docker() {
     command -v docker >/dev/null || die "no docker client on PATH; the tests need a Docker engine"
@@ -165,6 +168,7 @@ free_port() {
 SMOKE_TMP=
 GW_CONTAINER=
 SMOKE_INSTANCE=
+FAKE_LLM_PID=
 smoke_teardown() {
     local status=$?
     if [ -n "$GW_CONTAINER" ]; then
@@ -183,7 +187,12 @@ smoke_teardown() {
             docker rm -f $left >/dev/null 2>&1 || true
         fi
     fi
+    if [ -n "$FAKE_LLM_PID" ]; then
+        kill "$FAKE_LLM_PID" 2>/dev/null || true
+        wait "$FAKE_LLM_PID" 2>/dev/null || true
+    fi
     if [ -n "$SMOKE_TMP" ]; then rm -rf "$SMOKE_TMP"; fi
+    FAKE_LLM_PID=
     GW_CONTAINER=
     SMOKE_INSTANCE=
     SMOKE_TMP=
@@ -193,7 +202,7 @@ smoke_teardown() {
 # to NAME.out, stderr text to NAME.err; HTTP status in NAME.status
 run_cli() {
     local name=$1 body=$2 f=$SMOKE_TMP/$1
-    curl -sS -N --max-time 60 -o "$f.ndjson" -w '%{http_code}' \
+    curl -sS -N --max-time "${RUN_CURL_TIMEOUT:-60}" -o "$f.ndjson" -w '%{http_code}' \
         -H 'content-type: application/json' -d "$body" "$GATEWAY_URL/run" >"$f.status" 2>"$f.curl" || true
     ndjson "$f.ndjson" stdout >"$f.out" 2>/dev/null || true
     ndjson "$f.ndjson" stderr >"$f.err" 2>/dev/null || true
@@ -208,13 +217,15 @@ check_stream() {
     check "$name: stderr frames carry the CLI's stderr" grep -q "this line goes to stderr" "$f.err"
 }
 
-step_smoke() {
-    say "smoke: build the gateway (binary + image) and the test CLI image"
-    ./build.sh gateway test-cli
-
-    SMOKE_TMP=$(mktemp -d)
-    SMOKE_INSTANCE=smoke-$$-$RANDOM
-    GW_CONTAINER=cligate-smoke-gw-$SMOKE_INSTANCE
+# start_gateway WHAT CLI_IMAGE DOCKER_NETWORK LITELLM_BASE_URL LITELLM_API_KEY:
+# the gateway image in a container (host network, free port, the Docker
+# socket mounted) running the CLIs as sibling containers of CLI_IMAGE; sets
+# GATEWAY_URL, GW_CONTAINER, SMOKE_INSTANCE, SMOKE_TMP and the teardown trap.
+start_gateway() {
+    local what=$1 cli_image=$2 network=$3 base_url=$4 key=$5
+    SMOKE_TMP=${SMOKE_TMP:-$(mktemp -d)}
+    SMOKE_INSTANCE=$what-$$-$RANDOM
+    GW_CONTAINER=cligate-$what-gw-$SMOKE_INSTANCE
     trap smoke_teardown EXIT
     local port sock
     port=$(free_port)
@@ -223,18 +234,17 @@ step_smoke() {
     sock=/var/run/docker.sock
     case ${DOCKER_HOST:-} in unix://*) sock=${DOCKER_HOST#unix://} ;; esac
 
-    local base_url=http://127.0.0.1:4000 key=sk-smoke-$RANDOM
-    say "smoke: gateway container $GW_CONTAINER on $GATEWAY_URL (instance $SMOKE_INSTANCE)"
+    say "$what: gateway container $GW_CONTAINER on $GATEWAY_URL (instance $SMOKE_INSTANCE, CLIs from $cli_image)"
     docker run -d --init --name "$GW_CONTAINER" --network host \
         -v "$sock:/var/run/docker.sock" \
         -e LISTEN_ADDR="127.0.0.1:$port" \
-        -e CODEX_DOCKER_IMAGE="$TEST_CLI_IMAGE" \
+        -e CODEX_DOCKER_IMAGE="$cli_image" \
         -e CLI_LIST=codex,claude,gemini,opencode,qwen \
         -e MODEL_LIST=auto,gpt-4o \
         -e LITELLM_BASE_URL="$base_url" \
         -e LITELLM_API_KEY="$key" \
-        -e RUN_RESPONSE_TIMEOUT_SECONDS=120 \
-        -e DOCKER_NETWORK=none \
+        -e RUN_RESPONSE_TIMEOUT_SECONDS=180 \
+        -e DOCKER_NETWORK="$network" \
         -e CLIGATE_INSTANCE="$SMOKE_INSTANCE" \
         "$GATEWAY_IMAGE" >/dev/null
 
@@ -251,8 +261,27 @@ step_smoke() {
     done
     [ "$up" = 1 ] || {
         FAILED=$((FAILED + 1))
-        die "the gateway container did not answer /healthz (see its logs above)"
+        die "the gateway container did not answer /healthz (its logs follow)"
     }
+}
+
+# No container of the gateway instance may be left behind.
+check_no_leftovers() {
+    local left=x
+    for _ in $(seq 1 20); do
+        left=$(docker ps -aq --filter "label=cligate.instance=$SMOKE_INSTANCE")
+        [ -z "$left" ] && break
+        sleep 0.5
+    done
+    check "no cligate.instance=$SMOKE_INSTANCE container left" equals "$left" ""
+}
+
+step_smoke() {
+    say "smoke: build the gateway (binary + image) and the test CLI image"
+    ./build.sh gateway test-cli
+
+    local base_url=http://127.0.0.1:4000 key=sk-smoke-$RANDOM
+    start_gateway smoke "$TEST_CLI_IMAGE" none "$base_url" "$key"
 
     local t=$SMOKE_TMP
     say "smoke: checks"
@@ -367,14 +396,7 @@ step_smoke() {
     check "stop: the CLI did not run to its end" lacks_line "$t/stop.out" "DONE"
     printf '       (stop exit frame: %s)\n' "$(ndjson "$t/stop.ndjson" last 2>/dev/null)"
 
-    # No container of this gateway instance is left behind.
-    local left=x
-    for _ in $(seq 1 20); do
-        left=$(docker ps -aq --filter "label=cligate.instance=$SMOKE_INSTANCE")
-        [ -z "$left" ] && break
-        sleep 0.5
-    done
-    check "no cligate.instance=$SMOKE_INSTANCE container left" equals "$left" ""
+    check_no_leftovers
 
     # openapi-check
     # Schemathesis against the gateway's own /openapi.json: the release binary
@@ -411,6 +433,65 @@ step_smoke() {
     trap - EXIT
     echo
     echo "smoke: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}
+
+# ------------------------------------------------------- cli-env step (opt-in)
+# The real image end to end: the gateway container runs the five real CLIs of
+# cligate-cli-env (built by ./build.sh cli-env: npm registry needed, ~2 GB)
+# against docker/test-cli/fake_llm.py, a stand-in LiteLLM on a loopback port.
+# Not in STEPS: run it as ./test.sh cli-env.
+CLI_ENV_IMAGE=${CLI_ENV_IMAGE:-cligate-cli-env:latest}
+export CLI_ENV_IMAGE
+step_cli_env() {
+    say "cli-env: build the gateway (binary + image) and the CLI environment image"
+    ./build.sh gateway cli-env
+
+    local llm_port llm_log key=sk-cli-env-$RANDOM
+    SMOKE_TMP=$(mktemp -d)
+    trap smoke_teardown EXIT
+    llm_port=$(free_port)
+    llm_log=$SMOKE_TMP/llm.log
+    python3 docker/test-cli/fake_llm.py "$llm_port" "$llm_log" &
+    FAKE_LLM_PID=$!
+    # The run containers share the host network to reach the loopback LLM.
+    start_gateway cli-env "$CLI_ENV_IMAGE" host "http://127.0.0.1:$llm_port" "$key"
+    curl -fsS --max-time 5 "http://127.0.0.1:$llm_port/v1/models" >/dev/null ||
+        die "the fake LLM on port $llm_port does not answer"
+
+    local t=$SMOKE_TMP cli sid want_path auth
+    say "cli-env: checks (each real CLI once, through the gateway)"
+    for cli in ${CLI_ENV_CLIS:-codex claude gemini opencode qwen}; do
+        : >"$llm_log"
+        sid=cli-env-$cli-$RANDOM
+        RUN_CURL_TIMEOUT=180 run_cli "$cli" "{\"cli\":\"$cli\",\"args\":[\"--model\",\"gpt-4o\"],\"stdin\":\"Say hello.\",\"session_id\":\"$sid\"}"
+        check "$cli: HTTP 200" equals "$(cat "$t/$cli.status")" 200
+        check "$cli: stream ends with exit code 0, reason exited" equals "$(ndjson "$t/$cli.ndjson" last 2>/dev/null)" "exit 0 exited"
+        check "$cli: stdout is the model's answer only" equals "$(tr -d '\r\n' <"$t/$cli.out")" FAKE-ANSWER-42
+        case $cli in
+            codex) want_path=/v1/responses auth='"authorization": "Bearer '$key'"' ;;
+            claude) want_path=/v1/messages auth='"authorization": "Bearer '$key'"' ;;
+            gemini) want_path=/v1beta/models/gpt-4o: auth='"x-goog-api-key": "'$key'"' ;;
+            opencode | qwen) want_path=/v1/chat/completions auth='"authorization": "Bearer '$key'"' ;;
+        esac
+        check "$cli: asked the LiteLLM stand-in at $want_path" grep -qF "\"path\": \"$want_path" "$llm_log"
+        check "$cli: with the LiteLLM key" grep -qF "$auth" "$llm_log"
+        if [ "$cli" != gemini ]; then
+            check "$cli: for model gpt-4o" grep -qF '"model": "gpt-4o"' "$llm_log"
+        fi
+        if [ "$FAILED" -gt 0 ]; then
+            echo "       requests of $cli:"
+            sed 's/^/         /' "$llm_log"
+            echo "       stderr of $cli (tail):"
+            tail -n 15 "$t/$cli.err" | sed 's/^/         /'
+        fi
+    done
+    check_no_leftovers
+
+    smoke_teardown
+    trap - EXIT
+    echo
+    echo "cli-env: $PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]
 }
 
