@@ -405,6 +405,30 @@ step_smoke() {
     say "smoke: schemathesis (tests/openapi-check.sh)"
     check "schemathesis: the gateway conforms to its OpenAPI document" tests/openapi-check.sh target/release/cligate
 
+    # docker-compose.yml: parsed (PyYAML or `docker compose config`) and the
+    # sidecar's essentials present.
+    if python3 -c 'import yaml' 2>/dev/null; then
+        check "docker-compose.yml: sidecar with the socket, init, port 8000 and the contract's variables" \
+            python3 - docker-compose.yml <<'PY'
+import sys, yaml
+svc = yaml.safe_load(open(sys.argv[1]))["services"]["cligate"]
+env = svc["environment"]
+assert svc["image"] == "cligate:latest", svc["image"]
+assert svc["init"] is True
+assert "/var/run/docker.sock:/var/run/docker.sock" in svc["volumes"]
+assert any(str(p).endswith(":8000") for p in svc["ports"])
+for k in ("CODEX_DOCKER_IMAGE", "CLI_LIST", "MODEL_LIST", "LITELLM_BASE_URL", "LITELLM_API_KEY",
+          "RUN_RESPONSE_TIMEOUT_SECONDS", "LISTEN_ADDR", "DOCKER_NETWORK", "CLIGATE_INSTANCE"):
+    assert k in env, k
+assert env["CODEX_DOCKER_IMAGE"] == "${CODEX_DOCKER_IMAGE:-cligate-cli-env:latest}"
+assert env["RUN_RESPONSE_TIMEOUT_SECONDS"] == "${RUN_RESPONSE_TIMEOUT_SECONDS:-600}"
+PY
+    elif docker compose version >/dev/null 2>&1; then
+        check "docker-compose.yml: docker compose config accepts it" quiet docker compose -f docker-compose.yml config -q
+    else
+        echo "  note: neither PyYAML nor docker compose here: docker-compose.yml not checked"
+    fi
+
     # The entrypoint alone, in the test image without the gateway.
     say "smoke: entrypoint checks (docker run $TEST_CLI_IMAGE)"
     docker run --rm -i --network none -e LITELLM_BASE_URL=http://proxy:4000/v1/ -e LITELLM_API_KEY=k \
