@@ -61,6 +61,12 @@ step_clippy() {
 CARGO_PASSED=0
 CARGO_FAILED=0
 step_cargo_test() {
+    # What the Rust tests need installed first: the real Codex CLI that
+    # tests/codex.rs drives (into target/codex; idempotent).
+    if [ -f tests/install-codex.sh ]; then
+        say "tests/install-codex.sh"
+        bash tests/install-codex.sh
+    fi
     say "cargo test"
     local log
     log=$(mktemp)
@@ -445,6 +451,9 @@ PY
         "$TEST_CLI_IMAGE" opencode run "a b" </dev/null >"$t/ep-opencode2.out" 2>&1 || true
     check "entrypoint: explicit opencode run without a model stays as given" has_line "$t/ep-opencode2.out" "ARGV=run a b"
     check "entrypoint: opencode run with 'a b' keeps it one argument" has_line "$t/ep-opencode2.out" "ARG2=a b"
+    docker run --rm -i --network none --user 4242:4242 -e LITELLM_BASE_URL=http://proxy:4000 \
+        "$TEST_CLI_IMAGE" codex </dev/null >"$t/ep-uid.out" 2>&1 || true
+    check "entrypoint: under another uid the settings go to a fresh HOME" grep -qE '^FILE /tmp/home\.[A-Za-z0-9]+/\.codex/config\.toml$' "$t/ep-uid.out"
     docker run --rm -i --network none "$TEST_CLI_IMAGE" gemini -p hi </dev/null >"$t/ep-plain.out" 2>&1 || true
     check "entrypoint: without LITELLM_* nothing is mapped" has_line "$t/ep-plain.out" "UNSET GOOGLE_GEMINI_BASE_URL"
     check "entrypoint: without LITELLM_* no settings file is written" has_line "$t/ep-plain.out" "NOFILE /home/cli/.gemini/settings.json"

@@ -42,7 +42,11 @@ model=${LITELLM_MODEL:-}
 root_url=${base_url%/}
 root_url=${root_url%/v1}
 openai_url=$root_url/v1
-: "${HOME:=/tmp}"
+# The settings files go under $HOME. Under another uid (the gateway's
+# DOCKER_USER) the image's /home/cli is not writable: use a fresh one.
+if [ -z "${HOME:-}" ] || [ ! -d "$HOME" ] || [ ! -w "$HOME" ]; then
+    HOME=$(mktemp -d /tmp/home.XXXXXX)
+fi
 export HOME
 
 # stdin not a terminal = the gateway (or a pipe) feeds the prompt.
