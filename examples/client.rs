@@ -26,10 +26,14 @@ async fn main() -> Result<()> {
     let cli = argv.next().context("usage: client URL CLI [ARGS...] < prompt")?;
     let args: Vec<String> = argv.collect();
     let mut prompt = String::new();
-    std::io::stdin().read_to_string(&mut prompt).context("reading the prompt from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut prompt)
+        .context("reading the prompt from stdin")?;
 
     let authority = url.authority().context("URL needs a host and port")?.clone();
-    let stream = tokio::net::TcpStream::connect(authority.as_str()).await.context("connecting")?;
+    let stream = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .context("connecting")?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
 
@@ -40,7 +44,9 @@ async fn main() -> Result<()> {
     if let Ok(token) = std::env::var("CLIGATE_TOKEN") {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = sender.send_request(request.body(Full::new(Bytes::from(body.to_string())))?).await?;
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body.to_string())))?)
+        .await?;
     let status = response.status();
     let mut body = response.into_body();
     if !status.is_success() {
