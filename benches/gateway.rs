@@ -1,0 +1,1553 @@
+//! cligate benchmark driver (`harness = false`; run it through `./benches/run.sh`).
+//!
+//! Every figure is a ratio against a baseline measured in the same invocation, on the same
+//! machine, interleaved with the gateway's rounds so that background load hits both alike:
+//!
+//! - spawn rate: runs/s of `true` through `POST /run` vs a direct `tokio::process` spawn loop;
+//! - latency: time to first output frame and to the end of a tiny run (`echo hi`);
+//! - streaming throughput: 256 MiB of 1 KiB lines, decoded from the frames and verified;
+//! - memory: the gateway's RSS idle, and its growth under 50 stalled readers;
+//! - docker mode: one `docker run --rm -i` through the gateway vs the same command directly;
+//! - a peer: adnanh/webhook running `true` per request, both driven by `wrk`.
+//!
+//! All traffic goes to 127.0.0.1; every loop is bounded in time and count. The same executable,
+//! called as `cligate-bench-lines BYTES` (a symlink), is the output generator for the streaming
+//! tests.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ------------------------------------------------------------------------------------------
+// The output generator
+// ------------------------------------------------------------------------------------------
+
+/// Name under which this executable generates output (allow-listed in the gateway).
+const GEN_NAME: &str = "cligate-bench-lines";
+/// Line length of the generated output, newline included.
+const LINE: u64 = 1024;
+/// Bytes per `write(2)` of the generator.
+const GEN_WRITE: usize = 64 * 1024;
+/// The streaming test's volume.
+const STREAM_BYTES: u64 = 256 << 20;
+
+/// Printable ASCII filler, including `"` and `\` so that JSON escaping is exercised.
+fn filler_table() -> Vec<u8> {
+    (0..2 * LINE as usize).map(|k| 33 + (k % 90) as u8).collect()
+}
+
+/// Fills `buf` with the stream's bytes starting at `offset`: line `i` is its number in ten
+/// digits, then filler shifted by `i`, then `\n`.
+fn fill(buf: &mut [u8], mut offset: u64, table: &[u8]) {
+    let width = LINE as usize;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let line = offset / LINE;
+        let col = (offset % LINE) as usize;
+        let n = (width - col).min(buf.len() - pos);
+        let dst = &mut buf[pos..pos + n];
+        if col == 0 && n == width {
+            // The common case, a whole line in place.
+            write_digits(&mut dst[..10], line);
+            let shift = (line % 90) as usize;
+            dst[10..width - 1].copy_from_slice(&table[shift..shift + width - 11]);
+            dst[width - 1] = b'\n';
+        } else {
+            let mut full = vec![0u8; width];
+            fill(&mut full, line * LINE, table);
+            dst.copy_from_slice(&full[col..col + n]);
+        }
+        pos += n;
+        offset += n as u64;
+    }
+}
+
+fn write_digits(to: &mut [u8], mut value: u64) {
+    for d in to.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// `cligate-bench-lines BYTES`: writes the stream to stdout, 64 KiB per write.
+fn generate(total: u64) -> ! {
+    use std::os::fd::FromRawFd;
+    // Raw fd 1: no line buffering.
+    let mut out = unsafe { std::fs::File::from_raw_fd(1) };
+    let table = filler_table();
+    let mut buf = vec![0u8; GEN_WRITE];
+    let mut off = 0u64;
+    while off < total {
+        let n = (total - off).min(GEN_WRITE as u64) as usize;
+        fill(&mut buf[..n], off, &table);
+        if out.write_all(&buf[..n]).is_err() {
+            std::process::exit(1);
+        }
+        off += n as u64;
+    }
+    std::process::exit(0)
+}
+
+/// CRC-32 of the first `total` bytes of the stream, computed in-process.
+fn expected_crc(total: u64) -> u32 {
+    let table = filler_table();
+    let mut buf = vec![0u8; GEN_WRITE];
+    let mut h = crc32fast::Hasher::new();
+    let mut off = 0;
+    while off < total {
+        let n = (total - off).min(GEN_WRITE as u64) as usize;
+        fill(&mut buf[..n], off, &table);
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    h.finalize()
+}
+
+// ------------------------------------------------------------------------------------------
+// Small helpers: CPU, RSS, processes, statistics
+// ------------------------------------------------------------------------------------------
+
+fn rusage(who: libc::c_int) -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// This process's own CPU time (the client side).
+fn self_cpu() -> Duration {
+    rusage(libc::RUSAGE_SELF)
+}
+
+/// CPU time of this process's waited-for children.
+fn children_cpu() -> Duration {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+/// utime + stime of a process (its own threads, not its children).
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // after ')': state(0) ppid(1) … utime(11) stime(12)
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz as f64)
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+// ------------------------------------------------------------------------------------------
+// Processes under test
+// ------------------------------------------------------------------------------------------
+
+/// A server process started by the harness; killed when dropped (and, through
+/// PR_SET_PDEATHSIG, when the harness itself dies).
+struct Server {
+    name: &'static str,
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(name: &'static str, mut cmd: std::process::Command, addr: SocketAddr, log: &Path) -> Server {
+        let log = std::fs::File::create(log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let server = Server { name, child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "{name} did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: {} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+struct Env {
+    cligate: PathBuf,
+    /// Directory holding the generator symlink; first on the gateway's PATH.
+    bin_dir: PathBuf,
+    work: PathBuf,
+    scale: f64,
+}
+
+impl Env {
+    fn secs(&self, s: f64) -> Duration {
+        Duration::from_secs_f64(s * self.scale)
+    }
+
+    fn path(&self) -> String {
+        format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin_dir.display())
+    }
+
+    fn start_gateway(&self, name: &'static str, vars: &[(&str, &str)]) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = std::process::Command::new(&self.cligate);
+        cmd.env_clear()
+            .env("PATH", self.path())
+            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .env("LISTEN_ADDR", addr.to_string())
+            .env("CLI_LIST", format!("true,echo,{GEN_NAME}"))
+            .env("MAX_CONCURRENT_RUNS", "64")
+            .env("MAX_QUEUED_RUNS", "64")
+            .env("KILL_GRACE_SECONDS", "1")
+            .env("SHUTDOWN_GRACE_SECONDS", "1");
+        if let Ok(h) = std::env::var("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", h);
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        Server::spawn(name, cmd, addr, &self.work.join(format!("{name}.log")))
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// A lean HTTP/1.1 client: keep-alive, chunked decoding, NDJSON frame decoding
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+enum Ev<'a> {
+    Session,
+    Stdout(&'a [u8]),
+    Stderr(&'a [u8]),
+    Exit(i64, String),
+    Other,
+}
+
+#[derive(Debug, Default)]
+struct RunResult {
+    status: u16,
+    first_frame: Option<Duration>,
+    first_output: Option<Duration>,
+    total: Duration,
+    exit_code: Option<i64>,
+    reason: String,
+    frames: u64,
+    stdout_bytes: u64,
+    max_frame_data: usize,
+}
+
+/// Splits a de-chunked body into lines and decodes each frame, with a fast path for the
+/// gateway's own `{"type":"stdout","data":"…"}` shape and serde_json for everything else.
+#[derive(Default)]
+struct FrameSplitter {
+    partial: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl FrameSplitter {
+    fn feed(&mut self, mut data: &[u8], on: &mut (dyn FnMut(Ev<'_>) + Send)) -> Result<(), String> {
+        if !self.partial.is_empty() {
+            match memchr::memchr(b'\n', data) {
+                Some(i) => {
+                    let mut line = std::mem::take(&mut self.partial);
+                    line.extend_from_slice(&data[..i]);
+                    let r = decode_line(&line, &mut self.scratch, on);
+                    line.clear();
+                    self.partial = line;
+                    r?;
+                    data = &data[i + 1..];
+                }
+                None => {
+                    self.partial.extend_from_slice(data);
+                    return Ok(());
+                }
+            }
+        }
+        while let Some(i) = memchr::memchr(b'\n', data) {
+            decode_line(&data[..i], &mut self.scratch, on)?;
+            data = &data[i + 1..];
+        }
+        self.partial.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// JSON string body (without quotes) → bytes, for the escapes the gateway produces for ASCII.
+/// False when it meets something it does not handle (then serde_json decodes the line).
+fn unescape(mut s: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    while let Some(i) = memchr::memchr2(b'\\', b'"', s) {
+        // A bare quote inside is not the gateway's shape: serde_json decides (and refuses it).
+        if s[i] == b'"' || i + 1 >= s.len() {
+            return false;
+        }
+        out.extend_from_slice(&s[..i]);
+        out.push(match s[i + 1] {
+            b'n' => b'\n',
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b't' => b'\t',
+            b'r' => b'\r',
+            b'/' => b'/',
+            _ => return false,
+        });
+        s = &s[i + 2..];
+    }
+    out.extend_from_slice(s);
+    true
+}
+
+fn decode_line(line: &[u8], scratch: &mut Vec<u8>, on: &mut (dyn FnMut(Ev<'_>) + Send)) -> Result<(), String> {
+    const OUT: &[u8] = br#"{"type":"stdout","data":""#;
+    const ERR: &[u8] = br#"{"type":"stderr","data":""#;
+    for (prefix, is_out) in [(OUT, true), (ERR, false)] {
+        if line.starts_with(prefix) && line.ends_with(b"\"}") && line.len() >= prefix.len() + 2 {
+            if unescape(&line[prefix.len()..line.len() - 2], scratch) {
+                on(if is_out {
+                    Ev::Stdout(scratch)
+                } else {
+                    Ev::Stderr(scratch)
+                });
+                return Ok(());
+            }
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| format!("frame is not JSON ({e}): {:?}", String::from_utf8_lossy(line)))?;
+    let data = || v["data"].as_str().unwrap_or("").as_bytes().to_vec();
+    match v["type"].as_str() {
+        Some("session") => on(Ev::Session),
+        Some("stdout") => {
+            let d = data();
+            on(Ev::Stdout(&d))
+        }
+        Some("stderr") => {
+            let d = data();
+            on(Ev::Stderr(&d))
+        }
+        Some("exit") => on(Ev::Exit(
+            v["code"].as_i64().unwrap_or(-1),
+            v["reason"].as_str().unwrap_or("").to_string(),
+        )),
+        _ => on(Ev::Other),
+    }
+    Ok(())
+}
+
+struct HttpConn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    splitter: FrameSplitter,
+}
+
+impl HttpConn {
+    fn new(addr: SocketAddr) -> HttpConn {
+        HttpConn {
+            addr,
+            stream: None,
+            buf: vec![0; 256 * 1024],
+            lo: 0,
+            hi: 0,
+            splitter: FrameSplitter::default(),
+        }
+    }
+
+    /// Reads more bytes; Err on EOF.
+    async fn fill(&mut self) -> Result<(), String> {
+        if self.lo == self.hi {
+            self.lo = 0;
+            self.hi = 0;
+        } else if self.hi == self.buf.len() {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+            if self.hi == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+        let s = self.stream.as_mut().ok_or("not connected")?;
+        let n = s.read(&mut self.buf[self.hi..]).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed by the server".into());
+        }
+        self.hi += n;
+        Ok(())
+    }
+
+    /// Position just after the next `\r\n` in the unread bytes, reading more as needed.
+    async fn line(&mut self) -> Result<(usize, usize), String> {
+        loop {
+            if let Some(i) = memchr::memmem::find(&self.buf[self.lo..self.hi], b"\r\n") {
+                let start = self.lo;
+                self.lo += i + 2;
+                return Ok((start, start + i));
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends `POST path` with `body` and reads the whole response, decoding frames. `on_stdout`
+    /// sees every decoded stdout piece in order.
+    async fn post(&mut self, path: &str, body: &[u8], on_stdout: &mut (dyn FnMut(&[u8]) + Send)) -> Result<RunResult, String> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+            s.set_nodelay(true).ok();
+            self.stream = Some(s);
+            self.lo = 0;
+            self.hi = 0;
+        }
+        let t0 = Instant::now();
+        let mut req = Vec::with_capacity(body.len() + 128);
+        write!(
+            req,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        req.extend_from_slice(body);
+        let result = self.exchange(&req, t0, on_stdout).await;
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        req: &[u8],
+        t0: Instant,
+        on_stdout: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<RunResult, String> {
+        self.stream
+            .as_mut()
+            .unwrap()
+            .write_all(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut r = RunResult::default();
+        // Status line and headers.
+        let (s, e) = self.line().await?;
+        let status_line = String::from_utf8_lossy(&self.buf[s..e]).to_string();
+        r.status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let (mut chunked, mut length, mut close) = (false, None::<usize>, false);
+        loop {
+            let (s, e) = self.line().await?;
+            if s == e {
+                break;
+            }
+            let h = String::from_utf8_lossy(&self.buf[s..e]).to_ascii_lowercase();
+            if let Some((name, value)) = h.split_once(':') {
+                match (name.trim(), value.trim()) {
+                    ("transfer-encoding", v) if v.contains("chunked") => chunked = true,
+                    ("content-length", v) => length = v.parse().ok(),
+                    ("connection", "close") => close = true,
+                    _ => {}
+                }
+            }
+        }
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.partial.clear();
+        let mut on = |ev: Ev<'_>| {
+            r.frames += 1;
+            if r.first_frame.is_none() {
+                r.first_frame = Some(t0.elapsed());
+            }
+            match ev {
+                Ev::Stdout(d) => {
+                    if r.first_output.is_none() {
+                        r.first_output = Some(t0.elapsed());
+                    }
+                    r.stdout_bytes += d.len() as u64;
+                    r.max_frame_data = r.max_frame_data.max(d.len());
+                    on_stdout(d);
+                }
+                Ev::Stderr(d) => r.max_frame_data = r.max_frame_data.max(d.len()),
+                Ev::Exit(code, reason) => {
+                    r.exit_code = Some(code);
+                    r.reason = reason;
+                }
+                Ev::Session | Ev::Other => {}
+            }
+        };
+        let outcome: Result<(), String> = async {
+            if chunked {
+                loop {
+                    let (s, e) = self.line().await?;
+                    let text = std::str::from_utf8(&self.buf[s..e]).map_err(|e| e.to_string())?;
+                    let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| format!("bad chunk size {text:?}"))?;
+                    if size == 0 {
+                        loop {
+                            let (s, e) = self.line().await?;
+                            if s == e {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                    let mut rem = size;
+                    while rem > 0 {
+                        if self.lo == self.hi {
+                            self.fill().await?;
+                        }
+                        let take = rem.min(self.hi - self.lo);
+                        splitter.feed(&self.buf[self.lo..self.lo + take], &mut on)?;
+                        self.lo += take;
+                        rem -= take;
+                    }
+                    let (s, e) = self.line().await?;
+                    if s != e {
+                        return Err("chunk not followed by CRLF".into());
+                    }
+                }
+            } else {
+                let mut rem = length.unwrap_or(0);
+                while rem > 0 {
+                    if self.lo == self.hi {
+                        self.fill().await?;
+                    }
+                    let take = rem.min(self.hi - self.lo);
+                    self.lo += take;
+                    rem -= take;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(on);
+        self.splitter = splitter;
+        outcome?;
+        r.total = t0.elapsed();
+        if close {
+            self.stream = None;
+        }
+        Ok(r)
+    }
+}
+
+fn run_body(cli: &str, args: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "cli": cli, "args": args })).unwrap()
+}
+
+/// One run through the gateway that must succeed with exit code 0.
+async fn gateway_run(conn: &mut HttpConn, body: &[u8], on_stdout: &mut (dyn FnMut(&[u8]) + Send)) -> Result<RunResult, String> {
+    let r = tokio::time::timeout(Duration::from_secs(60), conn.post("/run", body, on_stdout))
+        .await
+        .map_err(|_| "a run took more than 60 s".to_string())??;
+    if r.status != 200 || r.exit_code != Some(0) || r.reason != "exited" {
+        return Err(format!(
+            "run failed: HTTP {} exit {:?} reason {:?}",
+            r.status, r.exit_code, r.reason
+        ));
+    }
+    Ok(r)
+}
+
+// ------------------------------------------------------------------------------------------
+// The direct baseline: tokio::process, piped stdio, read to EOF, wait
+// ------------------------------------------------------------------------------------------
+
+struct DirectResult {
+    first_output: Option<Duration>,
+    total: Duration,
+    stdout_bytes: u64,
+}
+
+async fn direct_run(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    on_stdout: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<DirectResult, String> {
+    let t0 = Instant::now();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("spawning {program}: {e}"))?;
+    drop(child.stdin.take());
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut first = None;
+    let mut bytes = 0u64;
+    let read_out = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = out.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok::<(), String>(());
+            }
+            first.get_or_insert_with(|| t0.elapsed());
+            bytes += n as u64;
+            on_stdout(&buf[..n]);
+        }
+    };
+    let read_err = async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = err.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok::<(), String>(());
+            }
+        }
+    };
+    tokio::try_join!(read_out, read_err)?;
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("{program} exited with {status}"));
+    }
+    Ok(DirectResult {
+        first_output: first,
+        total: t0.elapsed(),
+        stdout_bytes: bytes,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// The report
+// ------------------------------------------------------------------------------------------
+
+struct Row {
+    metric: String,
+    cligate: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(
+        &mut self,
+        metric: &str,
+        cligate: String,
+        baseline: String,
+        ratio: Option<f64>,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        println!(
+            "  {metric}: {cligate} vs {baseline} (ratio {}) {}",
+            ratio.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
+            match met {
+                Some(true) => "target met",
+                Some(false) => "TARGET MISSED",
+                None => "",
+            }
+        );
+        self.rows.push(Row {
+            metric: metric.into(),
+            cligate,
+            baseline,
+            ratio,
+            target: target.into(),
+            met,
+        });
+    }
+
+    fn note(&mut self, text: String) {
+        println!("  note: {text}");
+        self.notes.push(text);
+    }
+
+    fn markdown(&self, header: &str) -> String {
+        let mut s = String::new();
+        s.push_str(header);
+        s.push_str("\n| metric | cligate | baseline | ratio | target | met? |\n|---|---:|---:|---:|---|---|\n");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.metric,
+                r.cligate,
+                r.baseline,
+                r.ratio.map(|x| format!("{x:.2}×")).unwrap_or("—".into()),
+                r.target,
+                match r.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "—",
+                }
+            );
+        }
+        if !self.notes.is_empty() {
+            s.push_str("\nNotes:\n\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The benchmarks
+// ------------------------------------------------------------------------------------------
+
+/// Runs/s of `true` through the gateway with `conc` keep-alive connections for `dur`.
+async fn rate_gateway(addr: SocketAddr, conc: usize, dur: Duration) -> Result<(f64, u64), String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let body: Arc<[u8]> = run_body("true", &[]).into();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (done, stop, body) = (done.clone(), stop.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::new(addr);
+            while !stop.load(Ordering::Relaxed) {
+                gateway_run(&mut conn, &body, &mut |_| {}).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let n = done.load(Ordering::Relaxed);
+    Ok((n as f64 / t0.elapsed().as_secs_f64(), n))
+}
+
+/// Runs/s of `true` spawned directly by `conc` tasks for `dur`.
+async fn rate_direct(conc: usize, dur: Duration) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (done, stop) = (done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                direct_run("true", &[], &[], &mut |_| {}).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
+}
+
+async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
+    println!("== spawn rate (`true`, keep-alive connections)");
+    let mut client_notes = Vec::new();
+    for conc in [1usize, 8, 32] {
+        // Warm-up: connections, page cache, the gateway's allocator.
+        rate_gateway(gw.addr, conc, env.secs(0.3)).await?;
+        rate_direct(conc, env.secs(0.3)).await?;
+        let (mut g, mut d) = (Vec::new(), Vec::new());
+        let (mut client_cpu, mut gw_cpu, mut wall, mut runs) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
+        for _ in 0..3 {
+            let (c0, s0, t0) = (self_cpu(), proc_cpu(gw.pid()), Instant::now());
+            let (rate, n) = rate_gateway(gw.addr, conc, env.secs(1.0)).await?;
+            client_cpu += self_cpu() - c0;
+            gw_cpu += proc_cpu(gw.pid()) - s0;
+            wall += t0.elapsed();
+            runs += n;
+            g.push(rate);
+            d.push(rate_direct(conc, env.secs(1.0)).await?);
+        }
+        let (g, d) = (median(&mut g), median(&mut d));
+        let (target, met) = if conc == 8 {
+            ("≥ 0.80× direct", Some(g / d >= 0.8))
+        } else {
+            ("— (info)", None)
+        };
+        report.row(
+            &format!("spawn rate, concurrency {conc} (runs/s)"),
+            format!("{g:.0}"),
+            format!("{d:.0}"),
+            Some(g / d),
+            target,
+            met,
+        );
+        client_notes.push(format!(
+            "c={conc}: client {:.0} µs CPU/run ({:.0}% of one core), gateway process {:.0} µs CPU/run ({:.0}% of one core)",
+            client_cpu.as_secs_f64() * 1e6 / runs as f64,
+            client_cpu.as_secs_f64() * 100.0 / wall.as_secs_f64(),
+            gw_cpu.as_secs_f64() * 1e6 / runs as f64,
+            gw_cpu.as_secs_f64() * 100.0 / wall.as_secs_f64(),
+        ));
+    }
+    report.note(format!(
+        "Spawn rate: median of 3 interleaved 1 s rounds per side; client = this driver's own HTTP/1.1 client (tokio, raw socket, keep-alive, one connection per worker); {}.",
+        client_notes.join("; ")
+    ));
+    Ok(())
+}
+
+async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
+    println!("== latency (`echo hi`, sequential, interleaved)");
+    let n = ((1000.0 * env.scale) as usize).max(50);
+    let body = run_body("echo", &["hi"]);
+    let mut conn = HttpConn::new(gw.addr);
+    for _ in 0..20 {
+        gateway_run(&mut conn, &body, &mut |_| {}).await?;
+        direct_run("echo", &["hi"], &[], &mut |_| {}).await?;
+    }
+    let (mut g_first, mut g_total, mut g_session) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d_first, mut d_total) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let mut out = Vec::new();
+        let r = gateway_run(&mut conn, &body, &mut |d| out.extend_from_slice(d)).await?;
+        if out != b"hi\n" {
+            return Err(format!("echo through the gateway gave {out:?}"));
+        }
+        g_session.push(r.first_frame.unwrap());
+        g_first.push(r.first_output.ok_or("no output frame")?);
+        g_total.push(r.total);
+        let d = direct_run("echo", &["hi"], &[], &mut |_| {}).await?;
+        d_first.push(d.first_output.ok_or("no direct output")?);
+        d_total.push(d.total);
+    }
+    for v in [&mut g_first, &mut g_total, &mut g_session, &mut d_first, &mut d_total] {
+        v.sort();
+    }
+    for (label, g, d) in [
+        ("time to first output frame", &g_first, &d_first),
+        ("total time", &g_total, &d_total),
+    ] {
+        for p in [0.5, 0.99] {
+            let (gv, dv) = (percentile(g, p), percentile(d, p));
+            let ratio = gv.as_secs_f64() / dv.as_secs_f64();
+            let (target, met) = if p == 0.5 {
+                ("≤ 1.30× direct", Some(ratio <= 1.3))
+            } else {
+                ("— (info)", None)
+            };
+            report.row(
+                &format!("latency p{:.0}, {label} (ms)", p * 100.0),
+                format!("{:.3}", ms(gv)),
+                format!("{:.3}", ms(dv)),
+                Some(ratio),
+                target,
+                met,
+            );
+        }
+    }
+    report.note(format!(
+        "Latency: {n} runs of `echo hi` each way, one at a time, gateway and direct runs alternating; gateway over one keep-alive connection, timed from writing the request; direct timed from spawn. The first frame (`session`) arrives at p50 {:.3} ms / p99 {:.3} ms; the rows use the first *output* frame, the one that compares with the child's first byte.",
+        ms(percentile(&g_session, 0.5)),
+        ms(percentile(&g_session, 0.99)),
+    ));
+    Ok(())
+}
+
+async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
+    let total = ((STREAM_BYTES as f64 * env.scale.min(1.0)) as u64 / LINE).max(1024) * LINE;
+    println!("== streaming throughput ({} MiB of {LINE}-byte lines)", total >> 20);
+    let want = expected_crc(total);
+    let arg = total.to_string();
+    let body = run_body(GEN_NAME, &[&arg]);
+    let gen_path = env.bin_dir.join(GEN_NAME);
+    let gen_path = gen_path.to_str().unwrap();
+    let mut conn = HttpConn::new(gw.addr);
+    let (mut g, mut d) = (Vec::new(), Vec::new());
+    let (mut client_cpu, mut gw_cpu, mut gw_wall) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut frames = 0;
+    let mut max_frame = 0;
+    for _ in 0..3 {
+        let mut h = crc32fast::Hasher::new();
+        let (c0, s0) = (self_cpu(), proc_cpu(gw.pid()));
+        let r = gateway_run(&mut conn, &body, &mut |data| h.update(data)).await?;
+        client_cpu += self_cpu() - c0;
+        gw_cpu += proc_cpu(gw.pid()) - s0;
+        gw_wall += r.total;
+        let crc = h.finalize();
+        if r.stdout_bytes != total || crc != want {
+            return Err(format!(
+                "gateway stream corrupt: {} bytes crc {crc:08x}, want {total} crc {want:08x}",
+                r.stdout_bytes
+            ));
+        }
+        frames = r.frames;
+        max_frame = r.max_frame_data;
+        g.push(total as f64 / r.total.as_secs_f64());
+
+        let mut h = crc32fast::Hasher::new();
+        let r = direct_run(gen_path, &[&arg], &[], &mut |data| h.update(data)).await?;
+        let crc = h.finalize();
+        if r.stdout_bytes != total || crc != want {
+            return Err(format!("direct stream corrupt: {} bytes crc {crc:08x}", r.stdout_bytes));
+        }
+        d.push(total as f64 / r.total.as_secs_f64());
+    }
+    let (g, d) = (median(&mut g), median(&mut d));
+    let mib = |x: f64| x / (1 << 20) as f64;
+    report.row(
+        "streaming throughput (MiB/s of decoded stdout)",
+        format!("{:.0}", mib(g)),
+        format!("{:.0}", mib(d)),
+        Some(g / d),
+        "≥ 0.50× raw pipe",
+        Some(g / d >= 0.5),
+    );
+    report.note(format!(
+        "Throughput: `{GEN_NAME} {total}` (this driver, symlinked) writes {} lines of {LINE} bytes (10-digit line number, printable ASCII filler that includes `\"` and `\\`, newline) in 64 KiB write(2)s. Median of 3 interleaved runs per side. Every gateway run is checked: {total} bytes and CRC-32 {want:08x} of the concatenated `data` (the driver's own decoder: chunked → lines → JSON unescape), {frames} frames, largest frame data {max_frame} bytes. The raw-pipe side reads the same program's stdout with tokio in 64 KiB reads and CRCs it too. Gateway process CPU {:.2} s per GiB ({:.0}% of one core while streaming); client CPU {:.2} s per GiB.",
+        total / LINE,
+        gw_cpu.as_secs_f64() / 3.0 / (total as f64 / (1u64 << 30) as f64),
+        gw_cpu.as_secs_f64() * 100.0 / gw_wall.as_secs_f64(),
+        client_cpu.as_secs_f64() / 3.0 / (total as f64 / (1u64 << 30) as f64),
+    ));
+    Ok(())
+}
+
+async fn bench_memory(env: &Env, report: &mut Report) -> Result<(), String> {
+    println!("== memory (fresh gateway)");
+    let gw = env.start_gateway("cligate-memory", &[]);
+    // One request so that the runtime's lazy parts are set up, then idle.
+    let mut conn = HttpConn::new(gw.addr);
+    gateway_run(&mut conn, &run_body("true", &[]), &mut |_| {}).await?;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_kib(gw.pid());
+    report.row(
+        "gateway RSS idle (MiB)",
+        format!("{:.1}", idle as f64 / 1024.0),
+        "—".into(),
+        None,
+        "≤ 15 MiB",
+        Some(idle <= 15 * 1024),
+    );
+
+    const STALLED: usize = 50;
+    const EACH: u64 = 64 << 20;
+    let arg = EACH.to_string();
+    let body = run_body(GEN_NAME, &[&arg]);
+    let mut req = format!(
+        "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let mut streams = Vec::new();
+    for _ in 0..STALLED {
+        let mut s = TcpStream::connect(gw.addr).await.map_err(|e| e.to_string())?;
+        s.write_all(&req).await.map_err(|e| e.to_string())?;
+        streams.push(s);
+    }
+    // Read a little from each (the headers and some frames), then stop reading.
+    for s in &mut streams {
+        let mut got = 0;
+        let mut buf = vec![0u8; 4096];
+        while got < 16 * 1024 {
+            let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+                .await
+                .map_err(|_| "a stalled-reader stream sent nothing")?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("a stalled-reader stream closed early".into());
+            }
+            if got == 0 && !buf.starts_with(b"HTTP/1.1 200") {
+                return Err(format!(
+                    "stalled-reader run refused: {:?}",
+                    String::from_utf8_lossy(&buf[..n.min(200)])
+                ));
+            }
+            got += n;
+        }
+    }
+    let mut peak = 0;
+    let wait = env.secs(3.0).max(Duration::from_secs(1));
+    let t0 = Instant::now();
+    while t0.elapsed() < wait {
+        peak = peak.max(rss_kib(gw.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stalled = rss_kib(gw.pid());
+    peak = peak.max(stalled);
+    let live = children_of(gw.pid()).len();
+    let growth = stalled.saturating_sub(idle);
+    report.row(
+        "RSS growth, 50 stalled readers (MiB)",
+        format!("{:.1}", growth as f64 / 1024.0),
+        format!("{:.1} idle", idle as f64 / 1024.0),
+        None,
+        "≤ 16 MiB",
+        Some(growth <= 16 * 1024),
+    );
+    drop(streams);
+    let t1 = Instant::now();
+    while !children_of(gw.pid()).is_empty() && t1.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = children_of(gw.pid()).len();
+    let ended_in = t1.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(gw.pid());
+    report.note(format!(
+        "Memory: VmRSS from /proc/<pid>/status of a fresh gateway after one run and 0.5 s idle = {:.1} MiB. Then {STALLED} raw TCP clients each POST `{GEN_NAME} {EACH}` ({} MiB each), read 16 KiB, and stop reading; after {:.1} s the RSS is {:.1} MiB (peak while waiting {:.1} MiB; {live} runs alive). Closing the sockets ended every run in {:.2} s ({left} left); RSS afterwards {:.1} MiB.",
+        idle as f64 / 1024.0,
+        EACH >> 20,
+        wait.as_secs_f64(),
+        stalled as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        ended_in.as_secs_f64(),
+        after as f64 / 1024.0,
+    ));
+    gw.stop();
+    Ok(())
+}
+
+/// `docker info` answers.
+fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Builds `FROM scratch` + static busybox as /bin/true.
+fn build_busybox_image(env: &Env, tag: &str) -> Result<(), String> {
+    let busybox = Path::new("/bin/busybox");
+    let out = std::process::Command::new("file")
+        .arg("-L")
+        .arg(busybox)
+        .output()
+        .map_err(|e| format!("file(1): {e}"))?;
+    if !String::from_utf8_lossy(&out.stdout).contains("statically linked") {
+        return Err("/bin/busybox is missing or not static (install busybox-static)".into());
+    }
+    let dir = env.work.join("docker-image");
+    std::fs::create_dir_all(dir.join("bin")).map_err(|e| e.to_string())?;
+    std::fs::copy(busybox, dir.join("bin/true")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY bin/true /bin/true\nENV PATH=/bin\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("docker build: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker build failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+async fn bench_docker(env: &Env, report: &mut Report) -> Result<(), String> {
+    println!("== docker mode");
+    let skip = |report: &mut Report, why: String| {
+        report.row(
+            "docker mode, one `true` run (ms)",
+            "skipped".into(),
+            "skipped".into(),
+            None,
+            "≤ 1.10× direct",
+            None,
+        );
+        report.note(format!("Docker row skipped: {why}."));
+    };
+    if !docker_available() {
+        skip(
+            report,
+            "the Docker engine does not answer (`docker info` failed)".into(),
+        );
+        return Ok(());
+    }
+    let tag = "cligate-bench-busybox:latest";
+    if let Err(e) = build_busybox_image(env, tag) {
+        skip(report, e);
+        return Ok(());
+    }
+    let instance = format!("cligate-bench-{}", std::process::id());
+    let gw = env.start_gateway(
+        "cligate-docker",
+        &[
+            ("CODEX_DOCKER_IMAGE", tag),
+            ("DOCKER_NETWORK", "none"),
+            ("CLIGATE_INSTANCE", &instance),
+            ("CLI_LIST", "true"),
+        ],
+    );
+    let body = run_body("true", &[]);
+    let mut conn = HttpConn::new(gw.addr);
+    // The same argv the gateway builds (src/run/plan.rs), with this harness's own names.
+    let direct = |i: usize| {
+        let name = format!("cligate-bench-direct-{}-{i}", std::process::id());
+        vec![
+            "run".to_string(),
+            "--rm".into(),
+            "-i".into(),
+            "--init".into(),
+            "--name".into(),
+            name,
+            "--label".into(),
+            format!("cligate.instance={instance}-direct"),
+            "--label".into(),
+            "cligate.session=bench".into(),
+            "--label".into(),
+            format!("cligate.run=direct-{i}"),
+            "--security-opt".into(),
+            "no-new-privileges".into(),
+            "--network=none".into(),
+            "--pids-limit=1024".into(),
+            "-e".into(),
+            "CLI_PROVIDER_NAME".into(),
+            tag.into(),
+            "true".into(),
+        ]
+    };
+    let rounds = ((5.0 * env.scale).round() as usize).clamp(2, 9);
+    let (mut g, mut d) = (Vec::new(), Vec::new());
+    for i in 0..=rounds {
+        let r = gateway_run(&mut conn, &body, &mut |_| {}).await?;
+        let args = direct(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dr = tokio::time::timeout(
+            Duration::from_secs(60),
+            direct_run("docker", &args, &[("CLI_PROVIDER_NAME", "true")], &mut |_| {}),
+        )
+        .await
+        .map_err(|_| "direct docker run took more than 60 s")??;
+        if i > 0 {
+            // Round 0 warms both up.
+            g.push(ms(r.total));
+            d.push(ms(dr.total));
+        }
+    }
+    let (g, d) = (median(&mut g), median(&mut d));
+    report.row(
+        "docker mode, one `true` run (ms)",
+        format!("{g:.0}"),
+        format!("{d:.0}"),
+        Some(g / d),
+        "≤ 1.10× direct",
+        Some(g / d <= 1.1),
+    );
+    report.note(format!(
+        "Docker: image `{tag}` = FROM scratch + static /bin/busybox as /bin/true; gateway with CODEX_DOCKER_IMAGE set, DOCKER_NETWORK=none; the direct side runs the argv the gateway builds (`docker run --rm -i --init --name … --label … --security-opt no-new-privileges --network=none --pids-limit=1024 -e CLI_PROVIDER_NAME IMAGE true`). Median of {rounds} alternating runs after one warm-up each."
+    ));
+    gw.stop();
+    Ok(())
+}
+
+/// `wrk` for `secs` at concurrency 8; returns (requests/s, wrk's CPU time, error summary).
+fn wrk(url: &str, script: &Path, secs: f64) -> Result<(f64, Duration, Option<String>), String> {
+    let c0 = children_cpu();
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            "-c8",
+            &format!("-d{}s", secs.ceil() as u64),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let cpu = children_cpu() - c0;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Err(format!("wrk failed: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk output: {text}"))?;
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok((rps, cpu, (!errors.is_empty()).then_some(errors)))
+}
+
+async fn bench_webhook(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
+    println!("== peer: webhook vs cligate, wrk -c8");
+    let skip = |report: &mut Report, why: &str| {
+        report.row(
+            "spawn rate vs webhook, concurrency 8 (req/s)",
+            "skipped".into(),
+            "skipped".into(),
+            None,
+            "≥ 1.00× webhook",
+            None,
+        );
+        report.note(format!("Webhook row skipped: {why}."));
+    };
+    let (Some(webhook), Some(_)) = (which("webhook"), which("wrk")) else {
+        skip(
+            report,
+            "`webhook` or `wrk` is not installed (Debian packages webhook, wrk)",
+        );
+        return Ok(());
+    };
+    let hooks = env.work.join("hooks.json");
+    std::fs::write(
+        &hooks,
+        r#"[{"id": "true", "execute-command": "/usr/bin/true", "include-command-output-in-response": true}]"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let script = env.work.join("post.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.body = '{\"cli\":\"true\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let port = free_port();
+    let mut cmd = std::process::Command::new(&webhook);
+    cmd.args(["-hooks"])
+        .arg(&hooks)
+        .args(["-ip", "127.0.0.1", "-port", &port.to_string()]);
+    let wh = Server::spawn(
+        "webhook",
+        cmd,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &env.work.join("webhook.log"),
+    );
+    let wh_url = format!("http://127.0.0.1:{port}/hooks/true");
+    let gw_url = format!("http://{}/run", gw.addr);
+    let secs = (3.0 * env.scale).max(1.0);
+    wrk(&gw_url, &script, 1.0)?;
+    wrk(&wh_url, &script, 1.0)?;
+    let (mut g, mut w) = (Vec::new(), Vec::new());
+    let (mut wrk_cpu, mut wall) = (Duration::ZERO, 0.0);
+    let mut errors = Vec::new();
+    let (mut gw_cpu, mut wh_cpu) = (Duration::ZERO, Duration::ZERO);
+    let (mut gw_n, mut wh_n) = (0.0, 0.0);
+    for _ in 0..3 {
+        let s0 = proc_cpu(gw.pid());
+        let (rps, cpu, err) = wrk(&gw_url, &script, secs)?;
+        gw_cpu += proc_cpu(gw.pid()) - s0;
+        gw_n += rps * secs.ceil();
+        g.push(rps);
+        wrk_cpu += cpu;
+        wall += secs.ceil();
+        errors.extend(err.map(|e| format!("cligate: {e}")));
+        let s0 = proc_cpu(wh.pid());
+        let (rps, cpu, err) = wrk(&wh_url, &script, secs)?;
+        wh_cpu += proc_cpu(wh.pid()) - s0;
+        wh_n += rps * secs.ceil();
+        w.push(rps);
+        wrk_cpu += cpu;
+        wall += secs.ceil();
+        errors.extend(err.map(|e| format!("webhook: {e}")));
+    }
+    let (g, w) = (median(&mut g), median(&mut w));
+    report.row(
+        "spawn rate vs webhook, concurrency 8 (req/s)",
+        format!("{g:.0}"),
+        format!("{w:.0} (webhook)"),
+        Some(g / w),
+        "≥ 1.00× webhook",
+        Some(g / w >= 1.0 && errors.is_empty()),
+    );
+    report.note(format!(
+        "Peer: adnanh/webhook {} with a hook running /usr/bin/true and `include-command-output-in-response: true` (so that it waits for the command, like cligate does); both driven by `wrk -t1 -c8 -d{}s` with the same POST body, 3 interleaved rounds, median. wrk used {:.0}% of one core (of 200%); per request the gateway process used {:.0} µs CPU, webhook {:.0} µs.{}",
+        version(&webhook),
+        secs.ceil(),
+        wrk_cpu.as_secs_f64() * 100.0 / wall,
+        gw_cpu.as_secs_f64() * 1e6 / gw_n,
+        wh_cpu.as_secs_f64() * 1e6 / wh_n,
+        if errors.is_empty() {
+            " No errors or non-2xx answers.".to_string()
+        } else {
+            format!(" Errors: {}.", errors.join("; "))
+        }
+    ));
+    wh.stop();
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn version(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("-version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .trim_start_matches("webhook version ")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn main() {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if Path::new(&argv0).file_name().and_then(|n| n.to_str()) == Some(GEN_NAME) {
+        let total = std::env::args()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(STREAM_BYTES);
+        generate(total);
+    }
+    // `cargo bench` passes `--bench`; the only option is `--only NAME[,NAME…]`.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(String::from).collect());
+    let want = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cligate = std::env::var_os("CLIGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/cligate"));
+    assert!(
+        cligate.is_file(),
+        "{} not found: run `cargo build --release` first",
+        cligate.display()
+    );
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let out_file = std::env::var_os("BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("benches/results.md"));
+
+    let work = std::env::temp_dir().join(format!("cligate-bench-{}", std::process::id()));
+    let bin_dir = work.join("bin");
+    std::fs::create_dir_all(&bin_dir).expect("work dir");
+    let me = std::env::current_exe().expect("own path");
+    std::os::unix::fs::symlink(&me, bin_dir.join(GEN_NAME)).expect("generator symlink");
+    let env = Env {
+        cligate,
+        bin_dir,
+        work: work.clone(),
+        scale,
+    };
+
+    // Whatever happens, the harness ends: a watchdog bounds the whole run.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(540));
+        eprintln!("bench: watchdog: still running after 9 minutes; giving up");
+        std::process::exit(3);
+    });
+
+    let load_before = loadavg();
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut report = Report::default();
+    let result: Result<(), String> = rt.block_on(async {
+        let gw = env.start_gateway("cligate", &[]);
+        println!("gateway pid {} on {}", gw.pid(), gw.addr);
+        if want("spawn") {
+            bench_spawn_rate(&env, &gw, &mut report).await?;
+        }
+        if want("latency") {
+            bench_latency(&env, &gw, &mut report).await?;
+        }
+        if want("throughput") {
+            bench_throughput(&env, &gw, &mut report).await?;
+        }
+        if want("memory") {
+            bench_memory(&env, &mut report).await?;
+        }
+        if want("docker") {
+            bench_docker(&env, &mut report).await?;
+        }
+        if want("webhook") {
+            bench_webhook(&env, &gw, &mut report).await?;
+        }
+        let log = std::fs::read_to_string(env.work.join("cligate.log")).unwrap_or_default();
+        let problems = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .count();
+        if problems > 0 {
+            report.note(format!(
+                "The gateway logged {problems} warnings/errors (see {}).",
+                env.work.join("cligate.log").display()
+            ));
+        }
+        gw.stop();
+        Ok(())
+    });
+    let elapsed = started.elapsed();
+    let commit = command_line(
+        "git",
+        &["-C", root.to_str().unwrap(), "describe", "--always", "--dirty"],
+    );
+    let header = format!(
+        "# cligate benchmark results\n\n\
+         `./benches/run.sh` on {} ({} cores, {}), commit {}, {:.0} s. \
+         Load average before {}, after {} (other work on the machine shows up here; every \
+         baseline ran interleaved with the gateway in the same invocation).\n",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        command_line("uname", &["-sr"]),
+        if commit.is_empty() { "?".into() } else { commit },
+        elapsed.as_secs_f64(),
+        load_before,
+        loadavg(),
+    );
+    let md = report.markdown(&header);
+    println!("\n{md}");
+    if let Err(e) = &result {
+        eprintln!("bench: FAILED: {e}");
+    }
+    if result.is_ok() && only.is_none() {
+        std::fs::write(&out_file, &md).expect("writing the results file");
+        println!("written to {}", out_file.display());
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
+}
