@@ -104,24 +104,83 @@ impl Frame {
 }
 
 /// Appends a `stdout`/`stderr` frame for `data` without building a [`Frame`] (the hot path: no
-/// `String` is allocated per frame).
+/// `String` is allocated per frame). The bytes are exactly what serde_json writes for
+/// `{"type": …, "data": …}`; the escaping skips eight clean bytes at a time.
 pub fn encode_output(stream: Stream, data: &str, out: &mut BytesMut) {
-    #[derive(Serialize)]
-    struct Output<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        data: &'a str,
+    let prefix: &[u8] = match stream {
+        Stream::Stdout => br#"{"type":"stdout","data":""#,
+        Stream::Stderr => br#"{"type":"stderr","data":""#,
+    };
+    out.reserve(prefix.len() + data.len() + 3);
+    out.put_slice(prefix);
+    escape_json(data.as_bytes(), out);
+    out.put_slice(b"\"}\n");
+}
+
+/// Appends `bytes` (UTF-8) as the inside of a JSON string, escaped as serde_json does: quote and
+/// backslash get a backslash, `\b \t \n \f \r` their short forms, other control characters
+/// `\u00XX`; everything else is copied as is, in runs between the bytes that need escaping
+/// (found eight bytes at a time).
+fn escape_json(bytes: &[u8], out: &mut BytesMut) {
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes.get(i..i + 8) {
+            Some(word) => {
+                let hits = escape_mask(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+                if hits == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += hits.trailing_zeros() as usize / 8;
+            }
+            None if needs_escape(bytes[i]) => {}
+            None => {
+                i += 1;
+                continue;
+            }
+        }
+        out.put_slice(&bytes[start..i]);
+        let mut esc = [0u8; 6];
+        let n = write_escape(bytes[i], &mut esc);
+        out.put_slice(&esc[..n]);
+        i += 1;
+        start = i;
     }
-    out.reserve(data.len() + 32);
-    serde_json::to_writer(
-        out.writer(),
-        &Output {
-            kind: stream.as_str(),
-            data,
-        },
-    )
-    .expect("frame serialises");
-    out.put_u8(b'\n');
+    out.put_slice(&bytes[start..]);
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Writes the escape of `b` at the start of `to`; returns its length.
+fn write_escape(b: u8, to: &mut [u8]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match b {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'\n' => b'n',
+        b'\r' => b'r',
+        b'\t' => b't',
+        0x08 => b'b',
+        0x0c => b'f',
+        _ => {
+            to[..6].copy_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+            return 6;
+        }
+    };
+    to[..2].copy_from_slice(&[b'\\', short]);
+    2
+}
+
+/// Marks (high bit of the byte) the bytes of a little-endian word that are a quote, a backslash
+/// or below 0x20. Bytes above a marked one may be marked wrongly; the lowest mark is always right.
+fn escape_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
+    below(w, 0x20) | below(w ^ (ONES * b'"' as u64), 1) | below(w ^ (ONES * b'\\' as u64), 1)
 }
 
 #[cfg(test)]
@@ -172,6 +231,52 @@ mod tests {
                 Frame::Stdout { data: "x".into() }
             ]
         );
+    }
+
+    #[test]
+    fn output_encoding_matches_serde_json_byte_for_byte() {
+        #[derive(Serialize)]
+        struct Output<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            data: &'a str,
+        }
+        let mut samples: Vec<String> = (0u32..0x80).map(|c| char::from_u32(c).unwrap().to_string()).collect();
+        samples.push(String::new());
+        samples.push((0u32..0x80).filter_map(char::from_u32).collect());
+        samples.push("plain text longer than one word, with \"quotes\" and \\ and \n\t\r\u{1} inside".into());
+        samples.push("é€😀\u{7f}\u{fffd} and some ASCII after the multibyte ones\u{1f}".into());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            let text: String = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    match seed % 10 {
+                        0 => char::from_u32((seed >> 8) as u32 % 0x20).unwrap(),
+                        1 => '"',
+                        2 => '\\',
+                        3 => 'é',
+                        _ => char::from_u32(0x20 + (seed >> 8) as u32 % 0x5f).unwrap(),
+                    }
+                })
+                .collect();
+            samples.push(text);
+        }
+        for data in &samples {
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                let mut got = BytesMut::new();
+                encode_output(stream, data, &mut got);
+                let mut want = serde_json::to_vec(&Output {
+                    kind: stream.as_str(),
+                    data,
+                })
+                .unwrap();
+                want.push(b'\n');
+                assert_eq!(&got[..], &want[..], "{data:?}");
+            }
+        }
     }
 
     #[test]

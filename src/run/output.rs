@@ -35,6 +35,9 @@ impl LineFramer {
 
     /// Frames every complete line in `data` (plus what was held) into `out`; keeps the rest.
     pub fn push(&mut self, mut data: &[u8], out: &mut BytesMut) {
+        // Room for the frames up front (28 bytes of framing per line, plus escapes), so that
+        // `out` is not regrown and copied frame by frame.
+        out.reserve(data.len() + data.len() / 8 + 64);
         if !self.pending.is_empty() {
             match memchr::memchr(b'\n', data) {
                 Some(i) => {
@@ -101,7 +104,12 @@ impl LineFramer {
     }
 
     fn encode(&self, bytes: &[u8], out: &mut BytesMut) {
-        let text: Cow<str> = String::from_utf8_lossy(bytes);
+        // `from_utf8` checks valid text many times faster than the lossy decoder, which is
+        // only needed when there is something to replace.
+        let text: Cow<str> = match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        };
         encode_output(self.stream, &text, out);
     }
 }
