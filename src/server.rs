@@ -24,6 +24,10 @@ use crate::run::plan::container_name;
 
 /// Longest wait for a request's headers (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's per-connection buffer limit. On the write side it bounds the response bytes hyper
+/// holds for a client that has stopped reading (hyper's default, ~400 KiB, made 50 stalled
+/// clients cost ~35 MiB); on the read side it is the largest request head accepted.
+const MAX_BUF: usize = 64 * 1024;
 /// Longest wait for connections to finish writing after every run has ended.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
@@ -80,7 +84,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let stop_janitor = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), stop_janitor.clone()));
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
