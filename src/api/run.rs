@@ -25,8 +25,10 @@ use crate::run::supervisor::{Limits, supervise};
 use crate::run::{Run, RunState};
 
 /// Encoded frames buffered between a run and its client. Small on purpose: with at most
-/// 64 KiB of output per frame batch this bounds what a stalled client can make the gateway hold.
-const FRAME_BUFFER: usize = 4;
+/// 64 KiB of output per frame batch this bounds what a stalled client can make the gateway hold
+/// (hyper's own buffer, `server::MAX_BUF`, comes on top). Two are enough to keep the pipe
+/// reader and the socket writer busy at once.
+const FRAME_BUFFER: usize = 2;
 
 /// Reads the whole body, refusing more than `limit` bytes. The content type is not checked:
 /// clients of the reference send JSON under whatever type their HTTP library picks.
