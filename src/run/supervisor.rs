@@ -207,7 +207,10 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
         .process_group(0)
         .kill_on_drop(true);
     for key in GATEWAY_SECRETS {
-        cmd.env_remove(key);
+        // Only what is there: any env change makes std copy the whole environment per spawn.
+        if std::env::var_os(key).is_some() {
+            cmd.env_remove(key);
+        }
     }
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {
