@@ -17,9 +17,10 @@ say() { printf '==> benches/run.sh: %s\n' "$*"; }
 say "building the release binary"
 cargo build --release --bin cligate
 
-# Docker mode needs an engine. Start one if none answers and we may (root, dockerd present).
+# Docker mode needs an engine. Start one if none answers and we may (root, dockerd present,
+# none running already); without one the docker row is skipped with a note.
 if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1 && ! pgrep -x dockerd >/dev/null; then
         say "no Docker engine answers; starting dockerd (log: /tmp/dockerd.log)"
         nohup dockerd --iptables=false --bridge=none >/tmp/dockerd.log 2>&1 &
         for _ in $(seq 1 30); do
