@@ -43,6 +43,21 @@ async fn stdin_is_written_while_output_is_read() {
 }
 
 #[tokio::test]
+async fn without_stdin_the_cli_reads_end_of_file_at_once() {
+    let gw = Gateway::start(&[("RUN_RESPONSE_TIMEOUT_SECONDS", "10")]).await;
+    for body in [json!({"cli": "echo-stdin"}), json!({"cli": "echo-stdin", "stdin": ""})] {
+        let frames = gw.run_to_end(body).await;
+        assert_eq!(
+            frames.exit(),
+            (0, "exited".into()),
+            "stdin was left open: {:?}",
+            frames.0
+        );
+        assert_eq!(frames.stdout(), "");
+    }
+}
+
+#[tokio::test]
 async fn a_cli_that_never_reads_stdin_is_not_an_error() {
     let gw = Gateway::start(&[]).await;
     let frames = gw

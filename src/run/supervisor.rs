@@ -246,9 +246,12 @@ async fn drive(
     // Written concurrently with reading: a child that echoes its input cannot deadlock, and one
     // that never reads it (a closed pipe) is not an error.
     let mut stdin_pipe = child.stdin.take().expect("stdin is piped");
-    let writer = tokio::spawn(async move {
-        let _ = stdin_pipe.write_all(stdin.as_bytes()).await;
-        let _ = stdin_pipe.shutdown().await;
+    // An empty stdin needs no task: dropping the pipe closes it.
+    let writer = (!stdin.is_empty()).then(|| {
+        tokio::spawn(async move {
+            let _ = stdin_pipe.write_all(stdin.as_bytes()).await;
+            let _ = stdin_pipe.shutdown().await;
+        })
     });
     let ended = CancellationToken::new();
     let pumps = [
@@ -296,7 +299,9 @@ async fn drive(
         }
         c.armed = false;
     }
-    writer.abort();
+    if let Some(writer) = writer {
+        writer.abort();
+    }
     ended.cancel();
     drain(pumps).await;
 
