@@ -507,7 +507,12 @@ impl HttpConn {
 
     /// Sends `POST path` with `body` and reads the whole response, decoding frames. `on_stdout`
     /// sees every decoded stdout piece in order.
-    async fn post(&mut self, path: &str, body: &[u8], on_stdout: &mut (dyn FnMut(&[u8]) + Send)) -> Result<RunResult, String> {
+    async fn post(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        on_stdout: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<RunResult, String> {
         if self.stream.is_none() {
             let s = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
             s.set_nodelay(true).ok();
@@ -653,7 +658,11 @@ fn run_body(cli: &str, args: &[&str]) -> Vec<u8> {
 }
 
 /// One run through the gateway that must succeed with exit code 0.
-async fn gateway_run(conn: &mut HttpConn, body: &[u8], on_stdout: &mut (dyn FnMut(&[u8]) + Send)) -> Result<RunResult, String> {
+async fn gateway_run(
+    conn: &mut HttpConn,
+    body: &[u8],
+    on_stdout: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<RunResult, String> {
     let r = tokio::time::timeout(Duration::from_secs(60), conn.post("/run", body, on_stdout))
         .await
         .map_err(|_| "a run took more than 60 s".to_string())??;
