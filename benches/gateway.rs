@@ -417,15 +417,17 @@ fn decode_line(line: &[u8], scratch: &mut Vec<u8>, on: &mut (dyn FnMut(Ev<'_>) +
     const OUT: &[u8] = br#"{"type":"stdout","data":""#;
     const ERR: &[u8] = br#"{"type":"stderr","data":""#;
     for (prefix, is_out) in [(OUT, true), (ERR, false)] {
-        if line.starts_with(prefix) && line.ends_with(b"\"}") && line.len() >= prefix.len() + 2 {
-            if unescape(&line[prefix.len()..line.len() - 2], scratch) {
-                on(if is_out {
-                    Ev::Stdout(scratch)
-                } else {
-                    Ev::Stderr(scratch)
-                });
-                return Ok(());
-            }
+        if line.starts_with(prefix)
+            && line.ends_with(b"\"}")
+            && line.len() >= prefix.len() + 2
+            && unescape(&line[prefix.len()..line.len() - 2], scratch)
+        {
+            on(if is_out {
+                Ev::Stdout(scratch)
+            } else {
+                Ev::Stderr(scratch)
+            });
+            return Ok(());
         }
     }
     let v: serde_json::Value = serde_json::from_slice(line)
@@ -642,7 +644,6 @@ impl HttpConn {
             Ok(())
         }
         .await;
-        drop(on);
         self.splitter = splitter;
         outcome?;
         r.total = t0.elapsed();
