@@ -572,6 +572,35 @@ mod tests {
     }
 
     #[test]
+    fn tokens_come_from_the_variable_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("cligate-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens");
+        std::fs::write(
+            &file,
+            "# ops team\n  token-from-the-file-1  \n\ntoken-from-the-file-2\n",
+        )
+        .unwrap();
+        let c = config(&[
+            ("AUTH_TOKENS", "token-from-the-variable"),
+            ("AUTH_TOKENS_FILE", file.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.access.tokens,
+            [
+                "token-from-the-variable",
+                "token-from-the-file-1",
+                "token-from-the-file-2"
+            ]
+        );
+        std::fs::write(&file, "# nothing but a comment\n").unwrap();
+        let err = config(&[("AUTH_TOKENS_FILE", file.to_str().unwrap())]).unwrap_err();
+        assert!(err.to_string().starts_with("AUTH_TOKENS_FILE"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn allowed_clients_accept_addresses_and_networks() {
         let c = config(&[("ALLOWED_CLIENTS", "127.0.0.1, 10.0.0.0/8,::1")]).unwrap();
         assert_eq!(c.access.allowed.len(), 3);
