@@ -146,12 +146,7 @@ async fn a_missing_cli_still_streams_and_ends_with_127() {
 async fn timeout_ends_the_whole_tree_even_when_sigterm_is_ignored() {
     let gw = Gateway::start(&[("RUN_RESPONSE_TIMEOUT_SECONDS", "1"), ("KILL_GRACE_SECONDS", "0.5")]).await;
     let mut stream = gw.run(json!({"cli": "ignore-term"})).await;
-    let pids = pids_in(&stream.stdout_until("pid").await);
-    let pids = if pids.len() < 2 {
-        pids_in(&(stream.stdout_until("\n").await))
-    } else {
-        pids
-    };
+    let pids = stream.pids(2).await;
     let frames = stream.collect().await;
     let last_two: Vec<_> = frames.0.iter().rev().take(2).rev().cloned().collect();
     assert_eq!(
@@ -161,7 +156,6 @@ async fn timeout_ends_the_whole_tree_even_when_sigterm_is_ignored() {
             json!({"type": "exit", "code": 124, "reason": "timeout"}),
         ]
     );
-    assert!(!pids.is_empty());
     assert_gone(&pids, GONE).await;
 }
 
@@ -169,11 +163,7 @@ async fn timeout_ends_the_whole_tree_even_when_sigterm_is_ignored() {
 async fn stop_ends_the_tree_and_reports_stopped() {
     let gw = Gateway::start(&[]).await;
     let mut stream = gw.run(json!({"cli": "spawn-tree", "session_id": "stop-me"})).await;
-    let mut text = String::new();
-    while pids_in(&text).len() < 3 {
-        text.push_str(&stream.stdout_until("\n").await);
-    }
-    let pids = pids_in(&text);
+    let pids = stream.pids(3).await;
     assert!(pids.iter().all(|p| alive(*p)));
 
     let status = gw.get("/sessions/stop-me").await.json();
@@ -221,11 +211,7 @@ async fn a_running_session_id_cannot_be_reused() {
 async fn a_client_disconnect_ends_the_run() {
     let gw = Gateway::start(&[]).await;
     let mut stream = gw.run(json!({"cli": "spawn-tree", "session_id": "gone"})).await;
-    let mut text = String::new();
-    while pids_in(&text).len() < 3 {
-        text.push_str(&stream.stdout_until("\n").await);
-    }
-    let pids = pids_in(&text);
+    let pids = stream.pids(3).await;
     // The child is now silent: the gateway has to notice the closed socket, not a failed write.
     stream.disconnect();
     assert_gone(&pids, GONE).await;
@@ -240,11 +226,7 @@ async fn a_client_disconnect_ends_the_run() {
 async fn shutdown_ends_running_runs_with_reason_shutdown() {
     let mut gw = Gateway::start(&[("SHUTDOWN_GRACE_SECONDS", "0.3")]).await;
     let mut stream = gw.run(json!({"cli": "ignore-term"})).await;
-    let mut text = String::new();
-    while pids_in(&text).len() < 2 {
-        text.push_str(&stream.stdout_until("\n").await);
-    }
-    let pids = pids_in(&text);
+    let pids = stream.pids(2).await;
     let server = gw.begin_shutdown();
     let frames = stream.collect().await;
     assert_eq!(

@@ -283,6 +283,15 @@ impl RunStream {
         text
     }
 
+    /// Reads stdout until `n` pids (`pid <n>` lines, as the fixtures print them) have arrived.
+    pub async fn pids(&mut self, n: usize) -> Vec<u32> {
+        let mut text = String::new();
+        while pids_in(&text).len() < n {
+            text.push_str(&self.stdout_until("\n").await);
+        }
+        pids_in(&text)
+    }
+
     /// Every remaining frame.
     pub async fn collect(mut self) -> Frames {
         let mut frames = Vec::new();
