@@ -451,6 +451,10 @@ async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() 
     let run_id = stream.headers["x-cligate-run-id"].to_str().unwrap().to_string();
     let frames = stream.collect().await;
     assert_eq!(frames.exit(), (0, "exited".into()));
+    // The gateway's own token is in its environment, but not in the CLI's.
+    assert!(frames.stdout().contains("LITELLM_API_KEY="), "{}", frames.stdout());
+    assert!(!frames.stdout().contains("AUTH_TOKENS"), "{}", frames.stdout());
+    assert!(!frames.stdout().contains(TOKEN), "{}", frames.stdout());
     let stdout_bytes = frames.stdout().len() as u64;
     // One refused: a wrong token that carries the API key.
     let wrong = format!("Bearer {api_key}");
