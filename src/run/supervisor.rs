@@ -8,8 +8,8 @@ use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -190,6 +190,20 @@ pub async fn supervise(
     }
 }
 
+/// The gateway's own secrets that are set in its environment, read once (the environment does
+/// not change while the gateway serves). Only these are removed from a child's environment: any
+/// change to it makes std copy the whole environment on every spawn.
+fn inherited_secrets() -> &'static [&'static str] {
+    static PRESENT: OnceLock<Vec<&'static str>> = OnceLock::new();
+    PRESENT.get_or_init(|| {
+        GATEWAY_SECRETS
+            .iter()
+            .copied()
+            .filter(|key| std::env::var_os(key).is_some())
+            .collect()
+    })
+}
+
 /// Starts the process in a new process group, or says why it could not be started.
 fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
     let shown = launch.program.display();
@@ -206,11 +220,8 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    for key in GATEWAY_SECRETS {
-        // Only what is there: any env change makes std copy the whole environment per spawn.
-        if std::env::var_os(key).is_some() {
-            cmd.env_remove(key);
-        }
+    for key in inherited_secrets() {
+        cmd.env_remove(key);
     }
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {
