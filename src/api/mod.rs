@@ -90,8 +90,8 @@ fn text(content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<B
 
 /// Entry point for every request.
 pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Kept for the rejection log only; cloning a Uri shares its bytes.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let response = match route(&app, client, req).await {
         Ok(response) => response,
         Err(e) => {
@@ -103,7 +103,7 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
                 _ => "bad_request",
             };
             app.metrics.reject(cause);
-            tracing::info!(client = %client, %method, path, status = e.status().as_u16(), error = e.kind(), "request rejected");
+            tracing::info!(client = %client, %method, path = uri.path(), status = e.status().as_u16(), error = e.kind(), "request rejected");
             e.into_response()
         }
     };
