@@ -74,9 +74,33 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "AUTH_TOKENS",
         "",
-        "comma-separated bearer tokens; when set (or AUTH_TOKENS_FILE), every route but health needs one",
+        "comma-separated bearer tokens (or name:token); when set (or AUTH_TOKENS_FILE, ADMIN_TOKENS), every route but health needs one",
     ),
-    ("AUTH_TOKENS_FILE", "", "file with one bearer token per line"),
+    (
+        "AUTH_TOKENS_FILE",
+        "",
+        "file with one bearer token (or name:token) per line",
+    ),
+    (
+        "ADMIN_TOKENS",
+        "",
+        "comma-separated bearer tokens (or name:token) that see and stop every run; also accepted where AUTH_TOKENS are",
+    ),
+    (
+        "RUN_ENV_ALLOW",
+        "",
+        "comma-separated env keys a request may set (names, or PREFIX_* patterns); unset = every key but the refused families",
+    ),
+    (
+        "REQUEST_READ_TIMEOUT_SECONDS",
+        "30",
+        "longest time to receive a request's headers and body (408 after)",
+    ),
+    (
+        "MAX_CONNECTIONS",
+        "1024",
+        "open client connections at most; further connections wait in the listen backlog",
+    ),
     (
         "ALLOWED_CLIENTS",
         "",
@@ -136,6 +160,10 @@ struct Raw {
     max_request_bytes: Option<String>,
     auth_tokens: Option<String>,
     auth_tokens_file: Option<String>,
+    admin_tokens: Option<String>,
+    run_env_allow: Option<String>,
+    request_read_timeout_seconds: Option<String>,
+    max_connections: Option<String>,
     allowed_clients: Option<String>,
     docker_bin: Option<String>,
     docker_network: Option<String>,
@@ -173,11 +201,32 @@ pub struct DockerConfig {
     pub janitor_interval: Duration,
 }
 
+/// One accepted bearer token and the identity it stands for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// Who holds it: the `name` of a `name:token` entry, else `token-` and the first 12 hex
+    /// digits of the token's SHA-256. Recorded on runs and logged; never the token itself.
+    pub name: String,
+    pub secret: String,
+    /// An `ADMIN_TOKENS` entry: sees and stops every run.
+    pub admin: bool,
+}
+
+impl std::fmt::Debug for Token {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Who may call the gateway.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
     /// Accepted bearer tokens; empty = no token needed.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Token>,
     /// Accepted client networks; empty = every address.
     pub allowed: Vec<IpNet>,
 }
@@ -202,6 +251,12 @@ pub struct Config {
     pub max_queued: usize,
     pub queue_timeout: Option<Duration>,
     pub max_request_bytes: usize,
+    /// Longest time to receive a request's head and body.
+    pub request_read_timeout: Duration,
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// `RUN_ENV_ALLOW` entries (a name, or a prefix ending in `*`); empty = the default rule.
+    pub env_allow: Vec<String>,
     pub access: Access,
     pub log_json: bool,
     /// Where local-mode CLIs are looked up (the gateway's own `PATH`).
@@ -362,34 +417,85 @@ impl Raw {
                 Some(_) => optional_seconds("QUEUE_TIMEOUT_SECONDS", &self.queue_timeout_seconds)?,
             },
             max_request_bytes: max_request_bytes as usize,
+            request_read_timeout: {
+                let t = seconds("REQUEST_READ_TIMEOUT_SECONDS", &self.request_read_timeout_seconds, 30.0)?;
+                if t.is_zero() {
+                    bail!("REQUEST_READ_TIMEOUT_SECONDS: must be more than 0");
+                }
+                t
+            },
+            max_connections: match number("MAX_CONNECTIONS", &self.max_connections, 1024)? {
+                0 => bail!("MAX_CONNECTIONS: must be at least 1"),
+                n => n as usize,
+            },
+            env_allow: self.env_allow()?,
             access,
             log_json,
             search_path: self.path.map(OsString::from).unwrap_or_default(),
         })
     }
 
-    fn tokens(&self) -> Result<Vec<String>> {
-        let mut tokens = list(self.auth_tokens.as_deref());
+    fn tokens(&self) -> Result<Vec<Token>> {
+        let mut entries: Vec<(&str, String, bool)> = list(self.auth_tokens.as_deref())
+            .into_iter()
+            .map(|t| ("AUTH_TOKENS", t, false))
+            .collect();
         if let Some(file) = given(&self.auth_tokens_file) {
             let text =
                 std::fs::read_to_string(file).with_context(|| format!("AUTH_TOKENS_FILE: cannot read '{file}'"))?;
-            tokens.extend(
+            let before = entries.len();
+            entries.extend(
                 text.lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
+                    .map(|t| ("AUTH_TOKENS_FILE", t.to_string(), false)),
             );
-            if tokens.is_empty() {
+            if entries.len() == before {
                 bail!("AUTH_TOKENS_FILE: '{file}' holds no token");
             }
         }
-        if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
-            bail!(
-                "AUTH_TOKENS: a token of {} characters is too short to be a secret (16 at least)",
-                short.len()
-            );
+        entries.extend(
+            list(self.admin_tokens.as_deref())
+                .into_iter()
+                .map(|t| ("ADMIN_TOKENS", t, true)),
+        );
+        let mut tokens: Vec<Token> = Vec::with_capacity(entries.len());
+        for (variable, entry, admin) in entries {
+            let token = Token::parse(&entry, admin);
+            if token.secret.len() < 16 {
+                bail!(
+                    "{variable}: a token of {} characters is too short to be a secret (16 at least)",
+                    token.secret.len()
+                );
+            }
+            if let Some(other) = tokens.iter().find(|t| t.name == token.name && t.secret != token.secret) {
+                bail!(
+                    "{variable}: the name '{}' is given to two different tokens{}",
+                    token.name,
+                    if other.admin != token.admin {
+                        " (one of them an admin token)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            tokens.push(token);
         }
         Ok(tokens)
+    }
+
+    fn env_allow(&self) -> Result<Vec<String>> {
+        let entries = list(self.run_env_allow.as_deref());
+        for entry in &entries {
+            let name = entry.strip_suffix('*').unwrap_or(entry);
+            let ok = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                bail!("RUN_ENV_ALLOW: '{entry}' is neither a variable name nor a PREFIX_* pattern");
+            }
+        }
+        Ok(entries)
     }
 
     fn allowed_clients(&self) -> Result<Vec<IpNet>> {
@@ -445,6 +551,34 @@ impl Raw {
             instance: instance.to_string(),
             janitor_interval,
         })
+    }
+}
+
+impl Token {
+    /// `name:token` names the token; any other entry is the token alone, named by its hash.
+    fn parse(entry: &str, admin: bool) -> Token {
+        if let Some((name, secret)) = entry.split_once(':') {
+            let plain_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if plain_name && secret.len() >= 16 {
+                return Token {
+                    name: name.to_string(),
+                    secret: secret.to_string(),
+                    admin,
+                };
+            }
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(entry.as_bytes());
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Token {
+            name: format!("token-{hex}"),
+            secret: entry.to_string(),
+            admin,
+        }
     }
 }
 
@@ -519,6 +653,9 @@ mod tests {
             ("ALLOWED_CLIENTS", "10.0.0.0/33"),
             ("LOG_FORMAT", "xml"),
             ("RUN_OUTPUT_LIMIT_BYTES", "1k"),
+            ("REQUEST_READ_TIMEOUT_SECONDS", "0"),
+            ("MAX_CONNECTIONS", "0"),
+            ("ADMIN_TOKENS", "short"),
         ];
         for (name, value) in cases {
             let err = config(&[(name, value)]).unwrap_err().to_string();
@@ -586,8 +723,9 @@ mod tests {
             ("AUTH_TOKENS_FILE", file.to_str().unwrap()),
         ])
         .unwrap();
+        let secrets: Vec<&str> = c.access.tokens.iter().map(|t| t.secret.as_str()).collect();
         assert_eq!(
-            c.access.tokens,
+            secrets,
             [
                 "token-from-the-variable",
                 "token-from-the-file-1",
@@ -598,6 +736,48 @@ mod tests {
         let err = config(&[("AUTH_TOKENS_FILE", file.to_str().unwrap())]).unwrap_err();
         assert!(err.to_string().starts_with("AUTH_TOKENS_FILE"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_carry_a_name_never_the_secret() {
+        let c = config(&[
+            ("AUTH_TOKENS", "alice:alice-secret-0123456789,plain-token-0123456789"),
+            ("ADMIN_TOKENS", "ops:ops-secret-0123456789abc"),
+        ])
+        .unwrap();
+        let t = &c.access.tokens;
+        assert_eq!(
+            (t[0].name.as_str(), t[0].secret.as_str(), t[0].admin),
+            ("alice", "alice-secret-0123456789", false)
+        );
+        assert!(
+            t[1].name.starts_with("token-") && t[1].name.len() == 18,
+            "{}",
+            t[1].name
+        );
+        assert!(!t[1].name.contains("plain"));
+        assert_eq!((t[2].name.as_str(), t[2].admin), ("ops", true));
+        assert!(!format!("{t:?}").contains("secret-0123"), "Debug hides secrets");
+        // A short secret after a name is refused, the whole entry is not taken as the token.
+        let err = config(&[("AUTH_TOKENS", "x:short")]).unwrap_err().to_string();
+        assert!(err.starts_with("AUTH_TOKENS"), "{err}");
+        let err = config(&[
+            ("ADMIN_TOKENS", "a:0123456789abcdefgh"),
+            ("AUTH_TOKENS", "a:zzzzzzzzzzzzzzzzzzzz"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("two different tokens"), "{err}");
+    }
+
+    #[test]
+    fn env_allow_takes_names_and_prefix_patterns() {
+        let c = config(&[("RUN_ENV_ALLOW", "OPENAI_API_KEY, MY_*")]).unwrap();
+        assert_eq!(c.env_allow, ["OPENAI_API_KEY", "MY_*"]);
+        for bad in ["A-B", "*", "1X", "A*B"] {
+            let err = config(&[("RUN_ENV_ALLOW", bad)]).unwrap_err().to_string();
+            assert!(err.starts_with("RUN_ENV_ALLOW"), "{bad}: {err}");
+        }
     }
 
     #[test]

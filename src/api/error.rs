@@ -19,6 +19,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     Conflict(String),
     PayloadTooLarge(usize),
+    /// The request's head or body did not arrive within `REQUEST_READ_TIMEOUT_SECONDS`.
+    RequestTimeout(std::time::Duration),
     /// No run slot now; retry after the given seconds.
     Overloaded {
         detail: String,
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method not allowed",
             ApiError::Conflict(_) => "session already running",
             ApiError::PayloadTooLarge(_) => "request body too large",
+            ApiError::RequestTimeout(_) => "request not received in time",
             ApiError::Overloaded { .. } => "too many runs; retry later",
             ApiError::Unavailable(_) => "service unavailable",
         }
@@ -88,6 +93,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(limit) => {
                 format!("the limit is {limit} bytes (MAX_REQUEST_BYTES)")
             }
+            ApiError::RequestTimeout(limit) => format!(
+                "the request must arrive within {}s (REQUEST_READ_TIMEOUT_SECONDS)",
+                limit.as_secs_f64()
+            ),
         }
     }
 

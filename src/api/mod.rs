@@ -126,21 +126,29 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         .filter(|(_, p, _)| *p == pattern)
         .map(|(m, _, _)| *m)
         .collect();
-    if !allowed.contains(&req.method().as_str()) {
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = if req.method() == Method::HEAD {
+        Method::GET
+    } else {
+        req.method().clone()
+    };
+    if !allowed.contains(&method.as_str()) {
         return Err(ApiError::MethodNotAllowed(if allowed == ["POST"] {
             "POST"
         } else {
-            "GET"
+            "GET, HEAD"
         }));
     }
-    if protected {
+    let caller = if protected {
         auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
             auth::Denied::Forbidden => ApiError::Forbidden,
             auth::Denied::Unauthorized => ApiError::Unauthorized,
-        })?;
-    }
+        })?
+    } else {
+        auth::Caller::default()
+    };
     let config = &app.config;
-    Ok(match (req.method().clone(), pattern) {
+    Ok(match (method, pattern) {
         (Method::GET, "/healthz") => text("text/plain; charset=utf-8", "ok"),
         (Method::GET, "/readyz") => {
             let value = health::ready(config, app.shutting_down.load(Ordering::Relaxed))
@@ -155,9 +163,9 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         ),
         (Method::GET, "/models") => json(StatusCode::OK, &catalog::models(config)),
         (Method::GET, "/clis") => json(StatusCode::OK, &catalog::clis(config)),
-        (Method::POST, "/run") => run::start(app, client, req).await?,
-        (Method::GET, "/sessions/{session_id}") => run::status(app, percent_decode(segments[1])?)?,
-        (Method::POST, "/sessions/{session_id}/stop") => run::stop(app, percent_decode(segments[1])?)?,
+        (Method::POST, "/run") => run::start(app, client, caller, req).await?,
+        (Method::GET, "/sessions/{session_id}") => run::status(app, &caller, percent_decode(segments[1])?)?,
+        (Method::POST, "/sessions/{session_id}/stop") => run::stop(app, &caller, percent_decode(segments[1])?)?,
         _ => unreachable!("every route in ROUTES is handled"),
     })
 }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::{App, json};
 use crate::admission::Refused;
+use crate::auth::Caller;
 use crate::body::Body;
 use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, StreamLabels};
 use crate::run::frame::{EndReason, Frame};
@@ -61,7 +62,12 @@ fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
     serde_json::from_slice(body).map_err(shape)
 }
 
-pub async fn start(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn start(
+    app: &Arc<App>,
+    client: SocketAddr,
+    caller: Caller,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let config = &app.config;
     let body = read_body(req, config.max_request_bytes).await?;
     let spec = parse(&body)?.validate(config).map_err(ApiError::BadRequest)?;
@@ -84,7 +90,7 @@ pub async fn start(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -
         },
         Refused::ShuttingDown => ApiError::Unavailable("the gateway is shutting down".into()),
     })?;
-    let run = Arc::new(Run::new(spec.session_id.clone(), spec.cli.clone()));
+    let run = Arc::new(Run::new(spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name));
     let registration = app.registry.insert(run.clone()).ok_or_else(conflict)?;
     let launch = plan(&spec, config, &run.id);
 
@@ -149,6 +155,7 @@ pub async fn start(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -
             run_id = %run.id,
             session_id = %run.session_id,
             cli = %run.cli,
+            owner = run.owner.as_deref().unwrap_or(""),
             model = model.as_deref().unwrap_or(""),
             code = end.code,
             reason = end.reason.as_str(),
@@ -174,8 +181,18 @@ fn duration_as_ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-pub fn stop(app: &App, session_id: String) -> Result<Response<Body>, ApiError> {
-    if !app.registry.stop(&session_id, EndReason::Stopped) {
+/// The running run of `session_id`, when `caller` may see it. A run of another token's is
+/// answered exactly like a session that does not exist.
+fn visible(app: &App, caller: &Caller, session_id: &str) -> Result<Arc<Run>, ApiError> {
+    app.registry
+        .get(session_id)
+        .filter(|run| caller.may_see(run.owner.as_deref()))
+        .ok_or_else(|| ApiError::NotFound(format!("session '{session_id}' is not running")))
+}
+
+pub fn stop(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
+    let run = visible(app, caller, &session_id)?;
+    if !run.request_stop(EndReason::Stopped) && matches!(run.state(), RunState::Finished(_)) {
         return Err(ApiError::NotFound(format!("session '{session_id}' is not running")));
     }
     Ok(json(
@@ -184,11 +201,8 @@ pub fn stop(app: &App, session_id: String) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-pub fn status(app: &App, session_id: String) -> Result<Response<Body>, ApiError> {
-    let run = app
-        .registry
-        .get(&session_id)
-        .ok_or_else(|| ApiError::NotFound(format!("session '{session_id}' is not running")))?;
+pub fn status(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
+    let run = visible(app, caller, &session_id)?;
     let (state, pid) = match run.state() {
         RunState::Starting => ("starting", None),
         RunState::Running { pid } => ("running", Some(pid)),

@@ -40,6 +40,9 @@ pub struct Run {
     /// The client's name for the run (unique among running runs).
     pub session_id: String,
     pub cli: String,
+    /// The name of the token that started the run (`None` without tokens): only it and admin
+    /// tokens see or stop the run.
+    pub owner: Option<String>,
     pub started: Instant,
     state: watch::Sender<RunState>,
     /// Cancelled when someone asks the run to end early (stop, shutdown).
@@ -54,11 +57,18 @@ impl Run {
             id: uuid::Uuid::new_v4().simple().to_string(),
             session_id,
             cli,
+            owner: None,
             started: Instant::now(),
             state: watch::Sender::new(RunState::Starting),
             stop: CancellationToken::new(),
             stop_reason: OnceLock::new(),
         }
+    }
+
+    /// The run, recorded as started by `owner`.
+    pub fn owned_by(mut self, owner: Option<String>) -> Run {
+        self.owner = owner;
+        self
     }
 
     /// Asks the run to end; returns false when it had already been asked or has finished.
