@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::run::registry::Registry;
+use crate::telemetry::{LogBudget, clip};
 use error::ApiError;
 
 /// The OpenAPI description of this surface, kept in the repository and served as is.
@@ -40,6 +41,9 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/sessions/{session_id}/stop", true),
 ];
 
+/// Refusals written to the log per second at most.
+const REJECTIONS_LOGGED_PER_SECOND: u32 = 20;
+
 /// State shared by every request.
 #[derive(Debug)]
 pub struct App {
@@ -51,6 +55,9 @@ pub struct App {
     pub runs: TaskTracker,
     /// Set once shutdown has begun (readiness fails from then on).
     pub shutting_down: AtomicBool,
+    /// How many refusals per second are written to the log (an unauthenticated flood of bad
+    /// requests would otherwise write as fast as it can send).
+    pub rejection_log: LogBudget,
 }
 
 impl App {
@@ -68,6 +75,7 @@ impl App {
             metrics,
             runs: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
+            rejection_log: LogBudget::new(REJECTIONS_LOGGED_PER_SECOND),
         }
     }
 }
@@ -103,7 +111,20 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
                 _ => "bad_request",
             };
             app.metrics.reject(cause);
-            tracing::info!(client = %client, %method, path = uri.path(), status = e.status().as_u16(), error = e.kind(), "request rejected");
+            // Caller-made text is clipped and logged as quoted strings; refusals beyond the
+            // budget are counted (and in the metric) but not written.
+            if let Some(left_out) = app.rejection_log.take() {
+                tracing::info!(
+                    client = %client,
+                    method = clip(method.as_str()),
+                    path = clip(uri.path()),
+                    path_bytes = uri.path().len(),
+                    status = e.status().as_u16(),
+                    error = e.kind(),
+                    not_logged_before = left_out,
+                    "request rejected"
+                );
+            }
             e.into_response()
         }
     };

@@ -24,6 +24,7 @@ use crate::run::plan::plan;
 use crate::run::request::RunRequest;
 use crate::run::supervisor::{Limits, supervise};
 use crate::run::{Run, RunState};
+use crate::telemetry::clip;
 
 /// Encoded frames buffered between a run and its client. Small on purpose: with at most
 /// 64 KiB of output per frame batch this bounds what a stalled client can make the gateway hold
@@ -152,9 +153,9 @@ pub async fn start(
                 .inc();
         }
         tracing::info!(
-            run_id = %run.id,
-            session_id = %run.session_id,
-            cli = %run.cli,
+            run_id = run.id.as_str(),
+            session_id = clip(&run.session_id),
+            cli = run.cli.as_str(),
             owner = run.owner.as_deref().unwrap_or(""),
             model = model.as_deref().unwrap_or(""),
             code = end.code,
@@ -214,6 +215,7 @@ pub fn status(app: &App, caller: &Caller, session_id: String) -> Result<Response
             "session_id": run.session_id,
             "run_id": run.id,
             "cli": run.cli,
+            "owner": run.owner,
             "state": state,
             "pid": pid,
             "elapsed_seconds": run.started.elapsed().as_secs_f64(),
