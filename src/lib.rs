@@ -21,5 +21,6 @@ pub mod config;
 pub mod docker;
 pub mod metrics;
 pub mod run;
+pub mod runlog;
 pub mod server;
 pub mod telemetry;
