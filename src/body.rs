@@ -1,4 +1,5 @@
-//! The one response body type: a whole buffer, or a run's frames as they are produced.
+//! The one response body type: a whole buffer, or a stream of bytes (a reader following a run's
+//! log) sent as they come.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -6,15 +7,23 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio_stream::Stream;
 
-#[derive(Debug)]
 pub enum Body {
     /// A complete body (taken when sent).
     Full(Option<Bytes>),
-    /// A run's encoded frames. Dropping the body drops the receiver, which is how the run learns
-    /// that its client has gone.
-    Stream(mpsc::Receiver<Bytes>),
+    /// Pieces as they are produced. Dropping the body drops the stream, which is how an
+    /// attached run learns that its client has gone.
+    Stream(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Full(b) => f.debug_tuple("Full").field(&b.as_ref().map(Bytes::len)).finish(),
+            Body::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl Body {
@@ -27,8 +36,8 @@ impl Body {
         Body::Full((!bytes.is_empty()).then_some(bytes))
     }
 
-    pub fn stream(frames: mpsc::Receiver<Bytes>) -> Body {
-        Body::Stream(frames)
+    pub fn stream(pieces: impl Stream<Item = Bytes> + Send + 'static) -> Body {
+        Body::Stream(Box::pin(pieces))
     }
 }
 
@@ -39,7 +48,7 @@ impl hyper::body::Body for Body {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+            Body::Stream(s) => s.as_mut().poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 

@@ -58,6 +58,14 @@ pub struct Metrics {
     pub queued: Gauge,
     pub rejected: Family<CauseLabels, Counter>,
     pub container_cleanups: Family<CleanupLabels, Counter>,
+    /// Bytes appended to run logs.
+    pub log_bytes: Counter,
+    /// Readers following a run's log now (attached `/run` bodies and `/runs/{id}/stream`).
+    pub log_readers: Gauge,
+    /// Time taken by run-store calls on the run path (insert, finish).
+    pub store_seconds: Histogram,
+    /// Runs removed by retention.
+    pub retention_removed: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +87,10 @@ impl Metrics {
             queued: Gauge::default(),
             rejected: Family::default(),
             container_cleanups: Family::default(),
+            log_bytes: Counter::default(),
+            log_readers: Gauge::default(),
+            store_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            retention_removed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("runs_started", "Runs started, by CLI", m.runs_started.clone());
@@ -106,6 +118,22 @@ impl Metrics {
             "Containers removed through the engine",
             m.container_cleanups.clone(),
         );
+        registry.register("log_bytes", "Bytes appended to run logs", m.log_bytes.clone());
+        registry.register(
+            "log_readers",
+            "Readers following a run's log now",
+            m.log_readers.clone(),
+        );
+        registry.register(
+            "store_seconds",
+            "Run-store calls on the run path (record, finish)",
+            m.store_seconds.clone(),
+        );
+        registry.register(
+            "retention_removed_runs",
+            "Finished runs removed by retention",
+            m.retention_removed.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -116,6 +144,10 @@ impl Metrics {
             m.container_cleanups.get_or_create(&CleanupLabels { when }).inc_by(0);
         }
         Metrics { registry, ..m }
+    }
+
+    pub fn observe_store(&self, took: std::time::Duration) {
+        self.store_seconds.observe(took.as_secs_f64());
     }
 
     pub fn reject(&self, cause: &'static str) {

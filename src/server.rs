@@ -19,7 +19,6 @@ use crate::api::{self, App};
 use crate::config::Config;
 use crate::docker;
 use crate::metrics::CleanupLabels;
-use crate::run::frame::EndReason;
 use crate::run::plan::container_name;
 
 /// Longest wait for a request's headers (slow-loris guard).
@@ -34,7 +33,7 @@ const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 /// Prepares the gateway: in docker mode checks the engine and removes containers a crashed
 /// predecessor left. Fails with a one-line reason.
 pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
-    let app = Arc::new(App::new(config.clone()));
+    let app = Arc::new(App::new(config.clone()).await?);
     if let Some(d) = config.docker() {
         let version = docker::engine_version(&d.bin).await.map_err(|e| {
             anyhow::anyhow!("CODEX_DOCKER_IMAGE: docker mode needs a Docker engine, but it does not answer: {e:#}")
@@ -66,7 +65,7 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
         let Ok(names) = docker::list_instance(&d.bin, &d.instance).await else {
             continue;
         };
-        let owned: HashSet<String> = app.registry.run_ids().iter().map(|id| container_name(id)).collect();
+        let owned: HashSet<String> = app.runs.registry.run_ids().iter().map(|id| container_name(id)).collect();
         for name in names.into_iter().filter(|n| !owned.contains(n)) {
             if docker::remove(&d.bin, &name).await {
                 tracing::info!(container = name, "removed a container that belongs to no run");
@@ -79,10 +78,27 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
+/// How often retention looks for runs to remove.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Applies retention at start-up and then every [`RETENTION_INTERVAL`].
+async fn retention(app: Arc<App>, stop: CancellationToken) {
+    loop {
+        if let Err(e) = app.runs.retain().await {
+            tracing::warn!(error = %format!("{e:#}"), "retention failed; trying again later");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
     let stop_janitor = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), stop_janitor.clone()));
+    let retention = tokio::spawn(retention(app.clone(), stop_janitor.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -117,31 +133,20 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     shut_down(&app, graceful).await;
     stop_janitor.cancel();
     let _ = janitor.await;
+    let _ = retention.await;
     Ok(())
 }
 
 async fn shut_down(app: &App, graceful: GracefulShutdown) {
     let config = &app.config;
     app.shutting_down.store(true, Ordering::Relaxed);
-    app.admission.close();
-    app.runs.close();
     tracing::info!(
-        running = app.registry.len(),
+        running = app.runs.registry.len(),
         grace_s = config.shutdown_grace.as_secs_f64(),
         "shutting down"
     );
     let connections = graceful.shutdown();
-    if tokio::time::timeout(config.shutdown_grace, app.runs.wait())
-        .await
-        .is_err()
-    {
-        app.registry.stop_all(EndReason::Shutdown);
-        // Each run needs its kill grace, plus time for the engine to remove containers.
-        let bound = config.kill_grace + Duration::from_secs(30);
-        if tokio::time::timeout(bound, app.runs.wait()).await.is_err() {
-            tracing::error!("runs did not end in time; exiting anyway");
-        }
-    }
+    app.runs.shut_down(config.shutdown_grace).await;
     if tokio::time::timeout(CONNECTION_DRAIN, connections).await.is_err() {
         tracing::warn!("connections still open after the drain period");
     }

@@ -256,7 +256,9 @@ async fn open(gw: &Gateway, body: Value) -> RunStream {
         .next_within(Duration::from_secs(10))
         .await
         .expect("a session frame");
-    assert_eq!(first, json!({"type": "session", "id": sid}));
+    assert_eq!(first["type"], "session");
+    assert_eq!(first["id"], sid.as_str());
+    assert_eq!(first["run_id"], stream.headers["x-cligate-run-id"].to_str().unwrap());
     stream
 }
 

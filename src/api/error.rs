@@ -124,3 +124,16 @@ impl ApiError {
             .expect("static headers are valid")
     }
 }
+
+impl From<crate::runs::Refusal> for ApiError {
+    fn from(r: crate::runs::Refusal) -> ApiError {
+        use crate::runs::Refusal;
+        match r {
+            Refusal::Conflict(d) => ApiError::Conflict(d),
+            Refusal::Overloaded(detail) => ApiError::Overloaded { detail, retry_after: 1 },
+            Refusal::Unavailable(d) => ApiError::Unavailable(d),
+            Refusal::NotFound(d) => ApiError::NotFound(d),
+            Refusal::Invalid(d) => ApiError::BadRequest(d),
+        }
+    }
+}

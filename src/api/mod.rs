@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod error;
 pub mod health;
 pub mod run;
+pub mod runs;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,14 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
-use tokio_util::task::TaskTracker;
 
-use crate::admission::Admission;
 use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::run::registry::Registry;
+use crate::runs::Runs;
 use crate::telemetry::{LogBudget, clip};
 use error::ApiError;
 
@@ -39,6 +38,12 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/run", true),
     ("GET", "/sessions/{session_id}", true),
     ("POST", "/sessions/{session_id}/stop", true),
+    ("GET", "/runs", true),
+    ("GET", "/runs/{run_id}", true),
+    ("GET", "/runs/{run_id}/log", true),
+    ("GET", "/runs/{run_id}/events", true),
+    ("GET", "/runs/{run_id}/stream", true),
+    ("POST", "/runs/{run_id}/stop", true),
 ];
 
 /// Refusals written to the log per second at most.
@@ -48,11 +53,9 @@ const REJECTIONS_LOGGED_PER_SECOND: u32 = 20;
 #[derive(Debug)]
 pub struct App {
     pub config: Arc<Config>,
-    pub registry: Arc<Registry>,
-    pub admission: Admission,
+    /// The run service: every run is created, found and stopped through it.
+    pub runs: Arc<Runs>,
     pub metrics: Arc<Metrics>,
-    /// Every run's supervising task, so shutdown can wait for them.
-    pub runs: TaskTracker,
     /// Set once shutdown has begun (readiness fails from then on).
     pub shutting_down: AtomicBool,
     /// How many refusals per second are written to the log (an unauthenticated flood of bad
@@ -61,22 +64,17 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Arc<Config>) -> App {
+    /// Opens the run service (store, logs, recovery of a crashed predecessor's runs).
+    pub async fn new(config: Arc<Config>) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
-        App {
-            admission: Admission::new(
-                config.max_concurrent,
-                config.max_queued,
-                config.queue_timeout,
-                metrics.clone(),
-            ),
+        let runs = Arc::new(Runs::open(config.clone(), metrics.clone()).await?);
+        Ok(App {
             config,
-            registry: Arc::new(Registry::default()),
+            runs,
             metrics,
-            runs: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
             rejection_log: LogBudget::new(REJECTIONS_LOGGED_PER_SECOND),
-        }
+        })
     }
 }
 
@@ -137,6 +135,11 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
     let (pattern, protected) = match segments.as_slice() {
         ["sessions", id] if !id.is_empty() => ("/sessions/{session_id}", true),
         ["sessions", id, "stop"] if !id.is_empty() => ("/sessions/{session_id}/stop", true),
+        ["runs", id] if !id.is_empty() => ("/runs/{run_id}", true),
+        ["runs", id, "log"] if !id.is_empty() => ("/runs/{run_id}/log", true),
+        ["runs", id, "events"] if !id.is_empty() => ("/runs/{run_id}/events", true),
+        ["runs", id, "stream"] if !id.is_empty() => ("/runs/{run_id}/stream", true),
+        ["runs", id, "stop"] if !id.is_empty() => ("/runs/{run_id}/stop", true),
         _ => match ROUTES.iter().find(|(_, p, _)| *p == path) {
             Some((_, p, protected)) => (*p, *protected),
             None => return Err(ApiError::NotFound(format!("no route for {path}"))),
@@ -172,7 +175,7 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
     Ok(match (method, pattern) {
         (Method::GET, "/healthz") => text("text/plain; charset=utf-8", "ok"),
         (Method::GET, "/readyz") => {
-            let value = health::ready(config, app.shutting_down.load(Ordering::Relaxed))
+            let value = health::ready(app, app.shutting_down.load(Ordering::Relaxed))
                 .await
                 .map_err(ApiError::Unavailable)?;
             json(StatusCode::OK, &value)
@@ -185,8 +188,20 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         (Method::GET, "/models") => json(StatusCode::OK, &catalog::models(config)),
         (Method::GET, "/clis") => json(StatusCode::OK, &catalog::clis(config)),
         (Method::POST, "/run") => run::start(app, client, caller, req).await?,
-        (Method::GET, "/sessions/{session_id}") => run::status(app, &caller, percent_decode(segments[1])?)?,
+        (Method::GET, "/sessions/{session_id}") => run::status(app, &caller, percent_decode(segments[1])?).await?,
         (Method::POST, "/sessions/{session_id}/stop") => run::stop(app, &caller, percent_decode(segments[1])?)?,
+        (Method::GET, "/runs") => runs::list(app, &caller, req.uri().query()).await?,
+        (Method::GET, "/runs/{run_id}") => runs::get(app, &caller, &percent_decode(segments[1])?).await?,
+        (Method::GET, "/runs/{run_id}/log") => {
+            runs::log(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
+        (Method::GET, "/runs/{run_id}/events") => {
+            runs::events(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
+        (Method::GET, "/runs/{run_id}/stream") => {
+            runs::stream(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
+        (Method::POST, "/runs/{run_id}/stop") => runs::stop(app, &caller, &percent_decode(segments[1])?)?,
         _ => unreachable!("every route in ROUTES is handled"),
     })
 }
@@ -196,5 +211,5 @@ fn percent_decode(segment: &str) -> Result<String, ApiError> {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| ApiError::BadRequest("session id is not UTF-8".into()))
+        .map_err(|_| ApiError::BadRequest("the id in the path is not UTF-8".into()))
 }

@@ -1,36 +1,28 @@
 //! `POST /run`, `GET /sessions/{id}` and `POST /sessions/{id}/stop`: read and validate the
-//! request, admit it, plan the launch, start the supervisor, and answer with its frame stream.
+//! request, hand it to the run service, and answer with a reader of the run's log — the one
+//! reader whose going away ends the run (the contract of an attached run).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
 
 use super::error::ApiError;
 use super::{App, json};
-use crate::admission::Refused;
 use crate::auth::Caller;
 use crate::body::Body;
-use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, StreamLabels};
-use crate::run::frame::{EndReason, Frame};
-use crate::run::plan::plan;
+use crate::metrics::Metrics;
+use crate::run::frame::EndReason;
 use crate::run::request::RunRequest;
-use crate::run::supervisor::{Limits, supervise};
 use crate::run::{Run, RunState};
-use crate::telemetry::clip;
-
-/// Encoded frames buffered between a run and its client. Small on purpose: with at most
-/// 64 KiB of output per frame batch this bounds what a stalled client can make the gateway hold
-/// (hyper's own buffer, `server::MAX_BUF`, comes on top). Two are enough to keep the pipe
-/// reader and the socket writer busy at once.
-const FRAME_BUFFER: usize = 2;
+use crate::runlog::{Source, follow};
 
 /// Reads the whole body, refusing more than `limit` bytes. The content type is not checked:
 /// clients of the reference send JSON under whatever type their HTTP library picks.
@@ -65,7 +57,7 @@ fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
 
 pub async fn start(
     app: &Arc<App>,
-    client: SocketAddr,
+    _client: SocketAddr,
     caller: Caller,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -73,152 +65,117 @@ pub async fn start(
     let body = read_body(req, config.max_request_bytes).await?;
     let spec = parse(&body)?.validate(config).map_err(ApiError::BadRequest)?;
     drop(body);
-    let conflict = || ApiError::Conflict(format!("session '{}' is already running", spec.session_id));
-    if app.registry.get(&spec.session_id).is_some() {
-        return Err(conflict());
-    }
-    let permit = app.admission.admit().await.map_err(|refused| match refused {
-        Refused::QueueFull => ApiError::Overloaded {
-            detail: format!(
-                "{} runs are running and {} waiting",
-                config.max_concurrent, config.max_queued
-            ),
-            retry_after: 1,
-        },
-        Refused::QueueTimeout => ApiError::Overloaded {
-            detail: "no run slot became free in QUEUE_TIMEOUT_SECONDS".into(),
-            retry_after: 1,
-        },
-        Refused::ShuttingDown => ApiError::Unavailable("the gateway is shutting down".into()),
-    })?;
-    let run = Arc::new(Run::new(spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name));
-    let registration = app.registry.insert(run.clone()).ok_or_else(conflict)?;
-    let launch = plan(&spec, config, &run.id);
-
-    let (sink, frames) = mpsc::channel(FRAME_BUFFER);
-    let mut first = BytesMut::new();
-    Frame::Session {
-        id: run.session_id.clone(),
-    }
-    .encode(&mut first);
-    sink.try_send(first.freeze()).expect("a new channel has room");
-
-    let limits = Limits {
-        timeout: config.timeout,
-        idle_timeout: config.idle_timeout,
-        output_limit: config.output_limit,
-        kill_grace: config.kill_grace,
-    };
-    let metrics = app.metrics.clone();
-    let search_path = config.search_path.clone();
-    let run_id = run.id.clone();
-    metrics
-        .runs_started
-        .get_or_create(&CliLabels { cli: spec.cli.clone() })
-        .inc();
-    metrics.active_runs.inc();
-    app.runs.spawn(async move {
-        let model = launch.model.clone();
-        let container = launch.container.is_some();
-        let outcome = supervise(&run, launch, spec.stdin, &search_path, &limits, sink).await;
-        drop(registration);
-        drop(permit);
-        let end = outcome.end;
-        let duration = run.started.elapsed();
-        metrics.active_runs.dec();
-        metrics
-            .runs_finished
-            .get_or_create(&FinishLabels {
-                cli: run.cli.clone(),
-                reason: end.reason.as_str().into(),
-            })
-            .inc();
-        metrics.exit_codes.get_or_create(&CodeLabels { code: end.code }).inc();
-        metrics
-            .run_duration
-            .get_or_create(&CliLabels { cli: run.cli.clone() })
-            .observe(duration.as_secs_f64());
-        metrics
-            .bytes
-            .get_or_create(&StreamLabels { stream: "stdout" })
-            .inc_by(outcome.stdout_bytes);
-        metrics
-            .bytes
-            .get_or_create(&StreamLabels { stream: "stderr" })
-            .inc_by(outcome.stderr_bytes);
-        if container && end.reason != EndReason::Exited && end.reason != EndReason::SpawnFailed {
-            metrics
-                .container_cleanups
-                .get_or_create(&CleanupLabels { when: "run" })
-                .inc();
-        }
-        tracing::info!(
-            run_id = run.id.as_str(),
-            session_id = clip(&run.session_id),
-            cli = run.cli.as_str(),
-            owner = run.owner.as_deref().unwrap_or(""),
-            model = model.as_deref().unwrap_or(""),
-            code = end.code,
-            reason = end.reason.as_str(),
-            duration_ms = duration_as_ms(duration),
-            stdout_bytes = outcome.stdout_bytes,
-            stderr_bytes = outcome.stderr_bytes,
-            client = %client,
-            "run finished"
-        );
-    });
-
+    let run = app.runs.submit(spec, &caller).await?;
+    let log = run.log.clone().expect("a submitted run has a log");
+    let frames = attached(run.clone(), Source::Live(log), app.runs.metrics.clone());
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/x-ndjson")
         .header(CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .header("x-cligate-run-id", run_id)
+        .header("x-cligate-run-id", run.id.as_str())
         .body(Body::stream(frames))
         .expect("static headers are valid"))
 }
 
-fn duration_as_ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
+/// The attached client's reader: the whole log from the session frame to the exit frame. When
+/// the body is dropped before the run has ended (the client went away), the run is ended.
+fn attached(run: Arc<Run>, source: Source, metrics: Arc<Metrics>) -> impl Stream<Item = Bytes> + Send + use<> {
+    struct EndOnDrop(Arc<Run>);
+    impl Drop for EndOnDrop {
+        fn drop(&mut self) {
+            self.0.request_stop(EndReason::Disconnected);
+        }
+    }
+    let guard = EndOnDrop(run);
+    reader(follow(source, 0), metrics).map(move |piece| {
+        let _ = &guard;
+        piece
+    })
 }
 
-/// The running run of `session_id`, when `caller` may see it. A run of another token's is
-/// answered exactly like a session that does not exist.
-fn visible(app: &App, caller: &Caller, session_id: &str) -> Result<Arc<Run>, ApiError> {
-    app.registry
-        .get(session_id)
-        .filter(|run| caller.may_see(run.owner.as_deref()))
-        .ok_or_else(|| ApiError::NotFound(format!("session '{session_id}' is not running")))
+/// Counts a reader in `cligate_log_readers` for as long as it follows.
+pub fn reader(
+    pieces: impl Stream<Item = Bytes> + Send + 'static,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    struct Counted(Arc<Metrics>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.log_readers.dec();
+        }
+    }
+    metrics.log_readers.inc();
+    let counted = Counted(metrics);
+    pieces.map(move |piece| {
+        let _ = &counted;
+        piece
+    })
+}
+
+fn run_not_found(session_id: &str) -> ApiError {
+    ApiError::NotFound(format!("session '{session_id}' is not running"))
 }
 
 pub fn stop(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
-    let run = visible(app, caller, &session_id)?;
-    if !run.request_stop(EndReason::Stopped) && matches!(run.state(), RunState::Finished(_)) {
-        return Err(ApiError::NotFound(format!("session '{session_id}' is not running")));
-    }
+    app.runs
+        .stop(caller, app.runs.registry.get(&session_id), &format!("session '{session_id}'"))?;
     Ok(json(
         StatusCode::OK,
         &json!({ "session_id": session_id, "status": "stopped" }),
     ))
 }
 
-pub fn status(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
-    let run = visible(app, caller, &session_id)?;
-    let (state, pid) = match run.state() {
-        RunState::Starting => ("starting", None),
-        RunState::Running { pid } => ("running", Some(pid)),
-        RunState::Finished(_) => ("finished", None),
+/// A running session from the running index; a finished one from its newest record. A run of
+/// another token's is answered exactly like a session that does not exist.
+pub async fn status(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
+    if let Some(run) = app
+        .runs
+        .registry
+        .get(&session_id)
+        .filter(|run| caller.may_see(run.owner.as_deref()))
+    {
+        let (state, pid, exit) = match run.state() {
+            RunState::Starting => ("starting", None, None),
+            RunState::Running { pid } => ("running", Some(pid), None),
+            RunState::Finished(end) => ("finished", None, Some(end)),
+        };
+        return Ok(json(
+            StatusCode::OK,
+            &json!({
+                "session_id": run.session_id,
+                "run_id": run.id,
+                "cli": run.cli,
+                "owner": run.owner,
+                "state": state,
+                "pid": pid,
+                "elapsed_seconds": run.started.elapsed().as_secs_f64(),
+                "exit_code": exit.map(|e| e.code),
+                "reason": exit.map(|e| e.reason.as_str()),
+            }),
+        ));
+    }
+    let record = app
+        .runs
+        .session_record(caller, &session_id)
+        .await
+        .map_err(|_| run_not_found(&session_id))?;
+    let elapsed = match (record.started_at, record.finished_at) {
+        (Some(start), Some(end)) => Some((end - start).max(0) as f64 / 1000.0),
+        _ => None,
     };
     Ok(json(
         StatusCode::OK,
         &json!({
-            "session_id": run.session_id,
-            "run_id": run.id,
-            "cli": run.cli,
-            "owner": run.owner,
-            "state": state,
-            "pid": pid,
-            "elapsed_seconds": run.started.elapsed().as_secs_f64(),
+            "session_id": record.session_id,
+            "run_id": record.run_id,
+            "cli": record.cli,
+            "owner": record.owner,
+            "state": record.state.as_str(),
+            "pid": null,
+            "elapsed_seconds": elapsed,
+            "exit_code": record.exit_code,
+            "reason": record.reason,
         }),
     ))
 }

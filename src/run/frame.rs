@@ -3,7 +3,7 @@
 //! A run's stream is always:
 //!
 //! ```text
-//! {"type":"session","id":"3f0c…"}
+//! {"type":"session","id":"3f0c…","run_id":"9a1b…"}
 //! {"type":"stdout","data":"partial output...\n"}
 //! {"type":"stderr","data":"log message...\n"}
 //! {"type":"exit","code":0,"reason":"exited"}
@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Frame {
-    Session { id: String },
+    /// The first frame: the client's session id and the gateway's run id (for `/runs/{id}`).
+    Session { id: String, run_id: String },
     Stdout { data: String },
     Stderr { data: String },
     Exit { code: i32, reason: EndReason },
@@ -196,8 +197,11 @@ mod tests {
     #[test]
     fn wire_shapes_are_pinned() {
         assert_eq!(
-            line(&Frame::Session { id: "s1".into() }),
-            "{\"type\":\"session\",\"id\":\"s1\"}\n"
+            line(&Frame::Session {
+                id: "s1".into(),
+                run_id: "r1".into()
+            }),
+            "{\"type\":\"session\",\"id\":\"s1\",\"run_id\":\"r1\"}\n"
         );
         assert_eq!(
             line(&Frame::Stdout { data: "a\"\n".into() }),

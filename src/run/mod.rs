@@ -9,12 +9,13 @@ pub mod registry;
 pub mod request;
 pub mod supervisor;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::runlog::RunLog;
 use frame::EndReason;
 
 /// How a run ended.
@@ -49,6 +50,8 @@ pub struct Run {
     stop: CancellationToken,
     /// Why the run was asked to end; the first request wins.
     stop_reason: OnceLock<EndReason>,
+    /// Where its frames go; every reader follows it.
+    pub log: Option<Arc<RunLog>>,
 }
 
 impl Run {
@@ -62,7 +65,14 @@ impl Run {
             state: watch::Sender::new(RunState::Starting),
             stop: CancellationToken::new(),
             stop_reason: OnceLock::new(),
+            log: None,
         }
+    }
+
+    /// The run, writing its frames to `log`.
+    pub fn with_log(mut self, log: Arc<RunLog>) -> Run {
+        self.log = Some(log);
+        self
     }
 
     /// The run, recorded as started by `owner`.

@@ -1,5 +1,6 @@
-//! The running runs, by session id: refuses a second run of a running session, finds a run to
-//! stop, and lets shutdown end them all. An in-memory map today; the run store later.
+//! The running index: the runs executing in this process, by session id and by run id. It
+//! refuses a second run of a running session, finds a live run (to stop it or follow its log),
+//! and lets shutdown end them all. Records of every run, running or not, are in the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,16 @@ impl Registry {
 
     pub fn get(&self, session_id: &str) -> Option<Arc<Run>> {
         self.runs.lock().expect("registry lock").get(session_id).cloned()
+    }
+
+    /// The running run with this run id. A scan: the index holds at most the running runs.
+    pub fn by_run_id(&self, run_id: &str) -> Option<Arc<Run>> {
+        self.runs
+            .lock()
+            .expect("registry lock")
+            .values()
+            .find(|r| r.id == run_id)
+            .cloned()
     }
 
     /// Asks the session's run to end; false when no such run is running.

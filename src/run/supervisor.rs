@@ -2,7 +2,8 @@
 //! stdout and stderr are read, so no pipe can deadlock; the child is raced against the deadline,
 //! the idle timer, the output cap, a stop request and the client going away; whatever ends the
 //! run, the whole process tree (and in docker mode the container, through the engine) is ended
-//! and reaped before the exit frame is sent.
+//! and reaped before the supervisor returns. Frames go to the run's log at the child's pace; no
+//! reader can slow the child (readers follow the log), only the disk can.
 
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
@@ -12,21 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{EndReason, Frame, Stream};
+use super::frame::{EndReason, Stream};
 use super::output::LineFramer;
 use super::plan::{GATEWAY_SECRETS, Launch};
 use super::{End, Run, RunState};
 use crate::config::resolve_program;
 use crate::docker;
+use crate::runlog::RunLog;
 
 /// Bytes read from a pipe at once.
 const READ_BUF: usize = 32 * 1024;
@@ -38,9 +39,8 @@ const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Longest wait for the pipes after the run's process group is gone.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
 
-/// Where a run's encoded frames go. Bounded: a slow client makes sends wait, which stops the
-/// pipes being read, which pauses the child.
-pub type FrameSink = mpsc::Sender<Bytes>;
+/// Where a run's encoded frames go: its log, which every reader follows.
+pub type FrameSink = Arc<RunLog>;
 
 /// The limits a run is held to.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +70,8 @@ struct Meter {
     limit: Option<u64>,
     /// Cancelled when the output cap is reached.
     limit_hit: CancellationToken,
+    /// Cancelled when the log cannot be written (disk full, I/O error): the run ends.
+    log_broken: CancellationToken,
 }
 
 impl Meter {
@@ -146,8 +148,8 @@ impl Drop for Container {
     }
 }
 
-/// Runs `launch` to its end, sending its frames (not the session frame, which the caller sends,
-/// but the final exit frame included) to `sink`.
+/// Runs `launch` to its end, appending its output frames (and the gateway's own stderr lines)
+/// to `sink`. The session and exit frames are the caller's: it records the end first.
 pub async fn supervise(
     run: &Run,
     launch: Launch,
@@ -163,6 +165,7 @@ pub async fn supervise(
         last_output_ms: AtomicU64::new(0),
         limit: limits.output_limit,
         limit_hit: CancellationToken::new(),
+        log_broken: CancellationToken::new(),
     });
     let end = match spawn(&launch, search_path) {
         Ok(child) => drive(run, &launch, child, stdin, limits, &meter, &sink).await,
@@ -175,14 +178,6 @@ pub async fn supervise(
         }
     };
     run.set_state(RunState::Finished(end));
-    send_frame(
-        &sink,
-        &Frame::Exit {
-            code: end.code,
-            reason: end.reason,
-        },
-    )
-    .await;
     Outcome {
         end,
         stdout_bytes: meter.stdout.load(Ordering::Relaxed),
@@ -290,7 +285,7 @@ async fn drive(
             EndReason::Exited
         }
         reason = run.stop_requested() => reason,
-        _ = sink.closed() => EndReason::Disconnected,
+        _ = meter.log_broken.cancelled() => EndReason::Internal,
         _ = sleep_until(deadline) => EndReason::Timeout,
         _ = idle(meter, limits.idle_timeout) => EndReason::IdleTimeout,
         _ = meter.limit_hit.cancelled() => EndReason::OutputLimit,
@@ -318,6 +313,7 @@ async fn drive(
 
     let code = match reason {
         EndReason::Timeout | EndReason::IdleTimeout => 124,
+        EndReason::Internal => 1,
         _ => exit_code(status),
     };
     if let Some(text) = final_message(reason, limits) {
@@ -432,7 +428,7 @@ async fn pump(
             read = pipe.read(&mut buf) => read,
             _ = tokio::time::sleep(PARTIAL_FLUSH), if partial => {
                 framer.flush_partial(&mut out);
-                if !flush(&sink, &mut out).await {
+                if !flush(&sink, &mut out, &meter) {
                     return;
                 }
                 continue;
@@ -448,30 +444,34 @@ async fn pump(
         if allowed < n {
             break;
         }
-        if !flush(&sink, &mut out).await {
+        if !flush(&sink, &mut out, &meter) {
             return;
         }
     }
     framer.finish(&mut out);
-    flush(&sink, &mut out).await;
+    flush(&sink, &mut out, &meter);
 }
 
-/// Sends what `out` holds; false when the client is gone.
-async fn flush(sink: &FrameSink, out: &mut BytesMut) -> bool {
+/// Appends what `out` holds to the log; false (and the run is ended) when the log cannot be
+/// written.
+fn flush(sink: &FrameSink, out: &mut BytesMut, meter: &Meter) -> bool {
     if out.is_empty() {
         return true;
     }
-    sink.send(out.split().freeze()).await.is_ok()
+    match sink.append(out.split().freeze()) {
+        Ok(_) => true,
+        Err(e) => {
+            if !meter.log_broken.is_cancelled() {
+                tracing::error!(error = %e, "writing a run's log failed; ending the run");
+                meter.log_broken.cancel();
+            }
+            false
+        }
+    }
 }
 
 async fn send_text(sink: &FrameSink, stream: Stream, text: &str) {
     let mut out = BytesMut::new();
     super::frame::encode_output(stream, text, &mut out);
-    let _ = sink.send(out.freeze()).await;
-}
-
-async fn send_frame(sink: &FrameSink, frame: &Frame) {
-    let mut out = BytesMut::new();
-    frame.encode(&mut out);
-    let _ = sink.send(out.freeze()).await;
+    let _ = sink.append(out.freeze());
 }

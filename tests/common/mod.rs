@@ -2,6 +2,8 @@
 //! socket, read NDJSON frames, and check that processes are really gone.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,12 +28,24 @@ pub fn fixtures() -> PathBuf {
 pub const TEST_CLIS: &str = "echo-stdin,args,show-env,exit-code,ignore-term,spawn-tree,slow-partial,split-utf8,\
     bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli";
 
-/// A gateway running in this test process, on its own port.
+/// Which database a test gateway records its runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// SQLite in the gateway's own `DATA_DIR` (the default).
+    Sqlite,
+    /// A fresh database in the test process's throw-away PostgreSQL cluster.
+    Postgres,
+}
+
+/// A gateway running in this test process, on its own port, with its own `DATA_DIR` (a temp
+/// dir removed when the gateway is dropped, unless the test gave `DATA_DIR` itself).
 pub struct Gateway {
     pub addr: SocketAddr,
     pub app: Arc<cligate::api::App>,
+    pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Gateway {
@@ -40,20 +54,41 @@ impl Gateway {
         Gateway::try_start(vars).await.expect("gateway starts")
     }
 
+    /// Starts a gateway whose store is `db`.
+    pub async fn start_db(db: Db, vars: &[(&str, &str)]) -> Gateway {
+        let url;
+        let mut all: Vec<(&str, &str)> = vars.to_vec();
+        if db == Db::Postgres {
+            url = pg::fresh_database().await;
+            all.push(("DATABASE_URL", &url));
+        }
+        Gateway::start(&all).await
+    }
+
     pub async fn try_start(vars: &[(&str, &str)]) -> anyhow::Result<Gateway> {
         let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
+        let temp = match vars.iter().any(|(k, _)| *k == "DATA_DIR") {
+            true => None,
+            false => Some(tempfile::Builder::new().prefix("cligate-test-").tempdir()?),
+        };
         let mut all: Vec<(String, String)> = vec![
             ("CLI_LIST".into(), TEST_CLIS.into()),
             ("MODEL_LIST".into(), "auto,gpt-test".into()),
             ("KILL_GRACE_SECONDS".into(), "1".into()),
             ("SHUTDOWN_GRACE_SECONDS".into(), "1".into()),
             ("PATH".into(), path),
+            // The disk of a test machine may be fuller than a server's; the floor has its own test.
+            ("DATA_DIR_MIN_FREE_BYTES".into(), "0".into()),
         ];
+        if let Some(t) = &temp {
+            all.push(("DATA_DIR".into(), t.path().display().to_string()));
+        }
         for (k, v) in vars {
             all.retain(|(name, _)| name != k);
             all.push((k.to_string(), v.to_string()));
         }
         let config = Arc::new(cligate::config::Config::from_vars(all)?);
+        let data_dir = config.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = cligate::server::prepare(config).await?;
@@ -64,8 +99,10 @@ impl Gateway {
         Ok(Gateway {
             addr,
             app,
+            data_dir,
             shutdown: Some(tx),
             task: Some(task),
+            _data: temp,
         })
     }
 
@@ -199,9 +236,20 @@ pub struct RunStream {
 
 impl RunStream {
     pub async fn open(addr: SocketAddr, body: Vec<u8>, headers: &[(&str, &str)]) -> RunStream {
+        RunStream::request(addr, "POST", "/run", Some(body), headers).await
+    }
+
+    /// Any streamed answer, e.g. `GET /runs/{id}/stream?offset=N`.
+    pub async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> RunStream {
         let (mut sender, conn) = connect(addr).await;
         let response = sender
-            .send_request(build("POST", "/run", Some(body), headers))
+            .send_request(build(method, path, body, headers))
             .await
             .expect("response");
         let (parts, body) = response.into_parts();
@@ -212,6 +260,35 @@ impl RunStream {
             buf: Vec::new(),
             conn,
         }
+    }
+
+    /// The next piece of the body exactly as received (`None` at its end).
+    pub async fn next_bytes(&mut self) -> Option<Bytes> {
+        if !self.buf.is_empty() {
+            return Some(Bytes::from(std::mem::take(&mut self.buf)));
+        }
+        loop {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Some(data);
+                        }
+                    }
+                }
+                Some(Err(e)) => panic!("stream broke: {e}"),
+                None => return None,
+            }
+        }
+    }
+
+    /// The rest of the body, exactly as received.
+    pub async fn raw_to_end(mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(piece) = self.next_bytes().await {
+            out.extend_from_slice(&piece);
+        }
+        out
     }
 
     /// The rest of the body as text (for refused runs).

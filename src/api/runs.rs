@@ -1,0 +1,268 @@
+//! `GET /runs`, `GET /runs/{id}`, `GET /runs/{id}/log`, `/events`, `/stream` and
+//! `POST /runs/{id}/stop`: records and logs of runs that outlive their request. Each handler
+//! parses its query, asks the run service, and answers; a reader of `/stream` never ends the run.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::run::reader;
+use super::{App, json};
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::run::frame::Frame;
+use crate::runlog::{Source, follow};
+use crate::store::{ListQuery, RecordState};
+
+/// Default and largest `max_bytes` of `/log` and `/events`.
+const DEFAULT_MAX_BYTES: u64 = 64 * 1024;
+const LIMIT_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The query parameters, decoded; a repeated parameter keeps its last value.
+fn query(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn number(params: &[(String, String)], name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+    let Some(text) = param(params, name) else {
+        return Ok(default);
+    };
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "{name} must be a whole number from {min} to {max}, not '{}'",
+            text.escape_debug()
+        ))),
+    }
+}
+
+pub async fn list(app: &App, caller: &Caller, raw_query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let params = query(raw_query);
+    let state = match param(&params, "state") {
+        None => None,
+        Some(s) => Some(RecordState::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "state must be queued, running, finished or interrupted, not '{}'",
+                s.escape_debug()
+            ))
+        })?),
+    };
+    let q = ListQuery {
+        state,
+        cli: param(&params, "cli").map(String::from),
+        session_id: param(&params, "session_id").map(String::from),
+        owner: None,
+        limit: Some(number(&params, "limit", 50, 1, 1000)? as u32),
+        cursor: param(&params, "cursor").map(String::from),
+    };
+    let (runs, next) = app.runs.list(caller, q).await?;
+    Ok(json(StatusCode::OK, &json!({ "runs": runs, "next_cursor": next })))
+}
+
+pub async fn get(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {
+    let record = app.runs.record(caller, run_id).await?;
+    Ok(json(StatusCode::OK, &serde_json::to_value(record).expect("a record serialises")))
+}
+
+pub fn stop(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {
+    app.runs
+        .stop(caller, app.runs.registry.by_run_id(run_id), &format!("run '{run_id}'"))?;
+    Ok(json(StatusCode::OK, &json!({ "run_id": run_id, "status": "stopped" })))
+}
+
+/// Checks that `offset` is inside the log and starts a frame (0, or just after a newline).
+fn frame_offset(source: &Source, offset: u64) -> Result<u64, ApiError> {
+    let size = source.end().size;
+    if offset > size {
+        return Err(ApiError::BadRequest(format!(
+            "offset {offset} is past the end of the log ({size} bytes)"
+        )));
+    }
+    if offset > 0 {
+        let before = source
+            .read(offset - 1, 1)
+            .map_err(|e| ApiError::Unavailable(format!("cannot read the log: {e}")))?;
+        if before.first() != Some(&b'\n') {
+            return Err(ApiError::BadRequest(format!(
+                "offset {offset} is not the start of a frame; use 0 or a next_offset"
+            )));
+        }
+    }
+    Ok(offset)
+}
+
+/// What `/log` and `/events` read: whole frames from `offset`, at most about `max_bytes`.
+struct Window {
+    offset: u64,
+    content: Bytes,
+    size: u64,
+    closed: bool,
+}
+
+fn window(source: &Source, params: &[(String, String)]) -> Result<Window, ApiError> {
+    let offset = number(params, "offset", 0, 0, u64::MAX)?;
+    let max = number(params, "max_bytes", DEFAULT_MAX_BYTES, 1, LIMIT_MAX_BYTES)?;
+    // The end is read before the content: everything up to it is whole frames.
+    let end = source.end();
+    let offset = frame_offset(source, offset)?;
+    let content = source
+        .read_frames(offset, max as usize)
+        .map_err(|e| ApiError::Unavailable(format!("cannot read the log: {e}")))?;
+    Ok(Window {
+        offset,
+        content,
+        size: end.size,
+        closed: end.closed,
+    })
+}
+
+fn tail_answer(run_id: &str, w: &Window, next_offset: u64, content: &[u8]) -> serde_json::Map<String, Value> {
+    let size = w.size.max(next_offset);
+    let mut out = serde_json::Map::new();
+    out.insert("run_id".into(), json!(run_id));
+    out.insert("offset".into(), json!(w.offset));
+    out.insert("next_offset".into(), json!(next_offset));
+    out.insert("size".into(), json!(size));
+    out.insert("eof".into(), json!(w.closed && next_offset >= size));
+    out.insert("content".into(), json!(String::from_utf8_lossy(content)));
+    out
+}
+
+pub async fn log(app: &App, caller: &Caller, run_id: &str, raw_query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let (_, source) = app.runs.source(caller, run_id).await?;
+    let w = window(&source, &query(raw_query))?;
+    let next = w.offset + w.content.len() as u64;
+    Ok(json(StatusCode::OK, &Value::Object(tail_answer(run_id, &w, next, &w.content))))
+}
+
+pub async fn events(
+    app: &App,
+    caller: &Caller,
+    run_id: &str,
+    raw_query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let (_, source) = app.runs.source(caller, run_id).await?;
+    let w = window(&source, &query(raw_query))?;
+    let (events, used) = parse_events(w.offset, &w.content, w.closed);
+    let next = w.offset + used as u64;
+    let mut answer = tail_answer(run_id, &w, next, &w.content[..used]);
+    answer.insert("events".into(), Value::Array(events));
+    Ok(json(StatusCode::OK, &Value::Object(answer)))
+}
+
+/// The JSON objects printed on stdout lines of `content` (frames starting at byte `start` of
+/// the log), each with the offset of the frame where its line begins. A stdout line cut into
+/// several frames (a partial line, a long line) is joined first. Returns the events and how many
+/// bytes of `content` they account for: when the content ends inside a stdout line and more may
+/// come, the bytes from that line's first frame on are left for the next read — unless that
+/// line began the window, so that a reader always moves on.
+fn parse_events(start: u64, content: &[u8], closed: bool) -> (Vec<Value>, usize) {
+    let mut events = Vec::new();
+    let mut line = String::new();
+    let mut line_start: Option<usize> = None;
+    let mut pos = 0;
+    for frame in content.split_inclusive(|b| *b == b'\n') {
+        let at = pos;
+        pos += frame.len();
+        let Ok(Frame::Stdout { data }) = serde_json::from_slice::<Frame>(frame) else {
+            continue;
+        };
+        if line_start.is_none() {
+            line_start = Some(at);
+        }
+        line.push_str(&data);
+        if line.ends_with('\n') {
+            if let Ok(Value::Object(event)) = serde_json::from_str::<Value>(line.trim()) {
+                events.push(json!({ "offset": start + line_start.unwrap_or(at) as u64, "event": event }));
+            }
+            line.clear();
+            line_start = None;
+        }
+    }
+    let used = match line_start {
+        Some(at) if !closed && at > 0 => at,
+        _ => content.len(),
+    };
+    (events, used)
+}
+
+pub async fn stream(
+    app: &Arc<App>,
+    caller: &Caller,
+    run_id: &str,
+    raw_query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let (_, source) = app.runs.source(caller, run_id).await?;
+    let params = query(raw_query);
+    let offset = number(&params, "offset", 0, 0, u64::MAX)?;
+    let size = source.end().size;
+    if offset > size {
+        return Err(ApiError::BadRequest(format!(
+            "offset {offset} is past the end of the log ({size} bytes)"
+        )));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .header(CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .header("x-cligate-run-id", run_id)
+        .body(Body::stream(reader(follow(source, offset), app.runs.metrics.clone())))
+        .expect("static headers are valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(lines: &[&str]) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        for l in lines {
+            if let Some(text) = l.strip_prefix("err:") {
+                crate::run::frame::encode_output(crate::run::frame::Stream::Stderr, text, &mut out);
+            } else {
+                crate::run::frame::encode_output(crate::run::frame::Stream::Stdout, l, &mut out);
+            }
+        }
+        out.to_vec()
+    }
+
+    #[test]
+    fn events_are_json_objects_on_stdout_lines_joined_across_frames() {
+        let c = frames(&["{\"a\":", "err:noise\n", "1}\n", "plain text\n", "[1,2]\n", "{\"b\":2}\n"]);
+        let (events, used) = parse_events(100, &c, false);
+        assert_eq!(used, c.len());
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0]["offset"], 100);
+        assert_eq!(events[0]["event"], json!({"a": 1}));
+        assert_eq!(events[1]["event"], json!({"b": 2}));
+    }
+
+    #[test]
+    fn a_line_cut_by_the_window_is_left_for_the_next_read() {
+        let c = frames(&["{\"a\":1}\n", "{\"b\":"]);
+        let first = frames(&["{\"a\":1}\n"]).len();
+        let (events, used) = parse_events(0, &c, false);
+        assert_eq!((events.len(), used), (1, first));
+        // Finished: nothing more will come, so everything is used.
+        assert_eq!(parse_events(0, &c, true).1, c.len());
+        // A window that starts inside such a line still moves on.
+        let only = frames(&["{\"b\":"]);
+        assert_eq!(parse_events(0, &only, false).1, only.len());
+    }
+}

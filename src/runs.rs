@@ -1,0 +1,468 @@
+//! The run service: the one place that creates runs and owns their life — submit (record, admit,
+//! plan, start), stop, and one finish hook (record, log, metrics, the `run finished` line, the
+//! slot). HTTP handlers only parse, call it and answer; every reader of a run's output (the
+//! attached `/run` body, `/runs/{id}/stream`, `/log`, `/events`) gets a [`Source`] from here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio_util::task::TaskTracker;
+
+use crate::admission::{Admission, Refused};
+use crate::auth::Caller;
+use crate::config::Config;
+use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, Metrics, StreamLabels};
+use crate::run::frame::{EndReason, Frame};
+use crate::run::plan::plan;
+use crate::run::registry::{Registration, Registry};
+use crate::run::request::RunSpec;
+use crate::run::supervisor::{Limits, Outcome, supervise};
+use crate::run::{Run, RunState};
+use crate::runlog::{LogDir, Source};
+use crate::store::time::now_ms;
+use crate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
+use crate::telemetry::clip;
+
+/// Why a run was not started, or a run could not be found. The API maps each to a status.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The session id is running (409).
+    Conflict(String),
+    /// No slot now (503 with `Retry-After`).
+    Overloaded(String),
+    /// The gateway cannot take runs (503): shutting down, disk nearly full, store down.
+    Unavailable(String),
+    /// No such run, or not the caller's (404).
+    NotFound(String),
+    /// A bad query (400).
+    Invalid(String),
+}
+
+/// The run service.
+#[derive(Debug)]
+pub struct Runs {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub logs: LogDir,
+    pub admission: Admission,
+    pub metrics: Arc<Metrics>,
+    /// The runs executing in this process.
+    pub registry: Arc<Registry>,
+    /// Every run's supervising task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Runs {
+    /// Opens the store and the log directory, and accounts for the runs a crashed predecessor of
+    /// this instance left: they become `interrupted` (`gateway_lost`) with their logs repaired.
+    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> anyhow::Result<Runs> {
+        let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+        let logs = LogDir::open(config.data_dir.join("logs")).map_err(|e| {
+            anyhow::anyhow!(
+                "DATA_DIR: cannot create '{}': {e}",
+                config.data_dir.join("logs").display()
+            )
+        })?;
+        let runs = Runs {
+            admission: Admission::new(
+                config.max_concurrent,
+                config.max_queued,
+                config.queue_timeout,
+                metrics.clone(),
+            ),
+            store,
+            logs,
+            metrics,
+            registry: Arc::new(Registry::default()),
+            tasks: TaskTracker::new(),
+            config,
+        };
+        runs.recover().await?;
+        Ok(runs)
+    }
+
+    /// Marks this instance's unfinished records `interrupted` and cuts torn log tails.
+    async fn recover(&self) -> anyhow::Result<()> {
+        let lost = self.store.running_of_instance(self.instance()).await?;
+        for record in &lost {
+            let size = self.logs.repair(&record.run_id).unwrap_or(0);
+            self.store
+                .finish(
+                    &record.run_id,
+                    &Finish {
+                        state: RecordState::Interrupted,
+                        exit_code: None,
+                        reason: Some("gateway_lost".into()),
+                        finished_at: now_ms(),
+                        stdout_bytes: record.stdout_bytes,
+                        stderr_bytes: record.stderr_bytes,
+                        log_bytes: size,
+                    },
+                )
+                .await?;
+            tracing::warn!(
+                run_id = record.run_id.as_str(),
+                session_id = clip(&record.session_id),
+                log_bytes = size,
+                "run interrupted: the gateway that ran it is gone"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.config.instance
+    }
+
+    /// Starts an attached run: admitted now (or after a bounded wait), recorded, its session
+    /// frame in its log, its supervisor running. The caller follows `run.log`.
+    pub async fn submit(self: &Arc<Self>, spec: RunSpec, caller: &Caller) -> Result<Arc<Run>, Refusal> {
+        let conflict = || Refusal::Conflict(format!("session '{}' is already running", spec.session_id));
+        if self.registry.get(&spec.session_id).is_some() {
+            return Err(conflict());
+        }
+        self.check_disk()?;
+        let permit = self.admission.admit().await.map_err(|refused| match refused {
+            Refused::QueueFull => Refusal::Overloaded(format!(
+                "{} runs are running and {} waiting",
+                self.config.max_concurrent, self.config.max_queued
+            )),
+            Refused::QueueTimeout => {
+                Refusal::Overloaded("no run slot became free in QUEUE_TIMEOUT_SECONDS".into())
+            }
+            Refused::ShuttingDown => Refusal::Unavailable("the gateway is shutting down".into()),
+        })?;
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "{what}");
+            Refusal::Unavailable(format!("{what}: {e}"))
+        };
+        let mut run = Run::new(spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name.clone());
+        let log = self
+            .logs
+            .create(&run.id)
+            .map_err(|e| unavailable("cannot create the run's log in DATA_DIR", &e))?;
+        run = run.with_log(log.clone());
+        let run = Arc::new(run);
+        let registration = self.registry.insert(run.clone()).ok_or_else(conflict)?;
+        let launch = plan(&spec, &self.config, &run.id);
+
+        let now = now_ms();
+        let mut record = RunRecord::queued(&run.id, &run.session_id, &run.cli, self.instance(), now);
+        record.args = spec.args.clone();
+        record.env_keys = spec.env.keys().cloned().collect();
+        record.model = launch.model.clone();
+        record.mode = if self.config.docker().is_some() {
+            RunMode::Docker
+        } else {
+            RunMode::Local
+        };
+        record.owner = run.owner.clone();
+        record.state = RecordState::Running;
+        record.started_at = Some(now);
+        // Recorded before the first frame: a crash from here on leaves a record to account for.
+        let timer = std::time::Instant::now();
+        self.store.insert(&record).await.map_err(|e| {
+            let _ = self.logs.remove(&run.id);
+            unavailable("cannot record the run", &e)
+        })?;
+        self.metrics.observe_store(timer.elapsed());
+
+        let mut first = BytesMut::new();
+        Frame::Session {
+            id: run.session_id.clone(),
+            run_id: run.id.clone(),
+        }
+        .encode(&mut first);
+        log.append(first.freeze())
+            .map_err(|e| unavailable("cannot write the run's log", &e))?;
+
+        self.metrics
+            .runs_started
+            .get_or_create(&CliLabels { cli: spec.cli.clone() })
+            .inc();
+        self.metrics.active_runs.inc();
+        let limits = Limits {
+            timeout: self.config.timeout,
+            idle_timeout: self.config.idle_timeout,
+            output_limit: self.config.output_limit,
+            kill_grace: self.config.kill_grace,
+        };
+        let service = self.clone();
+        let task_run = run.clone();
+        self.tasks.spawn(async move {
+            let model = launch.model.clone();
+            let container = launch.container.is_some();
+            let log = task_run.log.clone().expect("a submitted run has a log");
+            let outcome = supervise(
+                &task_run,
+                launch,
+                spec.stdin,
+                &service.config.search_path,
+                &limits,
+                log,
+            )
+            .await;
+            service
+                .finish(&task_run, outcome, model, container, registration, permit)
+                .await;
+        });
+        Ok(run)
+    }
+
+    /// The one finish hook: record the end, then write the exit frame (so a reader that sees it
+    /// finds the record final), close the log, free the session and the slot, count, log a line.
+    async fn finish(
+        &self,
+        run: &Run,
+        outcome: Outcome,
+        model: Option<String>,
+        container: bool,
+        registration: Registration,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let end = outcome.end;
+        let log = run.log.as_ref().expect("a submitted run has a log");
+        let mut exit = BytesMut::new();
+        Frame::Exit {
+            code: end.code,
+            reason: end.reason,
+        }
+        .encode(&mut exit);
+        let finish = Finish {
+            state: RecordState::Finished,
+            exit_code: Some(end.code),
+            reason: Some(end.reason.as_str().to_string()),
+            finished_at: now_ms(),
+            stdout_bytes: outcome.stdout_bytes,
+            stderr_bytes: outcome.stderr_bytes,
+            log_bytes: log.end().size + exit.len() as u64,
+        };
+        let timer = std::time::Instant::now();
+        if let Err(e) = self.store.finish(&run.id, &finish).await {
+            tracing::error!(run_id = run.id.as_str(), error = %format!("{e:#}"), "cannot record the end of a run");
+        }
+        self.metrics.observe_store(timer.elapsed());
+        let log_bytes = match log.append(exit.freeze()) {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::error!(run_id = run.id.as_str(), error = %e, "cannot write the exit frame");
+                log.end().size
+            }
+        };
+        log.close();
+        drop(registration);
+        drop(permit);
+
+        let metrics = &self.metrics;
+        let duration = run.started.elapsed();
+        metrics.active_runs.dec();
+        metrics.log_bytes.inc_by(log_bytes);
+        metrics
+            .runs_finished
+            .get_or_create(&FinishLabels {
+                cli: run.cli.clone(),
+                reason: end.reason.as_str().into(),
+            })
+            .inc();
+        metrics.exit_codes.get_or_create(&CodeLabels { code: end.code }).inc();
+        metrics
+            .run_duration
+            .get_or_create(&CliLabels { cli: run.cli.clone() })
+            .observe(duration.as_secs_f64());
+        metrics
+            .bytes
+            .get_or_create(&StreamLabels { stream: "stdout" })
+            .inc_by(outcome.stdout_bytes);
+        metrics
+            .bytes
+            .get_or_create(&StreamLabels { stream: "stderr" })
+            .inc_by(outcome.stderr_bytes);
+        if container && end.reason != EndReason::Exited && end.reason != EndReason::SpawnFailed {
+            metrics
+                .container_cleanups
+                .get_or_create(&CleanupLabels { when: "run" })
+                .inc();
+        }
+        tracing::info!(
+            run_id = run.id.as_str(),
+            session_id = clip(&run.session_id),
+            cli = run.cli.as_str(),
+            owner = run.owner.as_deref().unwrap_or(""),
+            model = model.as_deref().unwrap_or(""),
+            code = end.code,
+            reason = end.reason.as_str(),
+            duration_ms = duration.as_millis().min(u64::MAX as u128) as u64,
+            stdout_bytes = outcome.stdout_bytes,
+            stderr_bytes = outcome.stderr_bytes,
+            log_bytes,
+            "run finished"
+        );
+    }
+
+    /// Refuses new runs while `DATA_DIR` has less free space than the floor.
+    fn check_disk(&self) -> Result<(), Refusal> {
+        let Some(floor) = self.config.min_free_bytes else {
+            return Ok(());
+        };
+        match free_bytes(self.logs.root()) {
+            Ok(free) if free < floor => Err(Refusal::Unavailable(format!(
+                "DATA_DIR has {free} bytes free, less than DATA_DIR_MIN_FREE_BYTES ({floor})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks a running run to end; `NotFound` when it is not running or not the caller's.
+    pub fn stop(&self, caller: &Caller, run: Option<Arc<Run>>, name: &str) -> Result<(), Refusal> {
+        let not_running = || Refusal::NotFound(format!("{name} is not running"));
+        let run = run
+            .filter(|r| caller.may_see(r.owner.as_deref()))
+            .ok_or_else(not_running)?;
+        run.request_stop(EndReason::Stopped);
+        if matches!(run.state(), RunState::Finished(_)) {
+            return Err(not_running());
+        }
+        Ok(())
+    }
+
+    /// The record of a run the caller may see.
+    pub async fn record(&self, caller: &Caller, run_id: &str) -> Result<RunRecord, Refusal> {
+        let not_found = || Refusal::NotFound(format!("run '{run_id}' not found"));
+        let record = self
+            .store
+            .get(run_id)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?
+            .ok_or_else(not_found)?;
+        if !caller.may_see(record.owner.as_deref()) {
+            return Err(not_found());
+        }
+        Ok(record)
+    }
+
+    /// The newest record of a session the caller may see.
+    pub async fn session_record(&self, caller: &Caller, session_id: &str) -> Result<RunRecord, Refusal> {
+        let not_found = || Refusal::NotFound(format!("session '{session_id}' is not running"));
+        let record = self
+            .store
+            .latest_by_session(session_id)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?
+            .ok_or_else(not_found)?;
+        if !caller.may_see(record.owner.as_deref()) {
+            return Err(not_found());
+        }
+        Ok(record)
+    }
+
+    /// Records newest first, the caller's own unless it is an admin.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        mut query: ListQuery,
+    ) -> Result<(Vec<RunRecord>, Option<String>), Refusal> {
+        query.owner = if caller.admin { None } else { caller.name.clone() };
+        self.store.list(&query).await.map_err(|e| match e {
+            ListError::Invalid(why) => Refusal::Invalid(why),
+            ListError::Store(e) => Refusal::Unavailable(format!("the run store does not answer: {e:#}")),
+        })
+    }
+
+    /// A run's log for reading: the live log while it runs here, else its file.
+    pub async fn source(&self, caller: &Caller, run_id: &str) -> Result<(RunRecord, Source), Refusal> {
+        let record = self.record(caller, run_id).await?;
+        if let Some(log) = self.registry.by_run_id(run_id).and_then(|r| r.log.clone()) {
+            return Ok((record, Source::Live(log)));
+        }
+        match self.logs.open_finished(run_id) {
+            Ok(file) => Ok((record, Source::Finished(Arc::new(file)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Refusal::NotFound(format!("the log of run '{run_id}' is gone")))
+            }
+            Err(e) => Err(Refusal::Unavailable(format!("cannot read the log: {e}"))),
+        }
+    }
+
+    /// Removes finished runs (record, then log) older than `RUN_RETENTION_DAYS`, then the oldest
+    /// while the finished runs' logs hold more than `RUN_RETENTION_BYTES`. A run that is queued or
+    /// running is never removed (the store refuses to delete one). Returns how many were removed.
+    pub async fn retain(&self) -> anyhow::Result<u64> {
+        self.retain_with(self.config.retention_age, self.config.retention_bytes)
+            .await
+    }
+
+    /// [`Runs::retain`] with explicit bounds.
+    pub async fn retain_with(&self, max_age: Option<Duration>, max_bytes: Option<u64>) -> anyhow::Result<u64> {
+        let mut removed = 0u64;
+        if let Some(age) = max_age {
+            let cutoff = now_ms() - age.as_millis().min(i64::MAX as u128) as i64;
+            loop {
+                let batch = self.store.finished_before(cutoff, 500).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                removed += self.remove(batch.iter().map(|(id, _)| id.clone()).collect()).await?;
+            }
+        }
+        if let Some(max) = max_bytes {
+            let mut total = self.store.total_log_bytes_finished().await?;
+            while total > max {
+                let batch = self.store.finished_oldest_first(200).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut ids = Vec::new();
+                for (id, bytes, _) in batch {
+                    if total <= max {
+                        break;
+                    }
+                    total = total.saturating_sub(bytes);
+                    ids.push(id);
+                }
+                removed += self.remove(ids).await?;
+            }
+        }
+        if removed > 0 {
+            self.metrics.retention_removed.inc_by(removed);
+            tracing::info!(removed, "retention removed finished runs");
+        }
+        Ok(removed)
+    }
+
+    /// Deletes records, then their logs (a crash in between leaves only a file, never a record
+    /// without its log).
+    async fn remove(&self, run_ids: Vec<String>) -> anyhow::Result<u64> {
+        if run_ids.is_empty() {
+            return Ok(0);
+        }
+        let deleted = self.store.delete(&run_ids).await?;
+        for id in &run_ids {
+            if let Err(e) = self.logs.remove(id) {
+                tracing::warn!(run_id = id.as_str(), error = %e, "cannot remove a run's log");
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Shutdown: no new runs; running runs get `grace` to finish, then are ended.
+    pub async fn shut_down(&self, grace: Duration) {
+        self.admission.close();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            self.registry.stop_all(EndReason::Shutdown);
+            // Each run needs its kill grace, plus time for the engine to remove containers.
+            let bound = self.config.kill_grace + Duration::from_secs(30);
+            if tokio::time::timeout(bound, self.tasks.wait()).await.is_err() {
+                tracing::error!("runs did not end in time; exiting anyway");
+            }
+        }
+        self.store.close().await;
+    }
+}
+
+/// Free bytes for unprivileged writers on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
