@@ -501,6 +501,7 @@ impl Raw {
 
     fn env_allow(&self) -> Result<Vec<String>> {
         let entries = list(self.run_env_allow.as_deref());
+        let docker = given(&self.codex_docker_image).is_some();
         for entry in &entries {
             let name = entry.strip_suffix('*').unwrap_or(entry);
             let ok = !name.is_empty()
@@ -509,7 +510,6 @@ impl Raw {
             if !ok {
                 bail!("RUN_ENV_ALLOW: '{entry}' is neither a variable name nor a PREFIX_* pattern");
             }
-            let docker = given(&self.codex_docker_image).is_some();
             if let Some((pattern, family)) = crate::run::env_rule::floor_conflict(entry, docker) {
                 bail!(
                     "RUN_ENV_ALLOW: '{entry}' would let requests set {pattern}, which no request may set in {} mode ({}: {})",
