@@ -91,7 +91,12 @@ async fn args_are_passed_verbatim_without_a_shell() {
 
 #[tokio::test]
 async fn request_env_is_merged_over_the_gateway_environment_without_its_secrets() {
-    let gw = Gateway::start(&[("AUTH_TOKENS", "a-secret-token-0123456789")]).await;
+    // HOME is refused by default now; the operator opens it (and the test variable) here.
+    let gw = Gateway::start(&[
+        ("AUTH_TOKENS", "a-secret-token-0123456789"),
+        ("RUN_ENV_ALLOW", "CLIGATE_TEST_VAR,HOME"),
+    ])
+    .await;
     let body = json!({"cli": "show-env", "env": {"CLIGATE_TEST_VAR": "va lue=1", "HOME": "/tmp/x"}});
     let frames = common::RunStream::open(
         gw.addr,

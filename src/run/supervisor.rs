@@ -223,6 +223,9 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
     for key in inherited_secrets() {
         cmd.env_remove(key);
     }
+    for key in &launch.env_remove {
+        cmd.env_remove(key);
+    }
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => 127,
