@@ -45,7 +45,13 @@ async fn main() -> ExitCode {
         Err(e) => return startup_failed(&format!("{e:#}")),
     };
     telemetry::init(config.log_json);
-    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+    // Before binding, so the connection cap (server::ConnectionCap) is computed from the raised
+    // limit.
+    match server::raise_fd_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "file-descriptor limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file-descriptor limit (RLIMIT_NOFILE)"),
+    }
+    let listener = match server::bind(config.listen_addr) {
         Ok(l) => l,
         Err(e) => {
             return startup_failed(&format!("LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr));
