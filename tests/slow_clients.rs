@@ -309,7 +309,7 @@ async fn slow_clients_do_not_exhaust_file_descriptors() {
     let log = gw.log();
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(!log.contains("accept failed"), "{log}");
-    assert!(log.contains("\"soft\":256"), "{log}");
+    assert!(log.contains("\"fd_soft\":256"), "{log}");
     let lowered = log
         .lines()
         .find(|l| l.contains("MAX_CONNECTIONS lowered"))
