@@ -294,3 +294,51 @@ async fn shut_down(app: &App, graceful: GracefulShutdown) {
     }
     tracing::info!("shut down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_runs() {
+        let c = config(&[("MAX_CONCURRENT_RUNS", "4")]);
+        // A roomy limit: MAX_CONNECTIONS as configured.
+        let cap = ConnectionCap::new(&c, Some(1 << 20));
+        assert_eq!((cap.configured, cap.effective, cap.reserved), (1024, 1024, 80));
+        // 256 descriptors: 64 for the process and 4 per run are kept aside.
+        assert_eq!(ConnectionCap::new(&c, Some(256)).effective, 176);
+        // A limit below the reserve still serves one connection at a time.
+        assert_eq!(ConnectionCap::new(&c, Some(50)).effective, 1);
+        // A lower MAX_CONNECTIONS stays, and an unknown limit leaves it alone.
+        let c = config(&[("MAX_CONCURRENT_RUNS", "4"), ("MAX_CONNECTIONS", "10")]);
+        assert_eq!(ConnectionCap::new(&c, Some(256)).effective, 10);
+        assert_eq!(ConnectionCap::new(&c, None).effective, 10);
+    }
+
+    #[tokio::test]
+    async fn bind_listens_with_a_deep_backlog() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // `ss` shows a listening socket's backlog as its Send-Q.
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) is installed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let backlog: u32 = text.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(backlog, LISTEN_BACKLOG.min(somaxconn), "{text}");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+    }
+}
