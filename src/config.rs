@@ -99,7 +99,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "MAX_CONNECTIONS",
         "1024",
-        "open client connections at most; further connections wait in the listen backlog",
+        "open client connections at most (lowered to fit RLIMIT_NOFILE); further connections wait in the listen backlog",
     ),
     (
         "ALLOWED_CLIENTS",

@@ -45,7 +45,7 @@ async fn main() -> ExitCode {
         Err(e) => return startup_failed(&format!("{e:#}")),
     };
     telemetry::init(config.log_json);
-    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+    let listener = match server::bind(config.listen_addr) {
         Ok(l) => l,
         Err(e) => {
             return startup_failed(&format!("LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr));
@@ -55,8 +55,19 @@ async fn main() -> ExitCode {
         Ok(app) => app,
         Err(e) => return startup_failed(&format!("{e:#}")),
     };
+    // After the last start-up check (a failed start-up is one line on stderr), before serving:
+    // the connection cap (server::ConnectionCap) is computed from the raised limit.
+    let (fd_soft, fd_hard) = match server::raise_fd_limit() {
+        Ok((soft, hard)) => (Some(soft), Some(hard)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file-descriptor limit (RLIMIT_NOFILE)");
+            (None, None)
+        }
+    };
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        fd_soft,
+        fd_hard,
         clis = ?config.clis,
         mode = if config.docker().is_some() { "docker" } else { "local" },
         "listening"
