@@ -128,7 +128,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "CLIGATE_INSTANCE",
         "cligate",
-        "label value marking this gateway's containers (cleaned at start-up)",
+        "names this gateway's containers and run cgroups/processes (leftovers are cleaned at start-up)",
     ),
     (
         "DOCKER_JANITOR_SECONDS",
@@ -261,6 +261,9 @@ pub struct Config {
     pub log_json: bool,
     /// Where local-mode CLIs are looked up (the gateway's own `PATH`).
     pub search_path: OsString,
+    /// `CLIGATE_INSTANCE`: names this gateway's containers and run cgroups, so a restarted
+    /// gateway finds what its predecessor left.
+    pub instance: String,
 }
 
 impl Config {
@@ -431,6 +434,7 @@ impl Raw {
             env_allow: self.env_allow()?,
             access,
             log_json,
+            instance: self.instance()?.to_string(),
             search_path: self.path.map(OsString::from).unwrap_or_default(),
         })
     }
@@ -510,10 +514,7 @@ impl Raw {
             .collect()
     }
 
-    fn docker(&self, image: &str) -> Result<DockerConfig> {
-        let bin = given(&self.docker_bin).unwrap_or("docker");
-        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
-            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+    fn instance(&self) -> Result<&str> {
         let instance = given(&self.cligate_instance).unwrap_or("cligate");
         if !instance
             .bytes()
@@ -521,6 +522,14 @@ impl Raw {
         {
             bail!("CLIGATE_INSTANCE: '{instance}' may hold only letters, digits, '.', '_' and '-'");
         }
+        Ok(instance)
+    }
+
+    fn docker(&self, image: &str) -> Result<DockerConfig> {
+        let bin = given(&self.docker_bin).unwrap_or("docker");
+        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
+            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+        let instance = self.instance()?;
         let mut run_options = Vec::new();
         let mut flag = |name: &str, value: Option<&str>| {
             if let Some(v) = value {

@@ -21,6 +21,7 @@ use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::run::containment::Containment;
 use crate::run::registry::Registry;
 use error::ApiError;
 
@@ -51,10 +52,12 @@ pub struct App {
     pub runs: TaskTracker,
     /// Set once shutdown has begun (readiness fails from then on).
     pub shutting_down: AtomicBool,
+    /// How the processes of a run are kept track of (cgroup or `/proc` marker).
+    pub containment: Arc<Containment>,
 }
 
 impl App {
-    pub fn new(config: Arc<Config>) -> App {
+    pub fn new(config: Arc<Config>, containment: Arc<Containment>) -> App {
         let metrics = Arc::new(Metrics::new());
         App {
             admission: Admission::new(
@@ -68,6 +71,7 @@ impl App {
             metrics,
             runs: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
+            containment,
         }
     }
 }
