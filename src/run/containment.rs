@@ -157,7 +157,12 @@ impl Containment {
     /// Ends every run of this gateway (what the watchdog does once the gateway is gone). Blocks.
     pub fn end_all(&self) -> usize {
         match &self.kind {
-            Kind::Cgroup { instance_dir } => end_cgroup_tree(&instance_dir.join(&self.owner)),
+            Kind::Cgroup { instance_dir } => {
+                let killed = end_cgroup_tree(&instance_dir.join(&self.owner));
+                // The instance's directory too, once no gateway of the instance uses it.
+                let _ = fs::remove_dir(instance_dir);
+                killed
+            }
             Kind::Marker => {
                 let prefix = self.prefix();
                 kill_marked(|marker| marker.starts_with(&prefix))
@@ -638,7 +643,7 @@ mod tests {
         if let Kind::Cgroup { instance_dir } = &containment.kind {
             assert!(!instance_dir.join(&containment.owner).join("run-2").exists());
             containment.end_all();
-            fs::remove_dir(instance_dir).unwrap();
+            assert!(!instance_dir.exists());
         }
     }
 
