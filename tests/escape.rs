@@ -58,7 +58,10 @@ async fn a_detached_node_child_ends_with_the_run() {
         assert_eq!(frames.exit(), (0, "exited".into()), "{stdio}: {frames:?}");
         assert_eq!(pids.len(), 1, "{stdio}: {frames:?}");
         assert_gone(&pids, GONE).await;
-        assert!(took < Duration::from_millis(1500), "{stdio}: the exit frame took {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "{stdio}: the exit frame took {took:?}"
+        );
     }
 }
 
@@ -156,7 +159,7 @@ impl Binary {
     }
 
     /// SIGKILLs the gateway and reaps it.
-    async fn kill_9(mut self) {
+    async fn kill_9(&mut self) {
         kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL).unwrap();
         let _ = self.child.wait().await;
     }
@@ -172,7 +175,9 @@ fn children_with(parent: u32, needle: &str) -> Vec<u32> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if ppid == Some(&parent.to_string()) && String::from_utf8_lossy(&cmdline).contains(needle) {
             found.push(pid);
@@ -184,7 +189,9 @@ fn children_with(parent: u32, needle: &str) -> Vec<u32> {
 /// Starts `escape-setsid wait` on `binary` and returns its stream and the pids of the CLI and
 /// of its escapee.
 async fn escaped_run(binary: &Binary) -> (common::RunStream, Vec<u32>) {
-    let body = json!({"cli": "escape-setsid", "args": ["wait"]}).to_string().into_bytes();
+    let body = json!({"cli": "escape-setsid", "args": ["wait"]})
+        .to_string()
+        .into_bytes();
     let mut stream = common::RunStream::open(binary.addr, body, &[]).await;
     assert_eq!(stream.status, 200);
     let pids = stream.pids(2).await;
@@ -208,10 +215,7 @@ async fn the_startup_line_names_the_containment() {
     assert!(line["path"].as_str().is_some_and(|p| !p.is_empty()), "{line}");
     if expected == "cgroup-v2" {
         let path = line["path"].as_str().unwrap();
-        assert!(
-            path.contains(&format!("cligate.{}", instance("line"))),
-            "{line}"
-        );
+        assert!(path.contains(&format!("cligate.{}", instance("line"))), "{line}");
         assert!(std::path::Path::new(path).is_dir(), "{line}");
     }
     binary.kill_9().await;
@@ -219,18 +223,23 @@ async fn the_startup_line_names_the_containment() {
 
 #[tokio::test]
 async fn a_gateway_killed_with_sigkill_leaves_no_run_behind() {
-    let binary = Binary::start(&instance("kill9")).await;
+    let mut binary = Binary::start(&instance("kill9")).await;
     let (stream, pids) = escaped_run(&binary).await;
     let _reap = Reap(pids.clone());
     binary.kill_9().await;
     drop(stream);
     assert_gone(&pids, Duration::from_secs(5)).await;
+    // The watchdog did it, and says so in the gateway's log format.
+    let line = binary
+        .log("the gateway is gone; killed what was left of its runs")
+        .await;
+    assert!(line["killed"].as_u64().unwrap() >= 2, "{line}");
 }
 
 #[tokio::test]
 async fn a_restarted_gateway_ends_what_a_killed_one_left() {
     let name = instance("restart");
-    let binary = Binary::start(&name).await;
+    let mut binary = Binary::start(&name).await;
     let (stream, pids) = escaped_run(&binary).await;
     let _reap = Reap(pids.clone());
     // Without its watchdog, nothing ends the runs of a killed gateway but the next start-up.
@@ -243,9 +252,9 @@ async fn a_restarted_gateway_ends_what_a_killed_one_left() {
     assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
 
     let mut again = Binary::start(&name).await;
+    assert_gone(&pids, Duration::from_secs(5)).await;
     let line = again.log("process containment").await;
     assert!(line["swept"].as_u64().unwrap() >= 2, "{line}");
-    assert_gone(&pids, Duration::from_secs(5)).await;
     // The new gateway's own runs are not its predecessor's leftovers.
     let (stream, pids) = escaped_run(&again).await;
     let _reap = Reap(pids.clone());

@@ -199,7 +199,9 @@ impl Containment {
             .name("watchdog-reaper".into())
             .spawn(move || {
                 let mut child = child;
-                if let Ok(status) = child.wait() {
+                if let Ok(status) = child.wait()
+                    && !status.success()
+                {
                     tracing::warn!(%status, "the containment watchdog ended");
                 }
             })?;
@@ -249,7 +251,14 @@ pub fn watchdog_main(args: &[String]) -> std::process::ExitCode {
     }
     let killed = containment.end_all();
     if killed > 0 {
-        eprintln!("cligate watchdog: the gateway is gone; killed {killed} process(es) of its runs");
+        // In the gateway's log format (the watchdog inherits its environment and stderr).
+        let message = "the gateway is gone; killed what was left of its runs";
+        if std::env::var("LOG_FORMAT").is_ok_and(|f| f.trim() == "json") {
+            let line = serde_json::json!({"level": "WARN", "message": message, "killed": killed, "target": "cligate::watchdog"});
+            eprintln!("{line}");
+        } else {
+            eprintln!(" WARN cligate::watchdog: {message} killed={killed}");
+        }
     }
     std::process::ExitCode::SUCCESS
 }
@@ -385,8 +394,13 @@ fn cgroup_dir(instance: &str, owner: &str) -> io::Result<PathBuf> {
     let result = probe_move(&probe);
     remove_cgroup(&probe);
     result?;
-    if !probe.parent().is_some_and(|p| p.join("cgroup.kill").exists() || p.join("cgroup.freeze").exists()) {
-        return Err(io::Error::other("neither cgroup.kill nor cgroup.freeze (kernel older than 5.2)"));
+    if !probe
+        .parent()
+        .is_some_and(|p| p.join("cgroup.kill").exists() || p.join("cgroup.freeze").exists())
+    {
+        return Err(io::Error::other(
+            "neither cgroup.kill nor cgroup.freeze (kernel older than 5.2)",
+        ));
     }
     Ok(instance_dir)
 }

@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::containment::{Containment, Scope};
 use super::frame::{EndReason, Frame, Stream};
 use super::output::LineFramer;
 use super::plan::{GATEWAY_SECRETS, Launch};
-use super::containment::{Containment, Scope};
 use super::{End, Run, RunState};
 use crate::config::resolve_program;
 use crate::docker;
