@@ -661,6 +661,52 @@ mod tests {
         }
     }
 
+    /// What a dead gateway of the instance left is ended by the next one's start-up sweep, and
+    /// what a live one runs is not; then the watchdog's `end_all` ends the live one's.
+    async fn sweep_spares_live_owners(tag: &str, make: fn(&str) -> Containment) {
+        let instance = format!("sweep-{tag}-{}", std::process::id());
+        let live = make(&instance);
+        let dead = Containment {
+            owner: "gw-999999999-1".into(),
+            ..make(&instance)
+        };
+        if let Kind::Cgroup { instance_dir } = &dead.kind {
+            fs::create_dir_all(instance_dir.join(&dead.owner)).unwrap();
+        }
+        let left = dead.scope("left").unwrap();
+        let (mut left_child, left_escapee) = escapee_in(&left).await;
+        std::mem::forget(left); // as if its gateway had died
+        let running = live.scope("running").unwrap();
+        let (mut running_child, running_escapee) = escapee_in(&running).await;
+
+        let swept = tokio::task::spawn_blocking({
+            let live = make(&instance);
+            move || live.sweep_leftovers()
+        });
+        assert!(swept.await.unwrap() >= 2);
+        let _ = left_child.wait().await;
+        assert!(!alive(left_escapee));
+        assert!(alive(running_escapee));
+
+        assert!(tokio::task::spawn_blocking(move || live.end_all()).await.unwrap() >= 2);
+        let _ = running_child.wait().await;
+        assert!(!alive(running_escapee));
+        if let Kind::Cgroup { instance_dir } = &dead.kind {
+            assert!(!instance_dir.exists(), "{}", instance_dir.display());
+        }
+        running.end().await;
+    }
+
+    #[tokio::test]
+    async fn the_marker_sweep_spares_live_owners() {
+        sweep_spares_live_owners("marker", Containment::proc_marker).await;
+    }
+
+    #[tokio::test]
+    async fn the_detected_sweep_spares_live_owners() {
+        sweep_spares_live_owners("detected", Containment::detect).await;
+    }
+
     #[test]
     fn owners_are_alive_only_with_the_same_start_time() {
         let me = owner_of(std::process::id()).unwrap();
