@@ -167,10 +167,16 @@ pub async fn supervise(
         limit: limits.output_limit,
         limit_hit: CancellationToken::new(),
     });
-    let spawned = containment
-        .scope(&run.id)
-        .map_err(|e| (1, format!("cligate: cannot create the run's cgroup: {e}\n")))
-        .and_then(|scope| Ok((spawn(&launch, search_path, &scope)?, scope)));
+    let spawned = match containment.scope(&run.id) {
+        Ok(scope) => match spawn(&launch, search_path, &scope) {
+            Ok(child) => Ok((child, scope)),
+            Err(failed) => {
+                scope.end().await;
+                Err(failed)
+            }
+        },
+        Err(e) => Err((1, format!("cligate: cannot create the run's cgroup: {e}\n"))),
+    };
     let end = match spawned {
         Ok((child, scope)) => drive(run, &launch, child, scope, stdin, limits, &meter, &sink).await,
         Err((code, message)) => {
