@@ -66,6 +66,19 @@ async fn a_detached_node_child_ends_with_the_run() {
 }
 
 #[tokio::test]
+async fn an_escapee_that_keeps_forking_is_ended_with_everything_it_started() {
+    let gw = Gateway::start(&[]).await;
+    let script = "setsid sh -c 'echo pid $$; for i in $(seq 100); do sleep 300 & echo pid $!; sleep 0.01; done' & \
+                  sleep 0.3";
+    let frames = gw.run_to_end(json!({"cli": "sh", "args": ["-c", script]})).await;
+    let pids = pids_in(&frames.stdout());
+    let _reap = Reap(pids.clone());
+    assert_eq!(frames.exit(), (0, "exited".into()));
+    assert!(pids.len() >= 2, "{frames:?}");
+    assert_gone(&pids, GONE).await;
+}
+
+#[tokio::test]
 async fn stop_ends_an_escaped_tree() {
     let gw = Gateway::start(&[]).await;
     let mut stream = gw
