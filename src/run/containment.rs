@@ -4,12 +4,14 @@
 //! the gateway dies (through a watchdog process) and at the next start-up (leftovers of a dead
 //! gateway of the same instance).
 //!
-//! Two mechanisms, chosen once at start-up:
+//! Three mechanisms, the first the host allows, chosen once at start-up:
 //! - `cgroup-v2`: each run gets a cgroup `<gateway's cgroup>/cligate.<instance>/<owner>/<run id>`;
 //!   the child joins it before it runs any code (a `pre_exec` hook writes to `cgroup.procs`), and
 //!   nothing it starts can leave it (only a privileged process that writes to another
 //!   `cgroup.procs` could). The run ends with `cgroup.kill` (or freeze, SIGKILL every member),
 //!   so a fork bomb cannot race the kill; then the directory is removed.
+//! - `cgroup-v1`: the same in the v1 `freezer` hierarchy; the run ends with freeze, SIGKILL
+//!   every member, thaw.
 //! - `proc-marker` (no writable cgroup v2 hierarchy): the child's environment carries
 //!   `CLIGATE_RUN=<instance>/<owner>/<run id>`, which every descendant inherits; the run ends
 //!   by scanning `/proc/*/environ` for it and SIGKILLing what carries it, until a scan finds
@@ -54,27 +56,43 @@ enum Kind {
     Cgroup {
         /// `<gateway's cgroup>/cligate.<instance>`.
         instance_dir: PathBuf,
+        /// A cgroup v1 `freezer` hierarchy rather than cgroup v2.
+        v1: bool,
     },
     Marker,
 }
 
 impl Containment {
-    /// Uses a cgroup v2 per run when the host lets this process create one and move a process
-    /// into it; the `/proc` marker otherwise.
+    /// Uses a cgroup per run when the host lets this process create one and move a process into
+    /// it — cgroup v2, else a cgroup v1 `freezer` hierarchy; the `/proc` marker otherwise.
     pub fn detect(instance: &str) -> Containment {
         let owner = owner_of(std::process::id()).unwrap_or_else(|| format!("gw-{}-0", std::process::id()));
-        let kind = match cgroup_dir(instance, &owner) {
-            Ok(instance_dir) => Kind::Cgroup { instance_dir },
-            Err(e) => {
-                tracing::debug!(error = %e, "no usable cgroup v2 hierarchy");
-                Kind::Marker
-            }
-        };
+        let kind = [false, true]
+            .into_iter()
+            .find_map(|v1| match cgroup_dir(instance, &owner, v1) {
+                Ok(instance_dir) => Some(Kind::Cgroup { instance_dir, v1 }),
+                Err(e) => {
+                    tracing::debug!(v1, error = %e, "no usable cgroup hierarchy");
+                    None
+                }
+            })
+            .unwrap_or(Kind::Marker);
         Containment {
             instance: instance.to_string(),
             owner,
             kind,
         }
+    }
+
+    /// A cgroup v1 `freezer` hierarchy, even where cgroup v2 would do (tests of that mechanism).
+    pub fn cgroup_v1(instance: &str) -> io::Result<Containment> {
+        let owner = owner_of(std::process::id()).unwrap_or_else(|| format!("gw-{}-0", std::process::id()));
+        let instance_dir = cgroup_dir(instance, &owner, true)?;
+        Ok(Containment {
+            instance: instance.to_string(),
+            owner,
+            kind: Kind::Cgroup { instance_dir, v1: true },
+        })
     }
 
     /// The `/proc` marker, whatever the host offers (tests of the fallback).
@@ -86,10 +104,11 @@ impl Containment {
         }
     }
 
-    /// `cgroup-v2` or `proc-marker`.
+    /// `cgroup-v2`, `cgroup-v1` or `proc-marker`.
     pub fn mechanism(&self) -> &'static str {
         match self.kind {
-            Kind::Cgroup { .. } => "cgroup-v2",
+            Kind::Cgroup { v1: false, .. } => "cgroup-v2",
+            Kind::Cgroup { v1: true, .. } => "cgroup-v1",
             Kind::Marker => "proc-marker",
         }
     }
@@ -97,7 +116,7 @@ impl Containment {
     /// Where this gateway's runs are: its cgroup directory, or the marker's prefix.
     pub fn location(&self) -> String {
         match &self.kind {
-            Kind::Cgroup { instance_dir } => instance_dir.join(&self.owner).display().to_string(),
+            Kind::Cgroup { instance_dir, .. } => instance_dir.join(&self.owner).display().to_string(),
             Kind::Marker => format!("{MARKER_VAR}={}", self.prefix()),
         }
     }
@@ -110,7 +129,7 @@ impl Containment {
     /// when it is dropped.
     pub fn scope(&self, run_id: &str) -> io::Result<Scope> {
         let kind = match &self.kind {
-            Kind::Cgroup { instance_dir } => {
+            Kind::Cgroup { instance_dir, .. } => {
                 let dir = instance_dir.join(&self.owner).join(run_id);
                 fs::create_dir_all(&dir)?;
                 let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
@@ -128,7 +147,7 @@ impl Containment {
     /// many of their processes were killed. Blocks (up to a few seconds).
     pub fn sweep_leftovers(&self) -> usize {
         match &self.kind {
-            Kind::Cgroup { instance_dir } => {
+            Kind::Cgroup { instance_dir, .. } => {
                 let Ok(entries) = fs::read_dir(instance_dir) else {
                     return 0;
                 };
@@ -157,7 +176,7 @@ impl Containment {
     /// Ends every run of this gateway (what the watchdog does once the gateway is gone). Blocks.
     pub fn end_all(&self) -> usize {
         match &self.kind {
-            Kind::Cgroup { instance_dir } => {
+            Kind::Cgroup { instance_dir, .. } => {
                 let killed = end_cgroup_tree(&instance_dir.join(&self.owner));
                 // The instance's directory too, once no gateway of the instance uses it.
                 let _ = fs::remove_dir(instance_dir);
@@ -178,13 +197,13 @@ impl Containment {
     pub fn start_watchdog(&self) -> io::Result<Watchdog> {
         // Both ends close on exec: no CLI inherits the write end (which would keep the pipe open).
         let (read, write) = io::pipe()?;
-        let (mechanism, dir) = match &self.kind {
-            Kind::Cgroup { instance_dir } => ("cgroup-v2", instance_dir.as_os_str()),
-            Kind::Marker => ("proc-marker", OsStr::new("-")),
+        let dir = match &self.kind {
+            Kind::Cgroup { instance_dir, .. } => instance_dir.as_os_str(),
+            Kind::Marker => OsStr::new("-"),
         };
         let mut cmd = std::process::Command::new("/proc/self/exe");
         cmd.arg(WATCHDOG_FLAG)
-            .arg(mechanism)
+            .arg(self.mechanism())
             .arg(&self.instance)
             .arg(&self.owner)
             .arg(dir)
@@ -229,8 +248,9 @@ pub fn watchdog_main(args: &[String]) -> std::process::ExitCode {
         let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
     }
     let kind = match mechanism.as_str() {
-        "cgroup-v2" => Kind::Cgroup {
+        "cgroup-v2" | "cgroup-v1" => Kind::Cgroup {
             instance_dir: PathBuf::from(dir),
+            v1: mechanism == "cgroup-v1",
         },
         _ => Kind::Marker,
     };
@@ -379,45 +399,62 @@ fn owner_alive(owner: &str) -> bool {
     pid.and_then(owner_of).as_deref() == Some(owner)
 }
 
-/// The cgroup v2 directory this instance's runs go under, after checking that a process can be
-/// moved into a cgroup there.
-fn cgroup_dir(instance: &str, owner: &str) -> io::Result<PathBuf> {
-    let (mount, root) = cgroup2_mount()?;
+/// The cgroup directory this instance's runs go under (in the v2 hierarchy, or the v1 `freezer`
+/// one), after checking that a process can be moved into a cgroup there and that a cgroup there
+/// can be frozen or killed as a whole.
+fn cgroup_dir(instance: &str, owner: &str, v1: bool) -> io::Result<PathBuf> {
+    let (mount, root) = cgroup_mount(v1)?;
     let own = fs::read_to_string("/proc/self/cgroup")?
         .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        .ok_or_else(|| io::Error::other("this process is in no cgroup v2"))?;
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let wanted = if v1 {
+                controllers.split(',').any(|c| c == "freezer")
+            } else {
+                controllers.is_empty()
+            };
+            wanted.then(|| path.to_string())
+        })
+        .ok_or_else(|| io::Error::other("this process is in no cgroup of that hierarchy"))?;
     let relative = own.strip_prefix(root.as_str()).unwrap_or(&own).trim_start_matches('/');
     let instance_dir = mount.join(relative).join(format!("cligate.{instance}"));
     let probe = instance_dir.join(owner).join("probe");
     fs::create_dir_all(&probe)?;
+    let killable = ["cgroup.kill", "cgroup.freeze", "freezer.state"]
+        .iter()
+        .any(|f| probe.join(f).exists());
     let result = probe_move(&probe);
     remove_cgroup(&probe);
     result?;
-    if !probe
-        .parent()
-        .is_some_and(|p| p.join("cgroup.kill").exists() || p.join("cgroup.freeze").exists())
-    {
+    if !killable {
         return Err(io::Error::other(
-            "neither cgroup.kill nor cgroup.freeze (kernel older than 5.2)",
+            "a cgroup there can be neither killed nor frozen (cgroup v2 before Linux 5.2?)",
         ));
     }
     Ok(instance_dir)
 }
 
-/// The first cgroup2 mount: its mount point and the cgroup path at its root.
-fn cgroup2_mount() -> io::Result<(PathBuf, String)> {
+/// The first cgroup2 mount (or cgroup v1 mount with the `freezer` controller): its mount point
+/// and the cgroup path at its root.
+fn cgroup_mount(v1: bool) -> io::Result<(PathBuf, String)> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     info.lines()
         .find_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            if right.split_whitespace().next()? != "cgroup2" {
+            let right: Vec<&str> = right.split_whitespace().collect();
+            let found = match (v1, right.first()?) {
+                (false, &"cgroup2") => true,
+                (true, &"cgroup") => right.get(2)?.split(',').any(|o| o == "freezer"),
+                _ => false,
+            };
+            if !found {
                 return None;
             }
             let fields: Vec<&str> = left.split_whitespace().collect();
             Some((PathBuf::from(unescape(fields.get(4)?)), fields.get(3)?.to_string()))
         })
-        .ok_or_else(|| io::Error::other("no cgroup2 file system is mounted"))
+        .ok_or_else(|| io::Error::other("no such cgroup file system is mounted"))
 }
 
 /// Mount points in mountinfo escape blanks as `\040` and the like.
@@ -477,7 +514,8 @@ fn members(dir: &Path) -> Vec<i32> {
 fn populated(dir: &Path) -> bool {
     match fs::read_to_string(dir.join("cgroup.events")) {
         Ok(events) => events.lines().any(|l| l == "populated 1"),
-        Err(_) => false,
+        // cgroup v1 has no such summary.
+        Err(_) => count_tree(dir) > 0,
     }
 }
 
@@ -490,7 +528,8 @@ fn kill_cgroup(dir: &Path) -> usize {
     if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
         return count;
     }
-    // Before cgroup.kill (Linux 5.14): freeze, so nothing can fork, then kill every member.
+    // cgroup v2 before cgroup.kill (Linux 5.14): freeze, so nothing can fork, then kill every
+    // member.
     let frozen = fs::write(dir.join("cgroup.freeze"), "1").is_ok();
     let deadline = Instant::now() + KILL_WAIT;
     while frozen
@@ -502,12 +541,23 @@ fn kill_cgroup(dir: &Path) -> usize {
     {
         std::thread::sleep(Duration::from_millis(1));
     }
+    // cgroup v1: the freezer (a frozen task dies of SIGKILL only once thawed).
+    let v1_frozen = !frozen && fs::write(dir.join("freezer.state"), "FROZEN").is_ok();
+    while v1_frozen
+        && Instant::now() < deadline
+        && fs::read_to_string(dir.join("freezer.state")).unwrap_or_default().trim() != "FROZEN"
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     for_each_cgroup(dir, &mut |d| {
         for pid in members(d) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     });
     let _ = fs::write(dir.join("cgroup.freeze"), "0");
+    if v1_frozen {
+        let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    }
     count
 }
 
@@ -654,7 +704,7 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(2), "{escapee} still runs");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Kind::Cgroup { instance_dir } = &containment.kind {
+        if let Kind::Cgroup { instance_dir, .. } = &containment.kind {
             assert!(!instance_dir.join(&containment.owner).join("run-2").exists());
             containment.end_all();
             assert!(!instance_dir.exists());
@@ -670,7 +720,7 @@ mod tests {
             owner: "gw-999999999-1".into(),
             ..make(&instance)
         };
-        if let Kind::Cgroup { instance_dir } = &dead.kind {
+        if let Kind::Cgroup { instance_dir, .. } = &dead.kind {
             fs::create_dir_all(instance_dir.join(&dead.owner)).unwrap();
         }
         let left = dead.scope("left").unwrap();
@@ -691,7 +741,7 @@ mod tests {
         assert!(tokio::task::spawn_blocking(move || live.end_all()).await.unwrap() >= 2);
         let _ = running_child.wait().await;
         assert!(!alive(running_escapee));
-        if let Kind::Cgroup { instance_dir } = &dead.kind {
+        if let Kind::Cgroup { instance_dir, .. } = &dead.kind {
             assert!(!instance_dir.exists(), "{}", instance_dir.display());
         }
         running.end().await;
@@ -705,6 +755,23 @@ mod tests {
     #[tokio::test]
     async fn the_detected_sweep_spares_live_owners() {
         sweep_spares_live_owners("detected", Containment::detect).await;
+    }
+
+    #[tokio::test]
+    async fn the_cgroup_v1_freezer_scope_and_sweep_end_what_left_the_session() {
+        let instance = format!("unit-v1-{}", std::process::id());
+        let Ok(containment) = Containment::cgroup_v1(&instance) else {
+            eprintln!("no writable cgroup v1 freezer hierarchy here; skipped");
+            return;
+        };
+        assert_eq!(containment.mechanism(), "cgroup-v1");
+        let scope = containment.scope("run-3").unwrap();
+        let (mut child, escapee) = escapee_in(&scope).await;
+        assert!(scope.end().await >= 2);
+        let _ = child.wait().await;
+        assert!(!alive(escapee));
+        containment.end_all();
+        sweep_spares_live_owners("v1", |i| Containment::cgroup_v1(i).unwrap()).await;
     }
 
     #[test]
