@@ -27,6 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -321,19 +322,12 @@ impl Scope {
         self.armed = false;
         let kind = std::mem::replace(&mut self.kind, ScopeKind::Marker { marker: String::new() });
         match kind {
-            ScopeKind::Cgroup { dir, .. } => {
-                let killed = kill_cgroup(&dir);
-                let deadline = Instant::now() + KILL_WAIT;
-                while populated(&dir) && Instant::now() < deadline {
-                    tokio::time::sleep(POLL).await;
-                }
-                remove_cgroup(&dir);
-                killed
-            }
-            ScopeKind::Marker { marker } => tokio::task::spawn_blocking(move || kill_marked(|m| m == marker))
-                .await
-                .unwrap_or(0),
+            // Off the runtime's threads: freezing (where cgroup.kill is missing) and the /proc scan
+            // can take a while.
+            ScopeKind::Cgroup { dir, .. } => tokio::task::spawn_blocking(move || end_cgroup_tree(&dir)).await,
+            ScopeKind::Marker { marker } => tokio::task::spawn_blocking(move || kill_marked(|m| m == marker)).await,
         }
+        .unwrap_or(0)
     }
 }
 
@@ -419,7 +413,11 @@ fn cgroup_dir(instance: &str, owner: &str, v1: bool) -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::other("this process is in no cgroup of that hierarchy"))?;
     let relative = own.strip_prefix(root.as_str()).unwrap_or(&own).trim_start_matches('/');
     let instance_dir = mount.join(relative).join(format!("cligate.{instance}"));
-    let probe = instance_dir.join(owner).join("probe");
+    // One probe per call: gateways in one process (tests) may detect at the same time.
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let probe = instance_dir
+        .join(owner)
+        .join(format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir_all(&probe)?;
     let killable = ["cgroup.kill", "cgroup.freeze", "freezer.state"]
         .iter()
