@@ -12,7 +12,7 @@
 //!   so a fork bomb cannot race the kill; then the directory is removed.
 //! - `cgroup-v1`: the same in the v1 `freezer` hierarchy; the run ends with freeze, SIGKILL
 //!   every member, thaw.
-//! - `proc-marker` (no writable cgroup v2 hierarchy): the child's environment carries
+//! - `proc-marker` (no cgroup hierarchy to use): the child's environment carries
 //!   `CLIGATE_RUN=<instance>/<owner>/<run id>`, which every descendant inherits; the run ends
 //!   by scanning `/proc/*/environ` for it and SIGKILLing what carries it, until a scan finds
 //!   nothing. A process that execs itself with a cleaned environment escapes this one.
