@@ -160,6 +160,7 @@ impl Containment {
                         killed += end_cgroup_tree(&entry.path());
                     }
                 }
+                tidy_other_instances(instance_dir);
                 killed
             }
             Kind::Marker => {
@@ -593,6 +594,31 @@ fn remove_cgroup(dir: &Path) {
             tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove a run's cgroup");
         }
     });
+}
+
+/// Removes the empty cgroups that dead gateways of other instances left next to `instance_dir`
+/// (gateways that never started again, such as in-process test gateways). Kills nothing: a
+/// directory that still holds a process is left to its own instance's next start-up.
+fn tidy_other_instances(instance_dir: &Path) {
+    let Some(parent) = instance_dir.parent() else { return };
+    let Ok(instances) = fs::read_dir(parent) else { return };
+    for instance in instances.flatten() {
+        let dir = instance.path();
+        let is_other = instance.file_name().to_str().is_some_and(|n| n.starts_with("cligate."));
+        if !is_other || dir == instance_dir {
+            continue;
+        }
+        for owner in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = owner.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("gw-") && !owner_alive(name) && !populated(&owner.path()) {
+                for_each_cgroup(&owner.path(), &mut |d| {
+                    let _ = fs::remove_dir(d);
+                });
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
 }
 
 /// Kills everything in a cgroup tree, waits for it to be gone and removes the tree.
