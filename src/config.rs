@@ -128,7 +128,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "CLIGATE_INSTANCE",
         "cligate",
-        "label value marking this gateway's containers (cleaned at start-up)",
+        "names this gateway's containers and run cgroups/processes (leftovers are cleaned at start-up)",
     ),
     (
         "DOCKER_JANITOR_SECONDS",
@@ -264,6 +264,9 @@ pub struct Config {
     /// Names of the credential variables (`*_API_KEY`, …) in the gateway's own environment,
     /// sorted: a local-mode CLI does not inherit them when its request sets its own base URL.
     pub gateway_credentials: Vec<String>,
+    /// `CLIGATE_INSTANCE`: names this gateway's containers and run cgroups, so a restarted
+    /// gateway finds what its predecessor left.
+    pub instance: String,
 }
 
 impl Config {
@@ -445,6 +448,7 @@ impl Raw {
             env_allow: self.env_allow()?,
             access,
             log_json,
+            instance: self.instance()?.to_string(),
             search_path: self.path.map(OsString::from).unwrap_or_default(),
             gateway_credentials: Vec::new(),
         })
@@ -534,10 +538,7 @@ impl Raw {
             .collect()
     }
 
-    fn docker(&self, image: &str) -> Result<DockerConfig> {
-        let bin = given(&self.docker_bin).unwrap_or("docker");
-        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
-            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+    fn instance(&self) -> Result<&str> {
         let instance = given(&self.cligate_instance).unwrap_or("cligate");
         if !instance
             .bytes()
@@ -545,6 +546,14 @@ impl Raw {
         {
             bail!("CLIGATE_INSTANCE: '{instance}' may hold only letters, digits, '.', '_' and '-'");
         }
+        Ok(instance)
+    }
+
+    fn docker(&self, image: &str) -> Result<DockerConfig> {
+        let bin = given(&self.docker_bin).unwrap_or("docker");
+        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
+            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+        let instance = self.instance()?;
         let mut run_options = Vec::new();
         let mut flag = |name: &str, value: Option<&str>| {
             if let Some(v) = value {

@@ -35,6 +35,7 @@ use crate::api::{self, App};
 use crate::config::Config;
 use crate::docker;
 use crate::metrics::CleanupLabels;
+use crate::run::containment::Containment;
 use crate::run::frame::EndReason;
 use crate::run::plan::container_name;
 
@@ -56,14 +57,18 @@ const MAX_BUF: usize = 64 * 1024;
 /// Longest wait for connections to finish writing after every run has ended.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
-/// Prepares the gateway: in docker mode checks the engine and removes containers a crashed
-/// predecessor left. Fails with a one-line reason.
+/// Prepares the gateway: in docker mode checks the engine; chooses how runs are contained and
+/// ends the processes a crashed predecessor of this instance left; in docker mode removes the
+/// containers it left. Fails with a one-line reason.
 pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
-    let app = Arc::new(App::new(config.clone()));
-    if let Some(d) = config.docker() {
-        let version = docker::engine_version(&d.bin).await.map_err(|e| {
+    let engine = match config.docker() {
+        Some(d) => Some(docker::engine_version(&d.bin).await.map_err(|e| {
             anyhow::anyhow!("CODEX_DOCKER_IMAGE: docker mode needs a Docker engine, but it does not answer: {e:#}")
-        })?;
+        })?),
+        None => None,
+    };
+    let app = Arc::new(App::new(config.clone(), contain(&config).await?));
+    if let (Some(d), Some(version)) = (config.docker(), engine) {
         let removed = docker::clean_instance(&d.bin, &d.instance).await?;
         if removed > 0 {
             app.metrics
@@ -74,6 +79,21 @@ pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
         tracing::info!(engine = version, image = d.image, removed, "docker mode");
     }
     Ok(app)
+}
+
+/// Chooses the containment (cgroup or `/proc` marker), ends what dead gateways of this instance
+/// left running, and says which mechanism is in use.
+async fn contain(config: &Config) -> Result<Arc<Containment>> {
+    let containment = Arc::new(Containment::detect(&config.instance));
+    let sweeper = containment.clone();
+    let swept = tokio::task::spawn_blocking(move || sweeper.sweep_leftovers()).await?;
+    tracing::info!(
+        containment = containment.mechanism(),
+        path = %containment.location(),
+        swept,
+        "process containment"
+    );
+    Ok(containment)
 }
 
 /// Removes, every `janitor_interval`, containers of this instance that belong to no registered

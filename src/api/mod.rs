@@ -21,6 +21,7 @@ use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::run::containment::Containment;
 use crate::run::registry::Registry;
 use crate::telemetry::{LogBudget, clip};
 use error::ApiError;
@@ -58,10 +59,12 @@ pub struct App {
     /// How many refusals per second are written to the log (an unauthenticated flood of bad
     /// requests would otherwise write as fast as it can send).
     pub rejection_log: LogBudget,
+    /// How the processes of a run are kept track of (cgroup or `/proc` marker).
+    pub containment: Arc<Containment>,
 }
 
 impl App {
-    pub fn new(config: Arc<Config>) -> App {
+    pub fn new(config: Arc<Config>, containment: Arc<Containment>) -> App {
         let metrics = Arc::new(Metrics::new());
         App {
             admission: Admission::new(
@@ -76,6 +79,7 @@ impl App {
             runs: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
             rejection_log: LogBudget::new(REJECTIONS_LOGGED_PER_SECOND),
+            containment,
         }
     }
 }

@@ -159,6 +159,7 @@ pub async fn start(
     };
     let metrics = app.metrics.clone();
     let search_path = config.search_path.clone();
+    let containment = app.containment.clone();
     let run_id = run.id.clone();
     metrics
         .runs_started
@@ -168,7 +169,7 @@ pub async fn start(
     app.runs.spawn(async move {
         let model = launch.model.clone();
         let container = launch.container.is_some();
-        let outcome = supervise(&run, launch, spec.stdin, &search_path, &limits, sink).await;
+        let outcome = supervise(&run, &containment, launch, spec.stdin, &search_path, &limits, sink).await;
         drop(registration);
         drop(permit);
         let end = outcome.end;

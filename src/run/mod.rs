@@ -3,6 +3,7 @@
 //! which leaves room for durable records, detached runs and re-attach.
 
 pub mod env_rule;
+pub mod containment;
 pub mod frame;
 pub mod output;
 pub mod plan;

@@ -2,7 +2,8 @@
 //! stdout and stderr are read, so no pipe can deadlock; the child is raced against the deadline,
 //! the idle timer, the output cap, a stop request and the client going away; whatever ends the
 //! run, the whole process tree (and in docker mode the container, through the engine) is ended
-//! and reaped before the exit frame is sent.
+//! and reaped before the exit frame is sent. Processes that left the group (a new session, a
+//! detached child) are ended through the run's [`Scope`] (see [`super::containment`]).
 
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::containment::{Containment, Scope};
 use super::frame::{EndReason, Frame, Stream};
 use super::output::LineFramer;
 use super::plan::{GATEWAY_SECRETS, Launch};
@@ -32,8 +34,8 @@ use crate::docker;
 const READ_BUF: usize = 32 * 1024;
 /// How long an unfinished line is held for the rest of it before it is sent anyway.
 const PARTIAL_FLUSH: Duration = Duration::from_millis(40);
-/// How long pipes may stay open after the run's process group is gone (a process that left
-/// the group can hold them forever).
+/// How long pipes may stay open after the run's processes are gone (only a process outside the
+/// run's scope, e.g. one the pipe was passed to over a socket, can still hold them).
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Longest wait for the pipes after the run's process group is gone.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
@@ -150,6 +152,7 @@ impl Drop for Container {
 /// but the final exit frame included) to `sink`.
 pub async fn supervise(
     run: &Run,
+    containment: &Containment,
     launch: Launch,
     stdin: String,
     search_path: &OsStr,
@@ -164,8 +167,18 @@ pub async fn supervise(
         limit: limits.output_limit,
         limit_hit: CancellationToken::new(),
     });
-    let end = match spawn(&launch, search_path) {
-        Ok(child) => drive(run, &launch, child, stdin, limits, &meter, &sink).await,
+    let spawned = match containment.scope(&run.id) {
+        Ok(scope) => match spawn(&launch, search_path, &scope) {
+            Ok(child) => Ok((child, scope)),
+            Err(failed) => {
+                scope.end().await;
+                Err(failed)
+            }
+        },
+        Err(e) => Err((1, format!("cligate: cannot create the run's cgroup: {e}\n"))),
+    };
+    let end = match spawned {
+        Ok((child, scope)) => drive(run, &launch, child, scope, stdin, limits, &meter, &sink).await,
         Err((code, message)) => {
             send_text(&sink, Stream::Stderr, &message).await;
             End {
@@ -205,7 +218,7 @@ fn inherited_secrets() -> &'static [&'static str] {
 }
 
 /// Starts the process in a new process group, or says why it could not be started.
-fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
+fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Child, (i32, String)> {
     let shown = launch.program.display();
     let program = launch
         .program
@@ -226,6 +239,7 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
     for key in &launch.env_remove {
         cmd.env_remove(key);
     }
+    scope.prepare(&mut cmd);
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => 127,
@@ -236,10 +250,12 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     run: &Run,
     launch: &Launch,
     mut child: Child,
+    scope: Scope,
     stdin: String,
     limits: &Limits,
     meter: &Arc<Meter>,
@@ -303,9 +319,14 @@ async fn drive(
         Some(status) => status,
         None => terminate(&mut child, &group, container.as_ref(), limits.kill_grace).await,
     };
-    // Anything still in the group is a leftover of this run.
+    // Anything still in the group is a leftover of this run; so is anything that left the group.
+    // Once the scope is empty, no pipe of the run is held open any more.
     group.signal(Signal::SIGKILL);
     group.armed = false;
+    let escaped = scope.end().await;
+    if escaped > 0 {
+        tracing::debug!(run_id = run.id, processes = escaped, "ended what was left of the run");
+    }
     if let Some(c) = container.as_mut() {
         if reason != EndReason::Exited {
             // The client may have died between creating and starting the container.

@@ -24,7 +24,7 @@ pub fn fixtures() -> PathBuf {
 
 /// The CLIs every test gateway allows.
 pub const TEST_CLIS: &str = "echo-stdin,args,show-env,exit-code,ignore-term,spawn-tree,slow-partial,split-utf8,\
-    bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli,node-probe";
+    bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli,node-probe,escape-setsid,escape-node";
 
 /// A gateway running in this test process, on its own port.
 pub struct Gateway {
