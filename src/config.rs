@@ -27,7 +27,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "LITELLM_API_KEY",
         "",
-        "docker mode: passed into the container unless the request overrides it",
+        "docker mode: passed into the container unless the request sets its own key or its own base URL",
     ),
     (
         "RUN_RESPONSE_TIMEOUT_SECONDS",
