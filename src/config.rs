@@ -27,7 +27,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "LITELLM_API_KEY",
         "",
-        "docker mode: passed into the container unless the request overrides it",
+        "docker mode: passed into the container unless the request sets its own key or its own base URL",
     ),
     (
         "RUN_RESPONSE_TIMEOUT_SECONDS",
@@ -99,7 +99,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "MAX_CONNECTIONS",
         "1024",
-        "open client connections at most; further connections wait in the listen backlog",
+        "open client connections at most (lowered to fit RLIMIT_NOFILE); further connections wait in the listen backlog",
     ),
     (
         "ALLOWED_CLIENTS",
@@ -128,7 +128,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "CLIGATE_INSTANCE",
         "cligate",
-        "label value marking this gateway's containers (cleaned at start-up)",
+        "names this gateway's containers and run cgroups/processes (leftovers are cleaned at start-up)",
     ),
     (
         "DOCKER_JANITOR_SECONDS",
@@ -261,6 +261,12 @@ pub struct Config {
     pub log_json: bool,
     /// Where local-mode CLIs are looked up (the gateway's own `PATH`).
     pub search_path: OsString,
+    /// Names of the credential variables (`*_API_KEY`, …) in the gateway's own environment,
+    /// sorted: a local-mode CLI does not inherit them when its request sets its own base URL.
+    pub gateway_credentials: Vec<String>,
+    /// `CLIGATE_INSTANCE`: names this gateway's containers and run cgroups, so a restarted
+    /// gateway finds what its predecessor left.
+    pub instance: String,
 }
 
 impl Config {
@@ -271,8 +277,19 @@ impl Config {
 
     /// Reads and validates the given variables (tests pass their own).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut credentials: Vec<String> = vars
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| crate::run::plan::is_credential(key))
+            .cloned()
+            .collect();
+        credentials.sort();
+        credentials.dedup();
         let raw: Raw = envy::from_iter(vars).map_err(|e| anyhow!("reading the environment: {e}"))?;
-        raw.validate()
+        let mut config = raw.validate()?;
+        config.gateway_credentials = credentials;
+        Ok(config)
     }
 
     pub fn docker(&self) -> Option<&DockerConfig> {
@@ -431,7 +448,9 @@ impl Raw {
             env_allow: self.env_allow()?,
             access,
             log_json,
+            instance: self.instance()?.to_string(),
             search_path: self.path.map(OsString::from).unwrap_or_default(),
+            gateway_credentials: Vec::new(),
         })
     }
 
@@ -486,6 +505,7 @@ impl Raw {
 
     fn env_allow(&self) -> Result<Vec<String>> {
         let entries = list(self.run_env_allow.as_deref());
+        let docker = given(&self.codex_docker_image).is_some();
         for entry in &entries {
             let name = entry.strip_suffix('*').unwrap_or(entry);
             let ok = !name.is_empty()
@@ -493,6 +513,14 @@ impl Raw {
                 && !name.as_bytes()[0].is_ascii_digit();
             if !ok {
                 bail!("RUN_ENV_ALLOW: '{entry}' is neither a variable name nor a PREFIX_* pattern");
+            }
+            if let Some((pattern, family)) = crate::run::env_rule::floor_conflict(entry, docker) {
+                bail!(
+                    "RUN_ENV_ALLOW: '{entry}' would let requests set {pattern}, which no request may set in {} mode ({}: {})",
+                    if docker { "docker" } else { "local" },
+                    family.name,
+                    family.why
+                );
             }
         }
         Ok(entries)
@@ -510,10 +538,7 @@ impl Raw {
             .collect()
     }
 
-    fn docker(&self, image: &str) -> Result<DockerConfig> {
-        let bin = given(&self.docker_bin).unwrap_or("docker");
-        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
-            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+    fn instance(&self) -> Result<&str> {
         let instance = given(&self.cligate_instance).unwrap_or("cligate");
         if !instance
             .bytes()
@@ -521,6 +546,14 @@ impl Raw {
         {
             bail!("CLIGATE_INSTANCE: '{instance}' may hold only letters, digits, '.', '_' and '-'");
         }
+        Ok(instance)
+    }
+
+    fn docker(&self, image: &str) -> Result<DockerConfig> {
+        let bin = given(&self.docker_bin).unwrap_or("docker");
+        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
+            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
+        let instance = self.instance()?;
         let mut run_options = Vec::new();
         let mut flag = |name: &str, value: Option<&str>| {
             if let Some(v) = value {
@@ -778,6 +811,51 @@ mod tests {
             let err = config(&[("RUN_ENV_ALLOW", bad)]).unwrap_err().to_string();
             assert!(err.starts_with("RUN_ENV_ALLOW"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn env_allow_cannot_open_the_floor() {
+        for bad in [
+            "PATH",
+            "MY_A,LD_PRELOAD",
+            "LD_*",
+            "L*",
+            "DYLD_INSERT_LIBRARIES",
+            "GLIBC_TUNABLES",
+        ] {
+            let err = config(&[("RUN_ENV_ALLOW", bad)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("RUN_ENV_ALLOW") && err.contains("local mode"),
+                "{bad}: {err}"
+            );
+        }
+        let docker = [("CODEX_DOCKER_IMAGE", "img"), ("DOCKER_BIN", "/bin/sh")];
+        for bad in [
+            "DOCKER_HOST",
+            "DOCKER_*",
+            "BUILDKIT_*",
+            "HOME",
+            "HTTPS_PROXY",
+            "no_proxy",
+            "PATH",
+            "LD_*",
+        ] {
+            let err = config(&[docker[0], docker[1], ("RUN_ENV_ALLOW", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("RUN_ENV_ALLOW") && err.contains("docker mode"),
+                "{bad}: {err}"
+            );
+        }
+        // What the floor leaves open: HOME and proxies in local mode, tool settings anywhere.
+        config(&[("RUN_ENV_ALLOW", "HOME,HTTPS_PROXY,OPENSSL_CONF,GIT_*")]).unwrap();
+        config(&[
+            docker[0],
+            docker[1],
+            ("RUN_ENV_ALLOW", "OPENSSL_CONF,GIT_*,NODE_*,MY_*"),
+        ])
+        .unwrap();
     }
 
     #[test]

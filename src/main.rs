@@ -1,9 +1,12 @@
-//! The `cligate` binary: read the configuration, set up logging, bind, serve until SIGTERM/SIGINT.
+//! The `cligate` binary: read the configuration, set up logging, bind, start the containment
+//! watchdog, serve until SIGTERM/SIGINT. `cligate --watchdog …` (internal, not in `--help`) is
+//! that watchdog.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use cligate::config::{Config, VARIABLES};
+use cligate::run::containment::{WATCHDOG_FLAG, watchdog_main};
 use cligate::{server, telemetry};
 
 fn help() -> String {
@@ -23,9 +26,21 @@ fn help() -> String {
     out
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(WATCHDOG_FLAG) {
+        // No runtime, no logging set-up: it only waits for the gateway to be gone.
+        return watchdog_main(&args[1..]);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return startup_failed(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(gateway(args.first().map(String::as_str)))
+}
+
+async fn gateway(arg: Option<&str>) -> ExitCode {
+    match arg {
         None => {}
         Some("--help" | "-h") => {
             print!("{}", help());
@@ -45,7 +60,7 @@ async fn main() -> ExitCode {
         Err(e) => return startup_failed(&format!("{e:#}")),
     };
     telemetry::init(config.log_json);
-    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+    let listener = match server::bind(config.listen_addr) {
         Ok(l) => l,
         Err(e) => {
             return startup_failed(&format!("LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr));
@@ -55,8 +70,27 @@ async fn main() -> ExitCode {
         Ok(app) => app,
         Err(e) => return startup_failed(&format!("{e:#}")),
     };
+    // Ends this gateway's runs if it dies without shutting down (SIGKILL, OOM killer, a crash).
+    let _watchdog = match app.containment.start_watchdog() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the containment watchdog; runs of a killed gateway are ended at the next start-up");
+            None
+        }
+    };
+    // After the last start-up check (a failed start-up is one line on stderr), before serving:
+    // the connection cap (server::ConnectionCap) is computed from the raised limit.
+    let (fd_soft, fd_hard) = match server::raise_fd_limit() {
+        Ok((soft, hard)) => (Some(soft), Some(hard)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file-descriptor limit (RLIMIT_NOFILE)");
+            (None, None)
+        }
+    };
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        fd_soft,
+        fd_hard,
         clis = ?config.clis,
         mode = if config.docker().is_some() { "docker" } else { "local" },
         "listening"

@@ -140,10 +140,7 @@ impl RunLog {
         RunLog {
             file,
             tail: Mutex::new(Tail::default()),
-            end: watch::Sender::new(LogEnd {
-                size: 0,
-                closed: false,
-            }),
+            end: watch::Sender::new(LogEnd { size: 0, closed: false }),
         }
     }
 
@@ -380,7 +377,11 @@ mod tests {
         log.append(Bytes::from("{\"b\":2}\n")).unwrap();
         let src = Source::Live(log.clone());
         assert_eq!(&src.read_frames(0, 10).unwrap()[..], b"{\"a\":1}\n");
-        assert_eq!(src.read_frames(0, 5).unwrap().len(), 8, "a frame longer than max comes whole");
+        assert_eq!(
+            src.read_frames(0, 5).unwrap().len(),
+            8,
+            "a frame longer than max comes whole"
+        );
         let second = src.read_frames(8, 100).unwrap();
         assert_eq!(second.len(), big.len());
         assert_eq!(src.read_frames(8 + big.len() as u64, 1 << 20).unwrap(), "{\"b\":2}\n");

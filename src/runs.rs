@@ -14,6 +14,7 @@ use crate::auth::Caller;
 use crate::config::Config;
 use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, Metrics, StreamLabels};
 use crate::run::frame::{EndReason, Frame};
+use crate::run::containment::Containment;
 use crate::run::plan::plan;
 use crate::run::registry::{Registration, Registry};
 use crate::run::request::RunSpec;
@@ -51,12 +52,18 @@ pub struct Runs {
     pub registry: Arc<Registry>,
     /// Every run's supervising task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// How a local run's processes are kept together and ended (cgroup or `/proc` marker).
+    pub containment: Arc<Containment>,
 }
 
 impl Runs {
     /// Opens the store and the log directory, and accounts for the runs a crashed predecessor of
     /// this instance left: they become `interrupted` (`gateway_lost`) with their logs repaired.
-    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> anyhow::Result<Runs> {
+    pub async fn open(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        containment: Arc<Containment>,
+    ) -> anyhow::Result<Runs> {
         let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
         let logs = LogDir::open(config.data_dir.join("logs")).map_err(|e| {
             anyhow::anyhow!(
@@ -76,6 +83,7 @@ impl Runs {
             metrics,
             registry: Arc::new(Registry::default()),
             tasks: TaskTracker::new(),
+            containment,
             config,
         };
         runs.recover().await?;
@@ -196,6 +204,7 @@ impl Runs {
             let log = task_run.log.clone().expect("a submitted run has a log");
             let outcome = supervise(
                 &task_run,
+                &service.containment,
                 launch,
                 spec.stdin,
                 &service.config.search_path,

@@ -1,28 +1,54 @@
-//! The accept loop: one task per connection under hyper's graceful watcher, and an orderly
-//! shutdown — stop accepting, let runs finish for a grace period, end the rest, drain.
+//! The accept loop: one task per connection under hyper's graceful watcher, at most
+//! `MAX_CONNECTIONS` at once, and an orderly shutdown — stop accepting, let runs finish for a grace
+//! period, end the rest, drain.
+//!
+//! # Slow and numerous clients
+//! - A request's head must arrive within `REQUEST_READ_TIMEOUT_SECONDS` (hyper's
+//!   `header_read_timeout`; the same timer closes a keep-alive connection that stays idle that
+//!   long). hyper answers a head that is late by closing the connection, without a response:
+//!   it has no hook to answer then, and a 408 on a connection that may never have sent a byte
+//!   would need HTTP written by hand. Its body must arrive within the same time, or it is
+//!   answered 408 (`api::run::read_body`).
+//! - At the connection cap the loop stops calling `accept`: new connections wait, completed, in
+//!   the kernel's listen backlog (see [`bind`]) until a connection ends and frees its slot.
+//! - The cap is clamped so that connections plus runs cannot exhaust the file descriptors the
+//!   process may open ([`ConnectionCap`]); the binary first raises its soft `RLIMIT_NOFILE` to
+//!   the hard limit ([`raise_fd_limit`]).
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, App};
 use crate::config::Config;
 use crate::docker;
 use crate::metrics::CleanupLabels;
+use crate::run::containment::Containment;
 use crate::run::plan::container_name;
 
-/// Longest wait for a request's headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listen backlog asked for; Linux clamps it to `net.core.somaxconn` (4096 by default since
+/// 5.4). The standard library's 128 lost connections of a burst of 2000; the backlog is also
+/// where connections wait while the gateway is at `MAX_CONNECTIONS`, and costs the process no
+/// file descriptor.
+const LISTEN_BACKLOG: u32 = 4096;
+/// File descriptors kept aside for everything but connections and running runs: stdio, the
+/// listener, the runtime's epoll and wake-up descriptors, engine calls (`docker version`, the
+/// janitor), and runs being spawned (std's spawn briefly holds 8 pipe ends per child).
+const FD_RESERVE: u64 = 64;
+/// File descriptors a running run holds: its stdin, stdout and stderr pipes and tokio's pidfd.
+const FDS_PER_RUN: u64 = 4;
 /// hyper's per-connection buffer limit. On the write side it bounds the response bytes hyper
 /// holds for a client that has stopped reading (hyper's default, ~400 KiB, made 50 stalled
 /// clients cost ~35 MiB); on the read side it is the largest request head accepted.
@@ -30,14 +56,18 @@ const MAX_BUF: usize = 64 * 1024;
 /// Longest wait for connections to finish writing after every run has ended.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
-/// Prepares the gateway: in docker mode checks the engine and removes containers a crashed
-/// predecessor left. Fails with a one-line reason.
+/// Prepares the gateway: in docker mode checks the engine; chooses how runs are contained and
+/// ends the processes a crashed predecessor of this instance left; in docker mode removes the
+/// containers it left. Fails with a one-line reason.
 pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
-    let app = Arc::new(App::new(config.clone()).await?);
-    if let Some(d) = config.docker() {
-        let version = docker::engine_version(&d.bin).await.map_err(|e| {
+    let engine = match config.docker() {
+        Some(d) => Some(docker::engine_version(&d.bin).await.map_err(|e| {
             anyhow::anyhow!("CODEX_DOCKER_IMAGE: docker mode needs a Docker engine, but it does not answer: {e:#}")
-        })?;
+        })?),
+        None => None,
+    };
+    let app = Arc::new(App::new(config.clone(), contain(&config).await?).await?);
+    if let (Some(d), Some(version)) = (config.docker(), engine) {
         let removed = docker::clean_instance(&d.bin, &d.instance).await?;
         if removed > 0 {
             app.metrics
@@ -48,6 +78,21 @@ pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
         tracing::info!(engine = version, image = d.image, removed, "docker mode");
     }
     Ok(app)
+}
+
+/// Chooses the containment (cgroup or `/proc` marker), ends what dead gateways of this instance
+/// left running, and says which mechanism is in use.
+async fn contain(config: &Config) -> Result<Arc<Containment>> {
+    let containment = Arc::new(Containment::detect(&config.instance));
+    let sweeper = containment.clone();
+    let swept = tokio::task::spawn_blocking(move || sweeper.sweep_leftovers()).await?;
+    tracing::info!(
+        containment = containment.mechanism(),
+        path = %containment.location(),
+        swept,
+        "process containment"
+    );
+    Ok(containment)
 }
 
 /// Removes, every `janitor_interval`, containers of this instance that belong to no registered
@@ -94,6 +139,89 @@ async fn retention(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
+/// Binds the gateway's listening socket: `SO_REUSEADDR` (a restart need not wait for the old
+/// connections' TIME_WAIT) and a [`LISTEN_BACKLOG`] large enough for bursts. Must be called
+/// inside the runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as most servers do: the soft limit is
+/// often a historical 1024 while the hard limit allows far more. Returns (soft, hard) as they are
+/// afterwards. Only the binary calls this; the run's CLIs inherit the raised soft limit.
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // An unlimited hard limit cannot be the soft one: Linux allows at most fs.nr_open.
+    let target = if hard == RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        hard
+    };
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    Ok((soft, hard))
+}
+
+/// How many connections are served at once.
+///
+/// Every connection costs one file descriptor and every running run [`FDS_PER_RUN`], plus a
+/// fixed [`FD_RESERVE`]; a gateway whose connections take every descriptor can no longer spawn
+/// a run ("Too many open files") nor accept its health check. So the effective cap is
+/// `MAX_CONNECTIONS`, lowered when needed to the soft `RLIMIT_NOFILE` minus what
+/// `MAX_CONCURRENT_RUNS` runs and the reserve need (at least 1). Runs waiting for a slot hold
+/// only their connection, so they are covered by the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCap {
+    /// `MAX_CONNECTIONS`.
+    pub configured: usize,
+    /// The soft `RLIMIT_NOFILE`, when it could be read.
+    pub fd_limit: Option<u64>,
+    /// Descriptors kept for runs and the reserve.
+    pub reserved: u64,
+    /// The cap in force.
+    pub effective: usize,
+}
+
+impl ConnectionCap {
+    pub fn new(config: &Config, fd_limit: Option<u64>) -> ConnectionCap {
+        let reserved = FD_RESERVE + FDS_PER_RUN * config.max_concurrent as u64;
+        let effective = match fd_limit {
+            Some(limit) => {
+                let room = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX);
+                config.max_connections.min(room).max(1)
+            }
+            None => config.max_connections,
+        };
+        ConnectionCap {
+            configured: config.max_connections,
+            fd_limit,
+            reserved,
+            effective,
+        }
+    }
+
+    /// The cap for this process's current soft `RLIMIT_NOFILE`.
+    pub fn for_process(config: &Config) -> ConnectionCap {
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .ok()
+            .map(|(soft, _)| soft);
+        ConnectionCap::new(config, limit)
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
     let stop_janitor = CancellationToken::new();
@@ -101,11 +229,49 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let retention = tokio::spawn(retention(app.clone(), stop_janitor.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(app.config.request_read_timeout)
         .max_buf_size(MAX_BUF);
+    let cap = ConnectionCap::for_process(&app.config);
+    if cap.effective < cap.configured {
+        tracing::warn!(
+            max_connections = cap.configured,
+            effective = cap.effective,
+            fd_limit = cap.fd_limit,
+            reserved_fds = cap.reserved,
+            "MAX_CONNECTIONS lowered to fit the file-descriptor limit (RLIMIT_NOFILE) beside MAX_CONCURRENT_RUNS runs"
+        );
+    } else {
+        tracing::info!(
+            max_connections = cap.effective,
+            fd_limit = cap.fd_limit,
+            reserved_fds = cap.reserved,
+            "connection limit"
+        );
+    }
+    // One permit per open connection, moved into its task: at the cap the loop waits here
+    // instead of accepting, and connections queue in the listen backlog.
+    let slots = Arc::new(Semaphore::new(cap.effective));
+    let mut warned_full: Option<Instant> = None;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // At most one warning a minute while the gateway stays at its cap.
+                if warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = cap.effective,
+                        "connection limit reached; new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -124,6 +290,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _slot = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(client = %client, error = %e, "connection ended");
             }
@@ -151,4 +318,52 @@ async fn shut_down(app: &App, graceful: GracefulShutdown) {
         tracing::warn!("connections still open after the drain period");
     }
     tracing::info!("shut down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_runs() {
+        let c = config(&[("MAX_CONCURRENT_RUNS", "4")]);
+        // A roomy limit: MAX_CONNECTIONS as configured.
+        let cap = ConnectionCap::new(&c, Some(1 << 20));
+        assert_eq!((cap.configured, cap.effective, cap.reserved), (1024, 1024, 80));
+        // 256 descriptors: 64 for the process and 4 per run are kept aside.
+        assert_eq!(ConnectionCap::new(&c, Some(256)).effective, 176);
+        // A limit below the reserve still serves one connection at a time.
+        assert_eq!(ConnectionCap::new(&c, Some(50)).effective, 1);
+        // A lower MAX_CONNECTIONS stays, and an unknown limit leaves it alone.
+        let c = config(&[("MAX_CONCURRENT_RUNS", "4"), ("MAX_CONNECTIONS", "10")]);
+        assert_eq!(ConnectionCap::new(&c, Some(256)).effective, 10);
+        assert_eq!(ConnectionCap::new(&c, None).effective, 10);
+    }
+
+    #[tokio::test]
+    async fn bind_listens_with_a_deep_backlog() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // `ss` shows a listening socket's backlog as its Send-Q.
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) is installed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let backlog: u32 = text.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(backlog, LISTEN_BACKLOG.min(somaxconn), "{text}");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+    }
 }

@@ -238,6 +238,8 @@ async fn codex_exec_answers_through_the_gateway() {
         ("CLI_LIST", "codex"),
         ("PATH", &path),
         ("RUN_RESPONSE_TIMEOUT_SECONDS", "25"),
+        // CODEX_HOME is of the refused `*HOME` family: the operator opens it for this test.
+        ("RUN_ENV_ALLOW", "CODEX_HOME,FAKE_API_KEY"),
     ])
     .await;
     let run = json!({

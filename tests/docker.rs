@@ -792,3 +792,86 @@ fn the_busybox_check_tells_static_from_dynamic_binaries() {
     let busybox = static_busybox().unwrap_or_else(|e| panic!("{e}"));
     assert!(!has_interpreter(&std::fs::read(busybox).unwrap()));
 }
+
+#[tokio::test]
+async fn the_operator_key_goes_only_with_the_operator_base_url() {
+    let inst = Instance::new("key");
+    let key = format!("sk-gateway-{}", unique());
+    let base = format!("http://litellm-{}.invalid:4000", &unique()[..12]);
+    let gw = docker_gateway(&inst, &[("LITELLM_BASE_URL", &base), ("LITELLM_API_KEY", &key)]).await;
+    let container_env = |tag: &'static str, env: Value| {
+        let gw = &gw;
+        async move {
+            let f = gw
+                .run_to_end(json!({"cli": "show-env", "env": env, "session_id": session(tag)}))
+                .await;
+            assert_eq!(f.exit(), (0, "exited".to_string()), "{:?}", f.0);
+            f.stdout().lines().map(String::from).collect::<Vec<String>>()
+        }
+    };
+    let api_keys = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("LITELLM_API_KEY="))
+            .cloned()
+            .collect()
+    };
+
+    // The operator's server (by default or named again): the operator's key.
+    for env in [json!({}), json!({"LITELLM_BASE_URL": base})] {
+        let lines = container_env("key-operator", env.clone()).await;
+        assert_eq!(api_keys(&lines), [format!("LITELLM_API_KEY={key}")], "{env}");
+    }
+    // The caller's server without a key of its own: no key at all in the container.
+    for env in [
+        json!({"LITELLM_BASE_URL": "http://attacker"}),
+        json!({"OPENAI_BASE_URL": "http://attacker"}),
+        json!({"ANTHROPIC_BASE_URL": "http://attacker"}),
+    ] {
+        let lines = container_env("key-attacker", env.clone()).await;
+        assert!(api_keys(&lines).is_empty(), "{env}: {lines:?}");
+        assert!(!lines.iter().any(|l| l.contains(&key)), "{env}: {lines:?}");
+        assert!(lines.iter().any(|l| l.ends_with("=http://attacker")), "{lines:?}");
+    }
+    // The caller's server with its own key: that key.
+    let lines = container_env(
+        "key-own",
+        json!({"LITELLM_BASE_URL": "http://attacker", "LITELLM_API_KEY": "sk-caller"}),
+    )
+    .await;
+    assert_eq!(api_keys(&lines), ["LITELLM_API_KEY=sk-caller"]);
+    assert!(!lines.iter().any(|l| l.contains(&key)), "{lines:?}");
+}
+
+#[tokio::test]
+async fn docker_mode_refuses_tool_configuration_keys_unless_the_operator_allows_them() {
+    let inst = Instance::new("envrule");
+    let gw = docker_gateway(&inst, &[]).await;
+    let git = json!({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor", "GIT_CONFIG_VALUE_0": "id"});
+    for env in [
+        git.clone(),
+        json!({"NODE_OPTIONS": "--require /x"}),
+        json!({"DOCKER_HOST": "tcp://x:1"}),
+    ] {
+        let body = json!({"cli": "show-env", "env": env, "session_id": session("envrule")}).to_string();
+        let reply = gw.post("/run", &body).await.assert_error(400);
+        assert!(reply["detail"].as_str().unwrap().contains("RUN_ENV_ALLOW"), "{reply}");
+    }
+    assert!(
+        containers(&inst.label()).await.is_empty(),
+        "a refused run started a container"
+    );
+
+    // Allowed by the operator, the same keys reach the container.
+    let inst = Instance::new("envallow");
+    let gw = docker_gateway(&inst, &[("RUN_ENV_ALLOW", "GIT_CONFIG_*")]).await;
+    let f = gw
+        .run_to_end(json!({"cli": "show-env", "env": git, "session_id": session("envallow")}))
+        .await;
+    assert_eq!(f.exit(), (0, "exited".to_string()), "{:?}", f.0);
+    assert!(
+        f.stdout().lines().any(|l| l == "GIT_CONFIG_KEY_0=core.fsmonitor"),
+        "{}",
+        f.stdout()
+    );
+}

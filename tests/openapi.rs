@@ -493,6 +493,7 @@ fn error_responses_use_the_error_schema_and_name_every_kind() {
         ApiError::MethodNotAllowed("GET"),
         ApiError::Conflict("x".into()),
         ApiError::PayloadTooLarge(1),
+        ApiError::RequestTimeout(Duration::from_secs(1)),
         ApiError::Overloaded {
             detail: "x".into(),
             retry_after: 1,
@@ -798,6 +799,19 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         .assert_error(413);
     drop(gw);
 
+    // A body that does not arrive within REQUEST_READ_TIMEOUT_SECONDS.
+    let gw = Gateway::start(&[
+        ("PATH", &path),
+        ("CLI_LIST", &clis),
+        ("REQUEST_READ_TIMEOUT_SECONDS", "1"),
+    ])
+    .await;
+    let reply = slow_body_reply(gw.addr).await;
+    spec.check_reply("POST", "/run", &reply);
+    assert_eq!(reply.assert_error(408)["error"], "request_timeout");
+    probe.seen.insert(("POST".into(), "/run".into(), 408));
+    drop(gw);
+
     // No run slot and no queue: 503 with Retry-After.
     let gw = Gateway::start(&[
         ("PATH", &path),
@@ -850,6 +864,39 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         }
     }
     assert!(missing.is_empty(), "documented but never produced: {missing:?}");
+}
+
+/// The reply to a `POST /run` that declares a 1000-byte body and sends one byte, over a raw socket
+/// (an HTTP client library would send the whole body).
+async fn slow_body_reply(addr: SocketAddr) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /run HTTP/1.1\r\nhost: cligate.test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("a reply within 10 s")
+        .unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
+    let head = std::str::from_utf8(&raw[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse::<u16>().unwrap();
+    let mut headers = hyper::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    Reply {
+        status: hyper::StatusCode::from_u16(status).unwrap(),
+        headers,
+        body: bytes::Bytes::copy_from_slice(&raw[end + 4..]),
+    }
 }
 
 fn uuid_like(id: &str) -> bool {

@@ -1,7 +1,7 @@
 //! One error type for every refused request, mapped to its status code and JSON body in exactly
 //! one place: `{"error", "message", "code", "detail"}` (`detail` keeps the reference's field name).
 
-use hyper::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
@@ -117,6 +117,11 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed(allow) => response = response.header(ALLOW, *allow),
             ApiError::Unauthorized => response = response.header(WWW_AUTHENTICATE, "Bearer"),
+            // The request's body was not read to its end, so the connection cannot carry another
+            // request: say so, and hyper closes it once the response is written.
+            ApiError::PayloadTooLarge(_) | ApiError::RequestTimeout(_) => {
+                response = response.header(CONNECTION, "close")
+            }
             _ => {}
         }
         response

@@ -20,6 +20,7 @@ use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::run::containment::Containment;
 use crate::runs::Runs;
 use crate::telemetry::{LogBudget, clip};
 use error::ApiError;
@@ -61,19 +62,22 @@ pub struct App {
     /// How many refusals per second are written to the log (an unauthenticated flood of bad
     /// requests would otherwise write as fast as it can send).
     pub rejection_log: LogBudget,
+    /// How the processes of a run are kept track of (cgroup or `/proc` marker).
+    pub containment: Arc<Containment>,
 }
 
 impl App {
     /// Opens the run service (store, logs, recovery of a crashed predecessor's runs).
-    pub async fn new(config: Arc<Config>) -> anyhow::Result<App> {
+    pub async fn new(config: Arc<Config>, containment: Arc<Containment>) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
-        let runs = Arc::new(Runs::open(config.clone(), metrics.clone()).await?);
+        let runs = Arc::new(Runs::open(config.clone(), metrics.clone(), containment.clone()).await?);
         Ok(App {
             config,
             runs,
             metrics,
             shutting_down: AtomicBool::new(false),
             rejection_log: LogBudget::new(REJECTIONS_LOGGED_PER_SECOND),
+            containment,
         })
     }
 }

@@ -2,6 +2,8 @@
 //! with a code and a reason) and a handle to end it. The HTTP stream is only one consumer of it,
 //! which leaves room for durable records, detached runs and re-attach.
 
+pub mod containment;
+pub mod env_rule;
 pub mod frame;
 pub mod output;
 pub mod plan;

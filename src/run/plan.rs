@@ -11,6 +11,32 @@ use crate::config::{Config, DockerConfig, Mode};
 /// Gateway settings a launched process must not inherit: they are the gateway's own secrets.
 pub const GATEWAY_SECRETS: &[&str] = &["AUTH_TOKENS", "AUTH_TOKENS_FILE"];
 
+/// Ends of variable names that point a CLI at a model server (the image's entrypoint maps
+/// `LITELLM_*` onto CLI-specific ones such as `OPENAI_BASE_URL` or `ANTHROPIC_BASE_URL`).
+pub const BASE_URL_SUFFIXES: &[&str] = &["_BASE_URL", "_API_BASE", "_API_URL", "_ENDPOINT"];
+
+/// Ends of variable names holding a credential a CLI sends to its model server.
+pub const CREDENTIAL_SUFFIXES: &[&str] = &["_API_KEY", "_AUTH_TOKEN", "_API_TOKEN"];
+
+/// Whether `key` (any case) names a credential a CLI sends to its model server.
+pub fn is_credential(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    CREDENTIAL_SUFFIXES.iter().any(|s| upper.ends_with(s))
+}
+
+/// Whether the request points the CLI at a server other than the operator's: a
+/// `LITELLM_BASE_URL` other than the operator's, or any other base-URL-like variable. Such a
+/// run brings its own credentials or gets none: the operator's must never travel to it.
+fn redirects(spec: &RunSpec, config: &Config) -> bool {
+    spec.env.iter().any(|(key, value)| {
+        if key == "LITELLM_BASE_URL" {
+            return config.litellm_base_url.as_deref() != Some(value.as_str());
+        }
+        let upper = key.to_ascii_uppercase();
+        BASE_URL_SUFFIXES.iter().any(|s| upper.ends_with(s))
+    })
+}
+
 /// Labels put on every container, so the gateway can find its own again after a crash.
 pub const LABEL_INSTANCE: &str = "cligate.instance";
 pub const LABEL_SESSION: &str = "cligate.session";
@@ -35,6 +61,9 @@ pub struct Launch {
     pub container: Option<String>,
     /// The model the run uses, when known (for logs and metrics).
     pub model: Option<String>,
+    /// Variables of the gateway's environment the launched process must not inherit: the
+    /// gateway's credentials, when the request points the CLI at another server (local mode).
+    pub env_remove: Vec<String>,
 }
 
 /// The model named by `--model X`, `-m X` or `--model=X` (the first of them).
@@ -87,6 +116,16 @@ pub fn plan(spec: &RunSpec, config: &Config, run_id: &str) -> Launch {
             env: spec.env.clone(),
             container: None,
             model: model_from_args(&spec.args).map(String::from),
+            env_remove: if redirects(spec, config) {
+                config
+                    .gateway_credentials
+                    .iter()
+                    .filter(|key| !spec.env.contains_key(*key))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
         },
         Mode::Docker(docker) => plan_docker(spec, config, docker, run_id),
     }
@@ -97,7 +136,8 @@ fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &
     if let Some(url) = &config.litellm_base_url {
         env.insert("LITELLM_BASE_URL".to_string(), url.clone());
     }
-    if let Some(key) = &config.litellm_api_key {
+    // The operator's key goes only with the operator's base URL.
+    if let Some(key) = config.litellm_api_key.as_ref().filter(|_| !redirects(spec, config)) {
         env.insert("LITELLM_API_KEY".to_string(), key.clone());
     }
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -147,6 +187,7 @@ fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &
         env,
         container: Some(container),
         model,
+        env_remove: Vec::new(),
     }
 }
 
@@ -281,8 +322,87 @@ mod tests {
             "r",
         );
         assert_eq!(l.env["LITELLM_BASE_URL"], "http://mine");
-        assert_eq!(l.env["LITELLM_API_KEY"], "k0");
+        // Was "k0" (the operator's key went to the caller's server); now the caller's URL gets
+        // no operator key.
+        assert!(!l.env.contains_key("LITELLM_API_KEY"), "{:?}", l.env);
         assert_eq!(l.env["CLI_PROVIDER_NAME"], "claude");
+    }
+
+    #[test]
+    fn the_operator_key_goes_only_with_the_operator_base_url() {
+        let c = config(&[("LITELLM_BASE_URL", "http://llm"), ("LITELLM_API_KEY", "sk-op")]);
+        let key_of = |env: &[(&str, &str)]| {
+            let l = plan(&spec("codex", &[], env), &c, "r");
+            assert!(l.env_remove.is_empty(), "docker mode removes nothing: {l:?}");
+            let key = l.env.get("LITELLM_API_KEY").cloned();
+            assert_eq!(
+                key.is_some(),
+                l.args.contains(&"LITELLM_API_KEY".to_string()),
+                "-e names exactly the variables set: {l:?}"
+            );
+            key
+        };
+        assert_eq!(key_of(&[]).as_deref(), Some("sk-op"));
+        assert_eq!(key_of(&[("LITELLM_BASE_URL", "http://llm")]).as_deref(), Some("sk-op"));
+        assert_eq!(
+            key_of(&[("LITELLM_MODEL", "m"), ("MY_FLAG", "1")]).as_deref(),
+            Some("sk-op")
+        );
+        for redirect in [
+            "LITELLM_BASE_URL",
+            "OPENAI_BASE_URL",
+            "ANTHROPIC_BASE_URL",
+            "GOOGLE_GEMINI_BASE_URL",
+            "OPENAI_API_BASE",
+            "AZURE_OPENAI_ENDPOINT",
+            "MY_API_URL",
+            "openai_base_url",
+        ] {
+            assert_eq!(key_of(&[(redirect, "http://attacker")]), None, "{redirect}");
+            assert_eq!(
+                key_of(&[(redirect, "http://attacker"), ("LITELLM_API_KEY", "sk-own")]).as_deref(),
+                Some("sk-own"),
+                "{redirect}"
+            );
+        }
+        // Even the operator's URL under another name gets no key: only LITELLM_BASE_URL is
+        // compared with the operator's.
+        assert_eq!(key_of(&[("OPENAI_BASE_URL", "http://llm")]), None);
+        // No operator URL: any LITELLM_BASE_URL is the caller's own.
+        let c = config(&[("LITELLM_API_KEY", "sk-op")]);
+        let l = plan(&spec("codex", &[], &[("LITELLM_BASE_URL", "http://x")]), &c, "r");
+        assert!(!l.env.contains_key("LITELLM_API_KEY"));
+    }
+
+    #[test]
+    fn local_mode_drops_the_gateway_credentials_when_the_request_sets_a_base_url() {
+        let mut c = Config::from_vars([
+            ("CLI_LIST".to_string(), "codex".to_string()),
+            ("LITELLM_BASE_URL".to_string(), "http://llm".to_string()),
+            ("LITELLM_API_KEY".to_string(), "sk-op".to_string()),
+            ("OPENAI_API_KEY".to_string(), "sk-openai".to_string()),
+            ("ANTHROPIC_AUTH_TOKEN".to_string(), "tok".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.gateway_credentials,
+            ["ANTHROPIC_AUTH_TOKEN", "LITELLM_API_KEY", "OPENAI_API_KEY"]
+        );
+        let removed = |env: &[(&str, &str)]| plan(&spec("codex", &[], env), &c, "r").env_remove;
+        assert!(removed(&[]).is_empty());
+        assert!(removed(&[("LITELLM_BASE_URL", "http://llm"), ("OPENAI_API_KEY", "x")]).is_empty());
+        assert_eq!(
+            removed(&[("OPENAI_BASE_URL", "http://attacker")]),
+            ["ANTHROPIC_AUTH_TOKEN", "LITELLM_API_KEY", "OPENAI_API_KEY"]
+        );
+        // The request's own credentials are its to send.
+        assert_eq!(
+            removed(&[("LITELLM_BASE_URL", "http://attacker"), ("OPENAI_API_KEY", "mine")]),
+            ["ANTHROPIC_AUTH_TOKEN", "LITELLM_API_KEY"]
+        );
+        c.gateway_credentials.clear();
+        let l = plan(&spec("codex", &[], &[("OPENAI_BASE_URL", "http://attacker")]), &c, "r");
+        assert!(l.env_remove.is_empty());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The `POST /run` body as clients send it, and its validation into a [`RunSpec`] that the rest
-//! of the gateway can trust: an allow-listed CLI, well-formed env keys, nothing that changes
-//! which program runs or how it is loaded.
+//! of the gateway can trust: an allow-listed CLI, well-formed env keys that [`env_rule`] admits
+//! (nothing that changes which program runs, what code it loads or where it talks to).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Mode};
+use super::env_rule;
+use crate::config::Config;
 
 /// The request body. Unknown fields are ignored, as the reference service did.
 #[derive(Debug, Deserialize)]
@@ -35,53 +36,11 @@ pub struct RunSpec {
 /// Longest accepted session id.
 const MAX_SESSION_ID: usize = 200;
 
-/// Keys a request may not set in local mode: they change which binary runs or how it loads.
-const LOCAL_REFUSED: &[&str] = &[
-    "PATH",
-    "IFS",
-    "ENV",
-    "BASH_ENV",
-    "SHELLOPTS",
-    "BASHOPTS",
-    "CDPATH",
-    "GLOBIGNORE",
-    "NODE_OPTIONS",
-    "NODE_PATH",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "PERL5LIB",
-    "PERL5OPT",
-    "PERLLIB",
-    "RUBYOPT",
-    "RUBYLIB",
-    "GCONV_PATH",
-    "HOSTALIASES",
-    "LOCPATH",
-    "NLSPATH",
-    "GLIBC_TUNABLES",
-];
-const LOCAL_REFUSED_PREFIXES: &[&str] = &["LD_", "DYLD_", "MALLOC_"];
-
-/// Keys a request may not set in docker mode: the `docker` client itself reads them (its values
-/// reach the container through the client's environment), so they would steer the client.
-const DOCKER_REFUSED: &[&str] = &["PATH", "HOME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"];
-const DOCKER_REFUSED_PREFIXES: &[&str] = &["LD_", "DYLD_", "DOCKER_", "BUILDKIT_"];
-
 /// Whether `key` is a portable environment variable name.
 pub fn valid_env_key(key: &str) -> bool {
     let mut bytes = key.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-fn refused(key: &str, mode: &Mode) -> bool {
-    let upper = key.to_ascii_uppercase();
-    let (exact, prefixes) = match mode {
-        Mode::Local => (LOCAL_REFUSED, LOCAL_REFUSED_PREFIXES),
-        Mode::Docker(_) => (DOCKER_REFUSED, DOCKER_REFUSED_PREFIXES),
-    };
-    exact.contains(&upper.as_str()) || prefixes.iter().any(|p| upper.starts_with(p))
 }
 
 impl RunRequest {
@@ -106,9 +65,7 @@ impl RunRequest {
                     key.escape_debug()
                 ));
             }
-            if refused(key, &config.mode) {
-                return Err(format!("env key '{key}' may not be set by a request"));
-            }
+            env_rule::check(key, config)?;
             if value.contains('\0') {
                 return Err(format!("env value of '{key}' may not contain NUL characters"));
             }
@@ -190,29 +147,51 @@ mod tests {
     }
 
     #[test]
-    fn loader_and_client_keys_are_refused_per_mode() {
-        for key in ["PATH", "path", "LD_PRELOAD", "NODE_OPTIONS", "DYLD_INSERT_LIBRARIES"] {
-            assert!(
-                request(serde_json::json!({"cli": "codex", "env": {key: "x"}}))
-                    .validate(&config(false))
-                    .is_err(),
-                "{key}"
-            );
+    fn loader_runtime_and_client_keys_are_refused_in_both_modes() {
+        for docker in [false, true] {
+            for key in [
+                "PATH",
+                "path",
+                "LD_PRELOAD",
+                "NODE_OPTIONS",
+                "DYLD_INSERT_LIBRARIES",
+                "GIT_CONFIG_COUNT",
+                "OPENSSL_CONF",
+                "HOME",
+                "https_proxy",
+            ] {
+                let err = request(serde_json::json!({"cli": "codex", "env": {key: "x"}}))
+                    .validate(&config(docker))
+                    .unwrap_err();
+                assert!(err.contains("env key") && err.contains("RUN_ENV_ALLOW"), "{key}: {err}");
+            }
         }
-        for key in ["DOCKER_HOST", "PATH", "HOME", "LD_PRELOAD", "https_proxy"] {
-            assert!(
-                request(serde_json::json!({"cli": "codex", "env": {key: "x"}}))
-                    .validate(&config(true))
-                    .is_err(),
-                "{key}"
-            );
-        }
-        // Container-side settings stay allowed in docker mode.
         assert!(
-            request(serde_json::json!({"cli": "codex", "env": {"NODE_OPTIONS": "x", "LITELLM_MODEL": "m"}}))
+            request(serde_json::json!({"cli": "codex", "env": {"DOCKER_HOST": "x"}}))
                 .validate(&config(true))
-                .is_ok()
+                .is_err()
         );
+        // Model settings and credentials pass in both modes. (NODE_OPTIONS used to pass in docker
+        // mode; it now acts inside the container just as GIT_* does, and is refused.)
+        for docker in [false, true] {
+            assert!(
+                request(serde_json::json!({"cli": "codex", "env": {"OPENAI_API_KEY": "k", "LITELLM_MODEL": "m", "LITELLM_BASE_URL": "u"}}))
+                    .validate(&config(docker))
+                    .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn name_check_comes_before_the_rule_and_nul_after_it() {
+        let err = request(serde_json::json!({"cli": "codex", "env": {"LD-X": "v"}}))
+            .validate(&config(false))
+            .unwrap_err();
+        assert!(err.contains("not a valid variable name"), "{err}");
+        let err = request(serde_json::json!({"cli": "codex", "env": {"MY_FLAG": "a\u{0}"}}))
+            .validate(&config(false))
+            .unwrap_err();
+        assert!(err.contains("NUL"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! run, the whole process tree (and in docker mode the container, through the engine) is ended
 //! and reaped before the supervisor returns. Frames go to the run's log at the child's pace; no
 //! reader can slow the child (readers follow the log), only the disk can.
+//! Processes that left the group (a new session, a detached child) are ended through the run's
+//! [`Scope`] (see [`super::containment`]).
 
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
@@ -21,6 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::containment::{Containment, Scope};
 use super::frame::{EndReason, Stream};
 use super::output::LineFramer;
 use super::plan::{GATEWAY_SECRETS, Launch};
@@ -33,8 +36,8 @@ use crate::runlog::RunLog;
 const READ_BUF: usize = 32 * 1024;
 /// How long an unfinished line is held for the rest of it before it is sent anyway.
 const PARTIAL_FLUSH: Duration = Duration::from_millis(40);
-/// How long pipes may stay open after the run's process group is gone (a process that left
-/// the group can hold them forever).
+/// How long pipes may stay open after the run's processes are gone (only a process outside the
+/// run's scope, e.g. one the pipe was passed to over a socket, can still hold them).
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Longest wait for the pipes after the run's process group is gone.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
@@ -152,6 +155,7 @@ impl Drop for Container {
 /// to `sink`. The session and exit frames are the caller's: it records the end first.
 pub async fn supervise(
     run: &Run,
+    containment: &Containment,
     launch: Launch,
     stdin: String,
     search_path: &OsStr,
@@ -167,8 +171,18 @@ pub async fn supervise(
         limit_hit: CancellationToken::new(),
         log_broken: CancellationToken::new(),
     });
-    let end = match spawn(&launch, search_path) {
-        Ok(child) => drive(run, &launch, child, stdin, limits, &meter, &sink).await,
+    let spawned = match containment.scope(&run.id) {
+        Ok(scope) => match spawn(&launch, search_path, &scope) {
+            Ok(child) => Ok((child, scope)),
+            Err(failed) => {
+                scope.end().await;
+                Err(failed)
+            }
+        },
+        Err(e) => Err((1, format!("cligate: cannot create the run's cgroup: {e}\n"))),
+    };
+    let end = match spawned {
+        Ok((child, scope)) => drive(run, &launch, child, scope, stdin, limits, &meter, &sink).await,
         Err((code, message)) => {
             send_text(&sink, Stream::Stderr, &message).await;
             End {
@@ -200,7 +214,7 @@ fn inherited_secrets() -> &'static [&'static str] {
 }
 
 /// Starts the process in a new process group, or says why it could not be started.
-fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
+fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Child, (i32, String)> {
     let shown = launch.program.display();
     let program = launch
         .program
@@ -218,6 +232,10 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
     for key in inherited_secrets() {
         cmd.env_remove(key);
     }
+    for key in &launch.env_remove {
+        cmd.env_remove(key);
+    }
+    scope.prepare(&mut cmd);
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => 127,
@@ -228,10 +246,12 @@ fn spawn(launch: &Launch, search_path: &OsStr) -> Result<Child, (i32, String)> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     run: &Run,
     launch: &Launch,
     mut child: Child,
+    scope: Scope,
     stdin: String,
     limits: &Limits,
     meter: &Arc<Meter>,
@@ -295,9 +315,14 @@ async fn drive(
         Some(status) => status,
         None => terminate(&mut child, &group, container.as_ref(), limits.kill_grace).await,
     };
-    // Anything still in the group is a leftover of this run.
+    // Anything still in the group is a leftover of this run; so is anything that left the group.
+    // Once the scope is empty, no pipe of the run is held open any more.
     group.signal(Signal::SIGKILL);
     group.armed = false;
+    let escaped = scope.end().await;
+    if escaped > 0 {
+        tracing::debug!(run_id = run.id, processes = escaped, "ended what was left of the run");
+    }
     if let Some(c) = container.as_mut() {
         if reason != EndReason::Exited {
             // The client may have died between creating and starting the container.

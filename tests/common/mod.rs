@@ -26,7 +26,7 @@ pub fn fixtures() -> PathBuf {
 
 /// The CLIs every test gateway allows.
 pub const TEST_CLIS: &str = "echo-stdin,args,show-env,exit-code,ignore-term,spawn-tree,slow-partial,split-utf8,\
-    bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli";
+    bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli,node-probe,escape-setsid,escape-node";
 
 /// Which database a test gateway records its runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,4 +472,63 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// The real `cligate` binary, started with exactly `vars` (and the fixtures first on `PATH`) as
+/// its whole environment, listening on a free loopback port. Killed when dropped.
+pub struct Binary {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl Binary {
+    pub async fn start(vars: &[(&str, &str)]) -> Binary {
+        use tokio::io::AsyncBufReadExt;
+        let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
+            .env_clear()
+            .env("PATH", path)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("CLI_LIST", TEST_CLIS)
+            .envs(vars.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the cligate binary starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(log) = serde_json::from_str::<Value>(&line)
+                    && let Some(addr) = log["addr"].as_str().filter(|_| line.contains("\"listening\""))
+                {
+                    return addr.parse().expect("a socket address");
+                }
+            }
+            panic!("cligate exited before listening");
+        })
+        .await
+        .expect("cligate listens within 20 s");
+        // Keep draining the log so the binary never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Binary { addr, child }
+    }
+
+    /// Starts a run and reads it to its end.
+    pub async fn run_to_end(&self, body: Value) -> Frames {
+        let mut stream = RunStream::open(self.addr, body.to_string().into_bytes(), &[]).await;
+        if stream.status != StatusCode::OK {
+            let status = stream.status;
+            panic!("run refused with {status}: {}", stream.error_body().await);
+        }
+        stream.collect().await
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }
