@@ -24,6 +24,9 @@ use sqlx::{Connection, Executor};
 
 pub use record::{Finish, ListQuery, RecordState, RunMode, RunRecord};
 
+/// How long [`Store::open`] keeps trying to reach PostgreSQL (it may be starting alongside).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -78,13 +81,19 @@ impl Store {
     /// `None` (or blank) opens SQLite at `data_dir/cligate.db`, creating the directory and file
     /// (WAL journal, `synchronous=NORMAL`, 5 s busy timeout); `postgres://…`/`postgresql://…`
     /// opens PostgreSQL. Anything else is refused. Every error is one line naming `DATABASE_URL`
-    /// or `DATA_DIR`.
+    /// or `DATA_DIR`. A PostgreSQL server that does not answer yet is retried for
+    /// [`CONNECT_TIMEOUT`].
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store> {
+        Store::open_within(database_url, data_dir, CONNECT_TIMEOUT).await
+    }
+
+    /// [`Store::open`], trying to reach PostgreSQL for at most `connect_timeout`.
+    pub async fn open_within(database_url: Option<&str>, data_dir: &Path, connect_timeout: Duration) -> Result<Store> {
         sqlx::any::install_default_drivers();
         match database_url.map(str::trim).filter(|u| !u.is_empty()) {
             None => Store::open_sqlite(data_dir).await,
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Store::open_postgres(url).await
+                Store::open_postgres(url, connect_timeout).await
             }
             Some(url) => bail!(
                 "DATABASE_URL: '{}' is not a postgres:// or postgresql:// URL (leave it unset for SQLite in DATA_DIR)",
@@ -138,13 +147,23 @@ impl Store {
         })
     }
 
-    async fn open_postgres(url: &str) -> Result<Store> {
-        let pool = AnyPoolOptions::new()
+    async fn open_postgres(url: &str, connect_timeout: Duration) -> Result<Store> {
+        let pool = match AnyPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(connect_timeout)
             .connect(url)
             .await
-            .map_err(|e| anyhow!("DATABASE_URL: cannot connect to '{}': {}", redact(url), one_line(e)))?;
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                // A pool time-out hides why: one direct attempt tells (refused, bad password, …).
+                let why = match (&e, AnyConnection::connect(url).await) {
+                    (sqlx::Error::PoolTimedOut, Err(direct)) => one_line(direct),
+                    _ => one_line(e),
+                };
+                bail!("DATABASE_URL: cannot connect to '{}': {why}", redact(url));
+            }
+        };
         POSTGRES_MIGRATIONS
             .run(&pool)
             .await
