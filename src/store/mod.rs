@@ -6,6 +6,7 @@
 //! - [`record`]: the record, its states and its API shape.
 //! - [`runs`]: writes and reads of run records.
 //! - [`retention`]: what the retention sweeper may delete, and deleting it.
+//! - `writer`: group commit of the hot writes on SQLite.
 //! - [`cursor`], [`time`]: the paging cursor and RFC 3339 formatting.
 
 pub mod cursor;
@@ -13,6 +14,7 @@ pub mod record;
 pub mod retention;
 pub mod runs;
 pub mod time;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ pub struct Store {
     /// Writes. On SQLite a single connection: SQLite has one writer at a time anyway, and
     /// queueing in the pool is fair where several writers spinning on the busy lock are not.
     write: AnyPool,
+    /// Group commit of insert/mark running/finish; SQLite only.
+    writer: Option<writer::Writer>,
     backend: Backend,
     /// Where the SQLite file is (for messages); `None` on PostgreSQL.
     sqlite_path: Option<PathBuf>,
@@ -141,6 +145,7 @@ impl Store {
         })?;
         Ok(Store {
             read,
+            writer: Some(writer::Writer::start(write.clone())),
             write,
             backend: Backend::Sqlite,
             sqlite_path: Some(path),
@@ -171,6 +176,7 @@ impl Store {
         Ok(Store {
             read: pool.clone(),
             write: pool,
+            writer: None,
             backend: Backend::Postgres,
             sqlite_path: None,
         })

@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::cursor::Cursor;
 use super::record::{Finish, ListQuery, RecordState, RunMode, RunRecord};
+use super::writer::Op;
 use super::{ListError, Store};
 
 /// Every column of `runs`, in the order [`decode`] reads them.
@@ -23,49 +24,26 @@ pub const DEFAULT_LIMIT: u32 = 50;
 impl Store {
     /// Records a new run (any state; normally [`RecordState::Queued`]).
     pub async fn insert(&self, run: &RunRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO runs (run_id, session_id, cli, args, env_keys, model, mode, owner, instance, state, \
-             exit_code, reason, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, log_bytes, detached, \
-             callback_url, callback) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-        )
-        .bind(&run.run_id)
-        .bind(&run.session_id)
-        .bind(&run.cli)
-        .bind(serde_json::to_string(&run.args)?)
-        .bind(serde_json::to_string(&run.env_keys)?)
-        .bind(run.model.as_deref())
-        .bind(run.mode.as_str())
-        .bind(run.owner.as_deref())
-        .bind(&run.instance)
-        .bind(run.state.as_str())
-        .bind(run.exit_code.map(i64::from))
-        .bind(run.reason.as_deref())
-        .bind(run.created_at)
-        .bind(run.started_at)
-        .bind(run.finished_at)
-        .bind(count(run.stdout_bytes)?)
-        .bind(count(run.stderr_bytes)?)
-        .bind(count(run.log_bytes)?)
-        .bind(i64::from(run.detached))
-        .bind(run.callback_url.as_deref())
-        .bind(run.callback.as_ref().map(|v| v.to_string()))
-        .execute(&self.write)
-        .await
-        .with_context(|| format!("recording run {}", run.run_id))?;
+        for n in [run.stdout_bytes, run.stderr_bytes, run.log_bytes] {
+            count(n)?;
+        }
+        self.write_op(Op::Insert(Box::new(run.clone())))
+            .await
+            .with_context(|| format!("recording run {}", run.run_id))?;
         Ok(())
     }
 
     /// Queued → running. Returns false when the run is not queued (unknown, or already further).
     pub async fn mark_running(&self, run_id: &str, started_at_ms: i64) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE runs SET state = 'running', started_at = $1 WHERE run_id = $2 AND state = 'queued'")
-                .bind(started_at_ms)
-                .bind(run_id)
-                .execute(&self.write)
-                .await
-                .with_context(|| format!("marking run {run_id} running"))?;
-        Ok(done.rows_affected() == 1)
+        let op = Op::MarkRunning {
+            run_id: run_id.to_string(),
+            at: started_at_ms,
+        };
+        let changed = self
+            .write_op(op)
+            .await
+            .with_context(|| format!("marking run {run_id} running"))?;
+        Ok(changed == 1)
     }
 
     /// Queued/running → finished or interrupted, with the end's details. Returns false when the
@@ -74,22 +52,30 @@ impl Store {
         if !end.state.is_final() {
             bail!("finish: {} is not a final state", end.state.as_str());
         }
-        let done = sqlx::query(
-            "UPDATE runs SET state = $1, exit_code = $2, reason = $3, finished_at = $4, stdout_bytes = $5, \
-             stderr_bytes = $6, log_bytes = $7 WHERE run_id = $8 AND state IN ('queued', 'running')",
-        )
-        .bind(end.state.as_str())
-        .bind(end.exit_code.map(i64::from))
-        .bind(end.reason.as_deref())
-        .bind(end.finished_at)
-        .bind(count(end.stdout_bytes)?)
-        .bind(count(end.stderr_bytes)?)
-        .bind(count(end.log_bytes)?)
-        .bind(run_id)
-        .execute(&self.write)
-        .await
-        .with_context(|| format!("finishing run {run_id}"))?;
-        Ok(done.rows_affected() == 1)
+        for n in [end.stdout_bytes, end.stderr_bytes, end.log_bytes] {
+            count(n)?;
+        }
+        let op = Op::Finish {
+            run_id: run_id.to_string(),
+            end: end.clone(),
+        };
+        let changed = self
+            .write_op(op)
+            .await
+            .with_context(|| format!("finishing run {run_id}"))?;
+        Ok(changed == 1)
+    }
+
+    /// One hot-path write: through the group-commit writer on SQLite, straight to the pool on
+    /// PostgreSQL.
+    async fn write_op(&self, op: Op) -> Result<u64> {
+        match &self.writer {
+            Some(writer) => writer.write(op).await,
+            None => {
+                let mut conn = self.write.acquire().await?;
+                Ok(op.execute(&mut conn).await?)
+            }
+        }
     }
 
     /// The record of `run_id`, if any.
