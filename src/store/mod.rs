@@ -1,7 +1,8 @@
 //! Durable run records: every run gets a row in a database, SQLite in `DATA_DIR` by default or
 //! PostgreSQL when `DATABASE_URL` says so. One code path serves both through sqlx's `Any` driver
-//! with portable SQL (`$1, $2, …` placeholders, always used in order, which SQLite binds by first
-//! appearance); the schema lives in `migrations/{sqlite,postgres}` and is applied at start-up.
+//! with portable SQL: `$1, $2, …` placeholders, which PostgreSQL numbers natively and sqlx's SQLite
+//! driver binds by the number in the name (checked by a test here; the store still uses them in
+//! order). The schema lives in `migrations/{sqlite,postgres}` and is applied at start-up.
 //!
 //! - [`record`]: the record, its states and its API shape.
 //! - [`runs`]: writes and reads of run records.
@@ -271,6 +272,21 @@ mod tests {
         );
         assert_eq!(redact("postgresql://h/db"), "postgresql://h/db");
         assert_eq!(redact("mysql://a:b@c"), "mysql://a:***@c");
+    }
+
+    #[tokio::test]
+    async fn sqlite_binds_dollar_placeholders_by_number() {
+        use sqlx::Row;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        let row = sqlx::query("SELECT $2, $1, $2 || $1")
+            .bind("one")
+            .bind("two")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        let got: Vec<String> = (0..3).map(|i| row.try_get(i).unwrap()).collect();
+        assert_eq!(got, ["two", "one", "twoone"]);
     }
 
     #[test]
