@@ -87,7 +87,8 @@ impl Store {
     /// (WAL journal, `synchronous=NORMAL`, 5 s busy timeout); `postgres://…`/`postgresql://…`
     /// opens PostgreSQL. Anything else is refused. Every error is one line naming `DATABASE_URL`
     /// or `DATA_DIR`. A PostgreSQL server that does not answer yet is retried for
-    /// [`CONNECT_TIMEOUT`].
+    /// [`CONNECT_TIMEOUT`]. Call it on the Tokio runtime that will use the store: on SQLite it
+    /// starts the group-commit writer task there.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store> {
         Store::open_within(database_url, data_dir, CONNECT_TIMEOUT).await
     }
