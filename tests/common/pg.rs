@@ -102,6 +102,7 @@ fn start() -> Result<Cluster, String> {
     let initdb = program("initdb")?;
     let postgres = program("postgres")?;
     let owner = unprivileged();
+    remove_leftovers();
     let dir = std::env::temp_dir().join(format!(
         "cligate-pg-{}-{}",
         std::process::id(),
@@ -150,6 +151,28 @@ fn start() -> Result<Cluster, String> {
         }
     }
     Err(last)
+}
+
+/// Removes the clusters of test processes that were killed (no exit hook ran): their
+/// postmasters died with them, their directories did not.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cligate-pg-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn free_port() -> u16 {
