@@ -135,6 +135,31 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "60",
         "docker mode: how often containers of this instance that belong to no run are removed",
     ),
+    (
+        "DATA_DIR",
+        "./cligate-data",
+        "directory of the run store (SQLite) and run logs; created when missing",
+    ),
+    (
+        "DATABASE_URL",
+        "",
+        "postgres:// or postgresql:// URL of the run store; unset = SQLite in DATA_DIR",
+    ),
+    (
+        "RUN_RETENTION_DAYS",
+        "30",
+        "ended runs (records and logs) older than this are deleted; 0 = keep forever",
+    ),
+    (
+        "RUN_RETENTION_BYTES",
+        "",
+        "the oldest ended runs are deleted while their logs exceed this many bytes; unset = no bound",
+    ),
+    (
+        "DATA_DIR_MIN_FREE_BYTES",
+        "1073741824",
+        "new runs are refused while DATA_DIR has less free space than this; 0 = no check",
+    ),
     ("LOG_FORMAT", "text", "text or json"),
     ("RUST_LOG", "info", "log filter"),
 ];
@@ -175,6 +200,11 @@ struct Raw {
     cligate_instance: Option<String>,
     docker_janitor_seconds: Option<String>,
     log_format: Option<String>,
+    data_dir: Option<String>,
+    database_url: Option<String>,
+    run_retention_days: Option<String>,
+    run_retention_bytes: Option<String>,
+    data_dir_min_free_bytes: Option<String>,
     path: Option<String>,
 }
 
@@ -267,6 +297,32 @@ pub struct Config {
     /// `CLIGATE_INSTANCE`: names this gateway's containers and run cgroups, so a restarted
     /// gateway finds what its predecessor left.
     pub instance: String,
+    /// The run store's SQLite file and the run logs live here.
+    pub data_dir: PathBuf,
+    /// PostgreSQL for the run store instead of SQLite in `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
+    /// Ended runs older than this are deleted; `None` = kept forever.
+    pub run_retention: Option<Duration>,
+    /// Ended runs are deleted, oldest first, while their logs add up to more; `None` = no bound.
+    pub run_retention_bytes: Option<u64>,
+    /// New runs are refused while `data_dir`'s file system has less free space; 0 = no check.
+    pub data_dir_min_free_bytes: u64,
+}
+
+/// `DATABASE_URL`: a PostgreSQL URL, whose password `Debug` never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::store::redact(&self.0))
+    }
 }
 
 impl Config {
@@ -449,9 +505,39 @@ impl Raw {
             access,
             log_json,
             instance: self.instance()?.to_string(),
+            data_dir: PathBuf::from(given(&self.data_dir).unwrap_or("./cligate-data")),
+            database_url: self.database_url()?,
+            run_retention: match number("RUN_RETENTION_DAYS", &self.run_retention_days, 30)? {
+                0 => None,
+                days => Some(Duration::from_secs(
+                    days.checked_mul(86_400)
+                        .ok_or_else(|| anyhow!("RUN_RETENTION_DAYS: {days} days is too long"))?,
+                )),
+            },
+            run_retention_bytes: match given(&self.run_retention_bytes) {
+                None => None,
+                Some(_) => match number("RUN_RETENTION_BYTES", &self.run_retention_bytes, 0)? {
+                    0 => bail!("RUN_RETENTION_BYTES: must be more than 0 (unset it for no bound)"),
+                    n => Some(n),
+                },
+            },
+            data_dir_min_free_bytes: number("DATA_DIR_MIN_FREE_BYTES", &self.data_dir_min_free_bytes, 1 << 30)?,
             search_path: self.path.map(OsString::from).unwrap_or_default(),
             gateway_credentials: Vec::new(),
         })
+    }
+
+    fn database_url(&self) -> Result<Option<DatabaseUrl>> {
+        let Some(url) = given(&self.database_url) else {
+            return Ok(None);
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!(
+                "DATABASE_URL: '{}' is not a postgres:// or postgresql:// URL (unset it for SQLite in DATA_DIR)",
+                crate::store::redact(url)
+            );
+        }
+        Ok(Some(DatabaseUrl(url.to_string())))
     }
 
     fn tokens(&self) -> Result<Vec<Token>> {
@@ -689,6 +775,12 @@ mod tests {
             ("REQUEST_READ_TIMEOUT_SECONDS", "0"),
             ("MAX_CONNECTIONS", "0"),
             ("ADMIN_TOKENS", "short"),
+            ("DATABASE_URL", "mysql://db/x"),
+            ("RUN_RETENTION_DAYS", "-1"),
+            ("RUN_RETENTION_DAYS", "999999999999999999"),
+            ("RUN_RETENTION_BYTES", "0"),
+            ("RUN_RETENTION_BYTES", "1G"),
+            ("DATA_DIR_MIN_FREE_BYTES", "lots"),
         ];
         for (name, value) in cases {
             let err = config(&[(name, value)]).unwrap_err().to_string();
@@ -856,6 +948,40 @@ mod tests {
             ("RUN_ENV_ALLOW", "OPENSSL_CONF,GIT_*,NODE_*,MY_*"),
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn run_store_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./cligate-data"));
+        assert_eq!(c.database_url, None);
+        assert_eq!(c.run_retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.run_retention_bytes, None);
+        assert_eq!(c.data_dir_min_free_bytes, 1_073_741_824);
+        let c = config(&[
+            ("DATA_DIR", "/var/lib/cligate"),
+            ("DATABASE_URL", "postgres://gw:hunter2@db:5432/cligate"),
+            ("RUN_RETENTION_DAYS", "0"),
+            ("RUN_RETENTION_BYTES", "5000000000"),
+            ("DATA_DIR_MIN_FREE_BYTES", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/cligate"));
+        assert_eq!(
+            c.database_url.as_ref().map(DatabaseUrl::as_str),
+            Some("postgres://gw:hunter2@db:5432/cligate")
+        );
+        assert_eq!((c.run_retention, c.run_retention_bytes), (None, Some(5_000_000_000)));
+        assert_eq!(c.data_dir_min_free_bytes, 0);
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "Debug hides the database password"
+        );
+        let err = config(&[("DATABASE_URL", "mysql://u:hunter2@db/x")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(config(&[("DATABASE_URL", "postgresql://db/x")]).is_ok());
     }
 
     #[test]

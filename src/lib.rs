@@ -12,6 +12,7 @@
 //! - [`run::output`] and [`run::frame`]: bytes → UTF-8 lines → NDJSON frames.
 //! - [`run::registry`]: running sessions, for stop and duplicate checks.
 //! - [`config`], [`metrics`], [`docker`], [`body`]: settings, Prometheus, engine calls, bodies.
+//! - [`store`]: durable run records (SQLite or PostgreSQL); not yet called by the server.
 
 pub mod admission;
 pub mod api;
@@ -22,5 +23,7 @@ pub mod docker;
 pub mod metrics;
 pub mod run;
 pub mod runlog;
+pub mod runs;
 pub mod server;
+pub mod store;
 pub mod telemetry;

@@ -64,7 +64,7 @@ impl Runs {
         metrics: Arc<Metrics>,
         containment: Arc<Containment>,
     ) -> anyhow::Result<Runs> {
-        let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+        let store = Store::open(config.database_url.as_ref().map(|u| u.as_str()), &config.data_dir).await?;
         let logs = LogDir::open(config.data_dir.join("logs")).map_err(|e| {
             anyhow::anyhow!(
                 "DATA_DIR: cannot create '{}': {e}",
@@ -311,9 +311,10 @@ impl Runs {
 
     /// Refuses new runs while `DATA_DIR` has less free space than the floor.
     fn check_disk(&self) -> Result<(), Refusal> {
-        let Some(floor) = self.config.min_free_bytes else {
+        let floor = self.config.data_dir_min_free_bytes;
+        if floor == 0 {
             return Ok(());
-        };
+        }
         match free_bytes(self.logs.root()) {
             Ok(free) if free < floor => Err(Refusal::Unavailable(format!(
                 "DATA_DIR has {free} bytes free, less than DATA_DIR_MIN_FREE_BYTES ({floor})"
@@ -397,7 +398,7 @@ impl Runs {
     /// while the finished runs' logs hold more than `RUN_RETENTION_BYTES`. A run that is queued or
     /// running is never removed (the store refuses to delete one). Returns how many were removed.
     pub async fn retain(&self) -> anyhow::Result<u64> {
-        self.retain_with(self.config.retention_age, self.config.retention_bytes)
+        self.retain_with(self.config.run_retention, self.config.run_retention_bytes)
             .await
     }
 

@@ -352,7 +352,7 @@ async fn retention_removes_the_oldest_finished_runs_and_their_logs_and_nothing_e
         ("CLI_LIST".to_string(), "args".to_string()),
     ])
     .unwrap();
-    assert_eq!(config.retention_bytes, Some(keep));
+    assert_eq!(config.run_retention_bytes, Some(keep));
     // Retention as the background task runs it, with the byte bound of that configuration.
     let removed = app.runs.retain_with(None, Some(keep)).await.unwrap();
     assert_eq!(removed, 3);

@@ -1,0 +1,80 @@
+//! What the retention sweeper may delete, and deleting it. Only ended runs (finished or
+//! interrupted) are ever candidates: the `state` guard is in every statement, so not even a
+//! wrong id list can remove a queued or running record.
+
+use anyhow::{Context, Result};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::Store;
+
+/// Ids per `DELETE … IN (…)` statement (well under every database's parameter limit).
+const DELETE_CHUNK: usize = 500;
+
+impl Store {
+    /// Ended runs that ended before `cutoff_ms`, oldest end first: `(run_id, log_bytes)`.
+    pub async fn finished_before(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT run_id, log_bytes FROM runs WHERE state IN ('finished', 'interrupted') AND finished_at < $1 \
+             ORDER BY finished_at, run_id LIMIT $2",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .context("listing expired runs")?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, u64::try_from(r.try_get::<i64, _>(1)?)?)))
+            .collect()
+    }
+
+    /// Ended runs, oldest end first: `(run_id, log_bytes, finished_at)` (for a byte bound).
+    pub async fn finished_oldest_first(&self, limit: u32) -> Result<Vec<(String, u64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT run_id, log_bytes, finished_at FROM runs WHERE state IN ('finished', 'interrupted') \
+             ORDER BY finished_at, run_id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .context("listing ended runs")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)?,
+                    u64::try_from(r.try_get::<i64, _>(1)?)?,
+                    r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// The log bytes of every ended run.
+    pub async fn total_log_bytes_finished(&self) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(log_bytes), 0) AS BIGINT) FROM runs WHERE state IN ('finished', 'interrupted')",
+        )
+        .fetch_one(&self.read)
+        .await
+        .context("adding up log bytes")?;
+        Ok(u64::try_from(row.try_get::<i64, _>(0)?)?)
+    }
+
+    /// Deletes the given runs that have ended; queued/running ones (and unknown ids) are left
+    /// alone. Returns how many records were deleted.
+    pub async fn delete(&self, run_ids: &[String]) -> Result<u64> {
+        let mut deleted = 0;
+        for chunk in run_ids.chunks(DELETE_CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM runs WHERE state IN ('finished', 'interrupted') AND run_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            deleted += q.execute(&self.write).await.context("deleting runs")?.rows_affected();
+        }
+        Ok(deleted)
+    }
+}

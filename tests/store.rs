@@ -1,0 +1,599 @@
+//! The run store against both databases: every test function below runs once on SQLite (a temp
+//! DATA_DIR) and once on PostgreSQL (a fresh database in the test cluster of `common::pg`).
+//! The throughput measurements are `#[ignore]`d: `cargo test --release --test store -- --ignored
+//! --nocapture throughput`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cligate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
+use serde_json::json;
+
+/// A store and what it was opened on (kept alive for the test).
+struct Ctx {
+    store: Store,
+    url: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Ctx {
+    async fn reopen(&self) -> Store {
+        Store::open(self.url.as_deref(), &self.dir.path().join("data"))
+            .await
+            .expect("reopen")
+    }
+}
+
+async fn sqlite() -> Ctx {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(None, &dir.path().join("data")).await.expect("open SQLite");
+    Ctx { store, url: None, dir }
+}
+
+async fn postgres() -> Ctx {
+    let url = common::pg::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(Some(&url), &dir.path().join("data"))
+        .await
+        .expect("open PostgreSQL");
+    Ctx {
+        store,
+        url: Some(url),
+        dir,
+    }
+}
+
+/// Runs each listed `async fn(Ctx)` on both databases.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    round_trip_keeps_every_field,
+    final_records_never_change,
+    list_filters_and_pages_newest_first,
+    bad_list_arguments_are_refused,
+    interrupt_touches_only_that_instance,
+    retention_never_removes_unfinished_runs,
+    migrations_are_idempotent,
+    concurrent_writers_lose_nothing,
+    ping_answers,
+);
+
+const T0: i64 = 1_764_549_363_123;
+
+fn record(run_id: &str, session: &str, created_at: i64) -> RunRecord {
+    RunRecord::queued(run_id, session, "codex", "gw-a", created_at)
+}
+
+fn finished(at: i64, log_bytes: u64) -> Finish {
+    Finish {
+        state: RecordState::Finished,
+        exit_code: Some(0),
+        reason: Some("exited".into()),
+        finished_at: at,
+        stdout_bytes: 1,
+        stderr_bytes: 2,
+        log_bytes,
+    }
+}
+
+async fn round_trip_keeps_every_field(ctx: Ctx) {
+    let s = &ctx.store;
+    let full = RunRecord {
+        run_id: "run-full".into(),
+        session_id: "sess-1".into(),
+        cli: "codex".into(),
+        args: vec!["exec".into(), "--json".into(), "héllo \"quoted\" ✓".into()],
+        env_keys: vec!["OPENAI_API_KEY".into(), "MY_FLAG".into()],
+        model: Some("gpt-test".into()),
+        mode: RunMode::Docker,
+        owner: Some("alice".into()),
+        instance: "gw-a".into(),
+        state: RecordState::Finished,
+        exit_code: Some(-9),
+        reason: Some("timeout".into()),
+        created_at: T0,
+        started_at: Some(T0 + 5),
+        finished_at: Some(T0 + 1_000),
+        stdout_bytes: 5_000_000_000,
+        stderr_bytes: 7,
+        log_bytes: 12_345,
+        detached: true,
+        callback_url: Some("https://hooks.example/x?y=1".into()),
+        callback: Some(json!({"status": "delivered", "attempts": 2})),
+    };
+    s.insert(&full).await.unwrap();
+    assert_eq!(s.get("run-full").await.unwrap().as_ref(), Some(&full));
+    let bare = record("run-bare", "sess-2", T0);
+    s.insert(&bare).await.unwrap();
+    assert_eq!(s.get("run-bare").await.unwrap(), Some(bare));
+    assert_eq!(s.get("nope").await.unwrap(), None);
+    assert!(s.insert(&full).await.is_err(), "a run id is recorded once");
+
+    let api = serde_json::to_value(&full).unwrap();
+    assert_eq!(api["created_at"], "2025-12-01T00:36:03.123Z");
+    assert_eq!(api["started_at"], "2025-12-01T00:36:03.128Z");
+    assert_eq!(api["finished_at"], "2025-12-01T00:36:04.123Z");
+    assert_eq!(api["args"][2], "héllo \"quoted\" ✓");
+    assert_eq!(api["env_keys"], json!(["OPENAI_API_KEY", "MY_FLAG"]));
+    assert_eq!(api["callback"]["status"], "delivered");
+    assert_eq!(
+        (api["mode"].as_str(), api["state"].as_str()),
+        (Some("docker"), Some("finished"))
+    );
+    assert_eq!(api["detached"], true);
+    let fields: Vec<&str> = api.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(fields.len(), 21, "{fields:?}");
+    let api = serde_json::to_value(s.get("run-bare").await.unwrap()).unwrap();
+    assert!(api["finished_at"].is_null() && api["callback"].is_null() && api["model"].is_null());
+}
+
+async fn final_records_never_change(ctx: Ctx) {
+    let s = &ctx.store;
+    s.insert(&record("r1", "s", T0)).await.unwrap();
+    assert!(s.mark_running("r1", T0 + 1).await.unwrap());
+    assert!(!s.mark_running("r1", T0 + 2).await.unwrap(), "running is not queued");
+    let got = s.get("r1").await.unwrap().unwrap();
+    assert_eq!((got.state, got.started_at), (RecordState::Running, Some(T0 + 1)));
+
+    assert!(s.finish("r1", &finished(T0 + 10, 99)).await.unwrap());
+    let done = s.get("r1").await.unwrap().unwrap();
+    assert_eq!(done.state, RecordState::Finished);
+    assert_eq!((done.exit_code, done.reason.as_deref()), (Some(0), Some("exited")));
+    assert_eq!(
+        (done.finished_at, done.stdout_bytes, done.stderr_bytes, done.log_bytes),
+        (Some(T0 + 10), 1, 2, 99)
+    );
+
+    let again = Finish {
+        state: RecordState::Interrupted,
+        exit_code: Some(1),
+        reason: Some("gateway_lost".into()),
+        ..finished(T0 + 20, 5)
+    };
+    assert!(!s.finish("r1", &again).await.unwrap());
+    assert!(!s.mark_running("r1", T0 + 30).await.unwrap());
+    assert!(
+        s.interrupt_instance("gw-a", "gateway_lost", T0 + 40)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.get("r1").await.unwrap().unwrap(),
+        done,
+        "a finished record is never changed"
+    );
+
+    // Queued runs may end without running (e.g. refused after the queue timeout).
+    s.insert(&record("r2", "s", T0)).await.unwrap();
+    assert!(s.finish("r2", &again).await.unwrap());
+    assert_eq!(s.get("r2").await.unwrap().unwrap().state, RecordState::Interrupted);
+    assert!(!s.finish("r2", &finished(T0, 0)).await.unwrap());
+    assert!(!s.finish("unknown", &finished(T0, 0)).await.unwrap());
+    s.insert(&record("r3", "s", T0)).await.unwrap();
+    let not_final = Finish {
+        state: RecordState::Running,
+        ..finished(T0, 0)
+    };
+    assert!(s.finish("r3", &not_final).await.is_err());
+}
+
+/// 120 runs: owners alice/bob/none, clis codex/qwen, 4 sessions, and created_at ties.
+async fn seed_120(s: &Store) -> Vec<RunRecord> {
+    let mut all = Vec::new();
+    for i in 0..120 {
+        let mut r = record(&format!("run-{i:03}"), &format!("sess-{}", i % 4), T0 + i / 3);
+        r.owner = match i % 3 {
+            0 => Some("alice".into()),
+            1 => Some("bob".into()),
+            _ => None,
+        };
+        r.cli = if i % 2 == 0 { "codex" } else { "qwen" }.into();
+        s.insert(&r).await.unwrap();
+        if i % 5 == 0 {
+            s.mark_running(&r.run_id, T0 + 200).await.unwrap();
+        }
+        all.push(s.get(&r.run_id).await.unwrap().unwrap());
+    }
+    all.sort_by(|a, b| (b.created_at, &b.run_id).cmp(&(a.created_at, &a.run_id)));
+    all
+}
+
+/// Every page of `query`, following cursors; `between` runs after each page.
+async fn all_pages(s: &Store, query: ListQuery, mut between: impl AsyncFnMut(usize)) -> (Vec<RunRecord>, Vec<usize>) {
+    let mut out = Vec::new();
+    let mut sizes = Vec::new();
+    let mut query = query;
+    loop {
+        let (page, next) = s.list(&query).await.unwrap();
+        sizes.push(page.len());
+        out.extend(page);
+        between(sizes.len()).await;
+        match next {
+            Some(c) => query.cursor = Some(c),
+            None => return (out, sizes),
+        }
+    }
+}
+
+async fn list_filters_and_pages_newest_first(ctx: Ctx) {
+    let s = &ctx.store;
+    let all = seed_120(s).await;
+    let query = ListQuery {
+        limit: Some(50),
+        ..ListQuery::default()
+    };
+    // New runs arrive while a client pages: they are newer than the first page, so the later
+    // pages neither repeat nor skip anything.
+    let (paged, sizes) = all_pages(s, query, async |page| {
+        s.insert(&record(&format!("late-{page}"), "sess-late", T0 + 10_000 + page as i64))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(sizes, [50, 50, 20]);
+    let ids: Vec<&str> = paged.iter().map(|r| r.run_id.as_str()).collect();
+    let want: Vec<&str> = all.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(
+        ids, want,
+        "newest first by (created_at, run_id), no gaps, no duplicates"
+    );
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 120);
+
+    let (first, _) = s.list(&ListQuery::default()).await.unwrap();
+    assert_eq!(first.len(), 50, "default limit");
+    assert_eq!(first[0].run_id, "late-3");
+
+    let count = async |q: ListQuery| all_pages(s, ListQuery { limit: Some(7), ..q }, async |_| {}).await.0;
+    let alice = count(ListQuery {
+        owner: Some("alice".into()),
+        ..ListQuery::default()
+    })
+    .await;
+    assert_eq!(alice.len(), 40);
+    assert!(alice.iter().all(|r| r.owner.as_deref() == Some("alice")));
+    assert!(
+        alice
+            .windows(2)
+            .all(|w| (w[0].created_at, &w[0].run_id) > (w[1].created_at, &w[1].run_id))
+    );
+    let running = count(ListQuery {
+        state: Some(RecordState::Running),
+        ..ListQuery::default()
+    })
+    .await;
+    assert_eq!(running.len(), 24);
+    let combined = count(ListQuery {
+        state: Some(RecordState::Queued),
+        cli: Some("qwen".into()),
+        session_id: Some("sess-1".into()),
+        owner: Some("bob".into()),
+        ..ListQuery::default()
+    })
+    .await;
+    let expected: Vec<&RunRecord> = all
+        .iter()
+        .filter(|r| {
+            r.state == RecordState::Queued
+                && r.cli == "qwen"
+                && r.session_id == "sess-1"
+                && r.owner.as_deref() == Some("bob")
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(combined.iter().collect::<Vec<_>>(), expected);
+    assert!(
+        count(ListQuery {
+            owner: Some("mallory".into()),
+            ..ListQuery::default()
+        })
+        .await
+        .is_empty()
+    );
+
+    let latest = s.latest_by_session("sess-2").await.unwrap().unwrap();
+    assert_eq!(
+        latest.run_id,
+        all.iter().find(|r| r.session_id == "sess-2").unwrap().run_id
+    );
+    assert_eq!(s.latest_by_session("sess-none").await.unwrap(), None);
+}
+
+async fn bad_list_arguments_are_refused(ctx: Ctx) {
+    let s = &ctx.store;
+    seed_120(s).await;
+    for bad in ["garbage", "", "123", "123.zz", "abc.6162"] {
+        let q = ListQuery {
+            cursor: Some(bad.into()),
+            ..ListQuery::default()
+        };
+        assert!(matches!(s.list(&q).await, Err(ListError::Invalid(_))), "cursor {bad:?}");
+    }
+    for limit in [0, 1001] {
+        let q = ListQuery {
+            limit: Some(limit),
+            ..ListQuery::default()
+        };
+        assert!(matches!(s.list(&q).await, Err(ListError::Invalid(_))), "limit {limit}");
+    }
+    let q = ListQuery {
+        limit: Some(1000),
+        ..ListQuery::default()
+    };
+    assert_eq!(s.list(&q).await.unwrap().0.len(), 120);
+}
+
+async fn interrupt_touches_only_that_instance(ctx: Ctx) {
+    let s = &ctx.store;
+    for (id, instance, state) in [
+        ("a-queued", "gw-a", "queued"),
+        ("a-running", "gw-a", "running"),
+        ("a-done", "gw-a", "finished"),
+        ("b-queued", "gw-b", "queued"),
+        ("b-running", "gw-b", "running"),
+    ] {
+        let mut r = record(id, id, T0);
+        r.instance = instance.into();
+        s.insert(&r).await.unwrap();
+        if state != "queued" {
+            s.mark_running(id, T0 + 1).await.unwrap();
+        }
+        if state == "finished" {
+            s.finish(id, &finished(T0 + 2, 10)).await.unwrap();
+        }
+    }
+    let running_a: Vec<String> = s
+        .running_of_instance("gw-a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(running_a.len(), 2);
+    let done_before = s.get("a-done").await.unwrap();
+
+    let hit = s.interrupt_instance("gw-a", "gateway_lost", T0 + 50).await.unwrap();
+    let mut ids: Vec<&str> = hit.iter().map(|r| r.run_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a-queued", "a-running"]);
+    for r in &hit {
+        assert_eq!(r.state, RecordState::Interrupted);
+        assert_eq!(
+            (r.reason.as_deref(), r.finished_at),
+            (Some("gateway_lost"), Some(T0 + 50))
+        );
+        assert_eq!(s.get(&r.run_id).await.unwrap().as_ref(), Some(r));
+    }
+    assert_eq!(s.get("a-done").await.unwrap(), done_before);
+    assert!(s.running_of_instance("gw-a").await.unwrap().is_empty());
+    let b: Vec<RecordState> = s
+        .running_of_instance("gw-b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(b.len(), 2);
+    assert!(b.contains(&RecordState::Queued) && b.contains(&RecordState::Running));
+    assert!(
+        s.interrupt_instance("gw-a", "gateway_lost", T0 + 60)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn retention_never_removes_unfinished_runs(ctx: Ctx) {
+    let s = &ctx.store;
+    // ended-N ended at T0+N with N*100 log bytes; live runs are queued or running.
+    for n in 1..=6 {
+        let id = format!("ended-{n}");
+        s.insert(&record(&id, "s", T0)).await.unwrap();
+        let end = if n % 2 == 0 {
+            Finish {
+                state: RecordState::Interrupted,
+                ..finished(T0 + n, n as u64 * 100)
+            }
+        } else {
+            finished(T0 + n, n as u64 * 100)
+        };
+        assert!(s.finish(&id, &end).await.unwrap());
+    }
+    s.insert(&record("live-queued", "s", T0 - 10)).await.unwrap();
+    s.insert(&record("live-running", "s", T0 - 10)).await.unwrap();
+    s.mark_running("live-running", T0 - 9).await.unwrap();
+
+    let old = s.finished_before(T0 + 4, 100).await.unwrap();
+    assert_eq!(
+        old,
+        [
+            ("ended-1".to_string(), 100),
+            ("ended-2".into(), 200),
+            ("ended-3".into(), 300)
+        ]
+    );
+    assert_eq!(s.finished_before(T0 + 4, 2).await.unwrap().len(), 2);
+    let oldest = s.finished_oldest_first(100).await.unwrap();
+    assert_eq!(oldest.len(), 6);
+    assert_eq!(oldest[0], ("ended-1".to_string(), 100, T0 + 1));
+    assert_eq!(oldest[5], ("ended-6".to_string(), 600, T0 + 6));
+    assert_eq!(s.total_log_bytes_finished().await.unwrap(), 2100);
+
+    let ids: Vec<String> = ["ended-1", "ended-2", "live-queued", "live-running", "missing"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(s.delete(&ids).await.unwrap(), 2);
+    assert!(s.get("ended-1").await.unwrap().is_none());
+    assert!(s.get("live-queued").await.unwrap().is_some());
+    assert!(s.get("live-running").await.unwrap().is_some());
+    assert_eq!(s.total_log_bytes_finished().await.unwrap(), 1800);
+    // Many ids at once (more than one statement's worth).
+    let many: Vec<String> = (0..1200)
+        .map(|i| format!("x-{i}"))
+        .chain(["ended-3".to_string()])
+        .collect();
+    assert_eq!(s.delete(&many).await.unwrap(), 1);
+    assert_eq!(s.delete(&[]).await.unwrap(), 0);
+}
+
+async fn migrations_are_idempotent(ctx: Ctx) {
+    ctx.store.insert(&record("kept", "s", T0)).await.unwrap();
+    let again = ctx.reopen().await;
+    let third = ctx.reopen().await;
+    assert!(again.get("kept").await.unwrap().is_some());
+    assert!(third.get("kept").await.unwrap().is_some());
+}
+
+async fn concurrent_writers_lose_nothing(ctx: Ctx) {
+    let s = &ctx.store;
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    let id = format!("w{t}-{i}");
+                    s.insert(&record(&id, &format!("s{t}"), T0 + i)).await.unwrap();
+                    assert!(s.mark_running(&id, T0 + i).await.unwrap());
+                    assert!(s.finish(&id, &finished(T0 + i + 1, 1)).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (page, next) = s
+        .list(&ListQuery {
+            limit: Some(1000),
+            state: Some(RecordState::Finished),
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    let (rest, _) = s
+        .list(&ListQuery {
+            limit: Some(1000),
+            state: Some(RecordState::Finished),
+            cursor: next,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len() + rest.len(), 1600);
+    assert_eq!(s.total_log_bytes_finished().await.unwrap(), 1600);
+}
+
+async fn ping_answers(ctx: Ctx) {
+    let rtt = ctx.store.ping().await.unwrap();
+    assert!(rtt.as_secs() < 5, "{rtt:?}");
+}
+
+#[tokio::test]
+async fn open_errors_name_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["mysql://u:hunter2@h/db", "sqlite://x.db", "x"] {
+        let err = Store::open(Some(url), dir.path()).await.unwrap_err().to_string();
+        assert!(err.starts_with("DATABASE_URL"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains('\n'), "{err}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://u:hunter2@127.0.0.1:{port}/db");
+    let err = Store::open_within(Some(&url), dir.path(), Duration::from_millis(500))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("DATABASE_URL") && !err.contains("hunter2") && !err.contains('\n'),
+        "{err}"
+    );
+    assert!(err.contains("refused"), "the cause is named: {err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let err = Store::open(None, &file.join("data")).await.unwrap_err().to_string();
+    assert!(err.starts_with("DATA_DIR") && !err.contains('\n'), "{err}");
+    let err = Store::open(None, &file).await.unwrap_err().to_string();
+    assert!(err.starts_with("DATA_DIR") && !err.contains('\n'), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_lives_in_data_dir_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested/data");
+    let store = Store::open(None, &data).await.unwrap();
+    assert_eq!(store.sqlite_path(), Some(data.join("cligate.db").as_path()));
+    store.insert(&record("r", "s", T0)).await.unwrap();
+    assert!(Path::new(&data.join("cligate.db-wal")).exists(), "WAL journal");
+}
+
+/// `n` runs × (insert, mark_running, finish) from `concurrency` tasks; prints statements/s.
+async fn throughput(label: &str, store: Store, n: usize, concurrency: usize) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                for i in (t..n).step_by(concurrency) {
+                    let id = format!("bench-{i}");
+                    let mut r = record(&id, &id, T0 + i as i64);
+                    r.args = vec!["exec".into(), "--json".into(), "write a haiku".into()];
+                    r.env_keys = vec!["OPENAI_API_KEY".into()];
+                    r.owner = Some("alice".into());
+                    s.insert(&r).await.unwrap();
+                    s.mark_running(&id, T0 + i as i64).await.unwrap();
+                    s.finish(&id, &finished(T0 + i as i64 + 5, 1000)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{label}: {n} runs x 3 statements at concurrency {concurrency} in {secs:.2} s = {:.0} runs/s, {:.0} statements/s",
+        n as f64 / secs,
+        3.0 * n as f64 / secs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test store -- --ignored --nocapture throughput"]
+async fn throughput_sqlite() {
+    let ctx = sqlite().await;
+    throughput("sqlite", ctx.store.clone(), 5000, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test store -- --ignored --nocapture throughput"]
+async fn throughput_postgres() {
+    let ctx = postgres().await;
+    throughput("postgres", ctx.store.clone(), 5000, 8).await;
+}
