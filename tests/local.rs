@@ -221,7 +221,7 @@ async fn a_client_disconnect_ends_the_run() {
     stream.disconnect();
     assert_gone(&pids, GONE).await;
     let start = Instant::now();
-    while gw.app.registry.get("gone").is_some() {
+    while gw.app.runs.registry.get("gone").is_some() {
         assert!(start.elapsed() < GONE, "run still registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
