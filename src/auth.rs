@@ -26,6 +26,8 @@ pub struct Caller {
     pub name: Option<String>,
     /// Holds an `ADMIN_TOKENS` token, or no tokens are configured.
     pub admin: bool,
+    /// Where the request came from (for the `run finished` log line).
+    pub client: Option<std::net::SocketAddr>,
 }
 
 impl Caller {
@@ -34,6 +36,7 @@ impl Caller {
         Caller {
             name: None,
             admin: true,
+            client: None,
         }
     }
 
@@ -77,6 +80,7 @@ pub fn check(access: &Access, client: IpAddr, headers: &HeaderMap) -> Result<Cal
         Some(i) => Ok(Caller {
             name: Some(access.tokens[i].name.clone()),
             admin: access.tokens[i].admin,
+            client: None,
         }),
         None => Err(Denied::Unauthorized),
     }
@@ -167,6 +171,7 @@ mod tests {
         let alice = Caller {
             name: Some("alice".into()),
             admin: false,
+            client: None,
         };
         assert!(alice.may_see(Some("alice")));
         assert!(!alice.may_see(Some("bob")));
@@ -174,6 +179,7 @@ mod tests {
         let ops = Caller {
             name: Some("ops".into()),
             admin: true,
+            client: None,
         };
         assert!(ops.may_see(Some("bob")) && ops.may_see(None));
         assert!(Caller::open().may_see(Some("x")));

@@ -13,8 +13,8 @@ use crate::admission::{Admission, Refused};
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, Metrics, StreamLabels};
-use crate::run::frame::{EndReason, Frame};
 use crate::run::containment::Containment;
+use crate::run::frame::{EndReason, Frame};
 use crate::run::plan::plan;
 use crate::run::registry::{Registration, Registry};
 use crate::run::request::RunSpec;
@@ -136,9 +136,7 @@ impl Runs {
                 "{} runs are running and {} waiting",
                 self.config.max_concurrent, self.config.max_queued
             )),
-            Refused::QueueTimeout => {
-                Refusal::Overloaded("no run slot became free in QUEUE_TIMEOUT_SECONDS".into())
-            }
+            Refused::QueueTimeout => Refusal::Overloaded("no run slot became free in QUEUE_TIMEOUT_SECONDS".into()),
             Refused::ShuttingDown => Refusal::Unavailable("the gateway is shutting down".into()),
         })?;
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
@@ -146,6 +144,7 @@ impl Runs {
             Refusal::Unavailable(format!("{what}: {e}"))
         };
         let mut run = Run::new(spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name.clone());
+        let client = caller.client.map(|c| c.to_string()).unwrap_or_default();
         let log = self
             .logs
             .create(&run.id)
@@ -213,7 +212,7 @@ impl Runs {
             )
             .await;
             service
-                .finish(&task_run, outcome, model, container, registration, permit)
+                .finish(&task_run, outcome, model, container, &client, (registration, permit))
                 .await;
         });
         Ok(run)
@@ -227,8 +226,8 @@ impl Runs {
         outcome: Outcome,
         model: Option<String>,
         container: bool,
-        registration: Registration,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        client: &str,
+        (registration, permit): (Registration, tokio::sync::OwnedSemaphorePermit),
     ) {
         let end = outcome.end;
         let log = run.log.as_ref().expect("a submitted run has a log");
@@ -305,6 +304,7 @@ impl Runs {
             stdout_bytes = outcome.stdout_bytes,
             stderr_bytes = outcome.stderr_bytes,
             log_bytes,
+            client,
             "run finished"
         );
     }

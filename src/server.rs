@@ -110,7 +110,13 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
         let Ok(names) = docker::list_instance(&d.bin, &d.instance).await else {
             continue;
         };
-        let owned: HashSet<String> = app.runs.registry.run_ids().iter().map(|id| container_name(id)).collect();
+        let owned: HashSet<String> = app
+            .runs
+            .registry
+            .run_ids()
+            .iter()
+            .map(|id| container_name(id))
+            .collect();
         for name in names.into_iter().filter(|n| !owned.contains(n)) {
             if docker::remove(&d.bin, &name).await {
                 tracing::info!(container = name, "removed a container that belongs to no run");

@@ -486,7 +486,8 @@ async fn timeout_ends_the_container_not_just_the_client() {
     assert_no_containers(&session_label(&sid), GONE_WITHIN).await;
     assert_gone(&[pid], GONE_WITHIN).await;
     // The run is over for the gateway too.
-    gw.get(&format!("/sessions/{sid}")).await.assert_error(404);
+    // Ended: the session answers from its run's record.
+    assert_eq!(gw.get(&format!("/sessions/{sid}")).await.json()["reason"], "timeout");
 }
 
 #[tokio::test]
@@ -561,10 +562,14 @@ async fn client_disconnect_removes_the_container() {
     assert_no_containers(&session_label(&sid), GONE_WITHIN).await;
     assert_gone(&[pid], GONE_WITHIN).await;
     let start = Instant::now();
-    while gw.get(&format!("/sessions/{sid}")).await.status != 404 {
-        assert!(start.elapsed() < GONE_WITHIN, "session still registered");
+    while gw.get(&format!("/sessions/{sid}")).await.json()["state"] != "finished" {
+        assert!(start.elapsed() < GONE_WITHIN, "session still running");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        gw.get(&format!("/sessions/{sid}")).await.json()["reason"],
+        "disconnected"
+    );
 }
 
 #[tokio::test]

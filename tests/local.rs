@@ -185,8 +185,15 @@ async fn stop_ends_the_tree_and_reports_stopped() {
     assert_gone(&pids, GONE).await;
 
     gw.post("/sessions/stop-me/stop", "").await.assert_error(404);
-    gw.get("/sessions/stop-me").await.assert_error(404);
+    // The session keeps answering after its run has ended, from the run's record.
+    let ended = gw.get("/sessions/stop-me").await.json();
+    assert_eq!(
+        (ended["state"].as_str(), ended["reason"].as_str()),
+        (Some("finished"), Some("stopped"))
+    );
+    assert_eq!(ended["exit_code"], 143);
     gw.post("/sessions/never-ran/stop", "").await.assert_error(404);
+    gw.get("/sessions/never-ran").await.assert_error(404);
 }
 
 #[tokio::test]
@@ -338,7 +345,10 @@ async fn a_slow_reader_costs_a_fixed_buffer_and_never_slows_the_child() {
             assert_eq!(session["exit_code"], 0);
             break;
         }
-        assert!(Instant::now() < deadline, "the child was slowed by a reader that does not read");
+        assert!(
+            Instant::now() < deadline,
+            "the child was slowed by a reader that does not read"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let grown = common::rss_kib().saturating_sub(before);

@@ -37,7 +37,10 @@ async fn log_pieces_concatenate_to_what_the_attached_client_read(db: Db) {
     let text = String::from_utf8(attached.clone()).unwrap();
     assert!(text.starts_with(&format!("{{\"type\":\"session\",\"id\":")), "{text}");
     assert!(text.contains(&format!("\"run_id\":\"{run_id}\"")), "{text}");
-    assert!(text.ends_with("{\"type\":\"exit\",\"code\":3,\"reason\":\"exited\"}\n"), "{text}");
+    assert!(
+        text.ends_with("{\"type\":\"exit\",\"code\":3,\"reason\":\"exited\"}\n"),
+        "{text}"
+    );
 
     // Read the log in small pieces: whole frames each time, no gap, no overlap.
     let mut offset = 0u64;
@@ -206,7 +209,10 @@ async fn listing_filters_pages_and_shows_each_token_its_own(db: Db) {
     let alice = "alice:alice-token-0123456789";
     let gw = Gateway::start_db(
         db,
-        &[("AUTH_TOKENS", &format!("{alice},bob:bob-token-0123456789abc")), ("ADMIN_TOKENS", "ops:ops-token-0123456789abcd")],
+        &[
+            ("AUTH_TOKENS", &format!("{alice},bob:bob-token-0123456789abc")),
+            ("ADMIN_TOKENS", "ops:ops-token-0123456789abcd"),
+        ],
     )
     .await;
     let as_alice = [("authorization", "Bearer alice-token-0123456789")];
@@ -214,7 +220,11 @@ async fn listing_filters_pages_and_shows_each_token_its_own(db: Db) {
     let as_ops = [("authorization", "Bearer ops-token-0123456789abcd")];
     let mut ids = Vec::new();
     for i in 0..7 {
-        let (who, cli): (&[(&str, &str)], &str) = if i % 2 == 0 { (&as_alice, "args") } else { (&as_bob, "exit-code") };
+        let (who, cli): (&[(&str, &str)], &str) = if i % 2 == 0 {
+            (&as_alice, "args")
+        } else {
+            (&as_bob, "exit-code")
+        };
         let body = json!({"cli": cli, "args": ["0"], "session_id": format!("list-{i}")});
         let s = RunStream::open(gw.addr, body.to_string().into_bytes(), who).await;
         assert_eq!(s.status, 200);
@@ -253,7 +263,12 @@ async fn listing_filters_pages_and_shows_each_token_its_own(db: Db) {
     newest_first.reverse();
     assert_eq!(seen, newest_first);
     let mine = list("".into(), as_alice).await;
-    let mine: Vec<&str> = mine["runs"].as_array().unwrap().iter().map(|r| r["owner"].as_str().unwrap()).collect();
+    let mine: Vec<&str> = mine["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["owner"].as_str().unwrap())
+        .collect();
     assert_eq!(mine, ["alice"; 4]);
     let bobs = list("?cli=exit-code".into(), as_bob).await;
     assert_eq!(bobs["runs"].as_array().unwrap().len(), 3);
@@ -270,7 +285,9 @@ async fn listing_filters_pages_and_shows_each_token_its_own(db: Db) {
     request(gw.addr, "GET", &format!("/runs/{}", ids[0]), None, as_alice).await;
     // Bad queries.
     for q in ["?state=done", "?limit=0", "?limit=1001", "?limit=x", "?cursor=nonsense"] {
-        request(gw.addr, "GET", &format!("/runs{q}"), None, as_ops).await.assert_error(400);
+        request(gw.addr, "GET", &format!("/runs{q}"), None, as_ops)
+            .await
+            .assert_error(400);
     }
 }
 
@@ -302,7 +319,9 @@ async fn bad_offsets_sizes_and_ids_get_clear_errors() {
             gw.get(&format!("/runs/{run_id}/{what}?{q}")).await.assert_error(400);
         }
     }
-    gw.get(&format!("/runs/{run_id}/stream?offset={}", size + 1)).await.assert_error(400);
+    gw.get(&format!("/runs/{run_id}/stream?offset={}", size + 1))
+        .await
+        .assert_error(400);
     for path in ["/runs/nope", "/runs/nope/log", "/runs/nope/events", "/runs/nope/stream"] {
         gw.get(path).await.assert_error(404);
     }
@@ -321,7 +340,10 @@ async fn new_runs_are_refused_below_the_free_space_floor() {
     let gw = Gateway::start(&[("DATA_DIR_MIN_FREE_BYTES", &u64::MAX.to_string())]).await;
     let r = gw.post("/run", r#"{"cli": "args"}"#).await;
     let body = r.assert_error(503);
-    assert!(body["detail"].as_str().unwrap().contains("DATA_DIR_MIN_FREE_BYTES"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("DATA_DIR_MIN_FREE_BYTES"),
+        "{body}"
+    );
     assert_eq!(gw.get("/healthz").await.status, 200);
 }
 
@@ -336,12 +358,21 @@ async fn retention_removes_the_oldest_finished_runs_and_their_logs_and_nothing_e
         ids.push(id);
     }
     // One run still going while retention runs.
-    let mut long = RunStream::open(gw.addr, json!({"cli": "sleep", "args": ["30"]}).to_string().into_bytes(), &[]).await;
+    let mut long = RunStream::open(
+        gw.addr,
+        json!({"cli": "sleep", "args": ["30"]}).to_string().into_bytes(),
+        &[],
+    )
+    .await;
     let long_id = long.headers["x-cligate-run-id"].to_str().unwrap().to_string();
     long.until("session").await;
     let sizes: Vec<u64> = ids
         .iter()
-        .map(|id| std::fs::metadata(dir.path().join("logs").join(format!("{id}.ndjson"))).unwrap().len())
+        .map(|id| {
+            std::fs::metadata(dir.path().join("logs").join(format!("{id}.ndjson")))
+                .unwrap()
+                .len()
+        })
         .collect();
     // Keep at most the bytes of the three newest finished runs.
     let keep: u64 = sizes[3..].iter().sum();

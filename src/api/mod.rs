@@ -167,7 +167,7 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
             "GET, HEAD"
         }));
     }
-    let caller = if protected {
+    let mut caller = if protected {
         auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
             auth::Denied::Forbidden => ApiError::Forbidden,
             auth::Denied::Unauthorized => ApiError::Unauthorized,
@@ -175,6 +175,7 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
     } else {
         auth::Caller::default()
     };
+    caller.client = Some(client);
     let config = &app.config;
     Ok(match (method, pattern) {
         (Method::GET, "/healthz") => text("text/plain; charset=utf-8", "ok"),

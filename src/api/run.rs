@@ -166,8 +166,11 @@ fn run_not_found(session_id: &str) -> ApiError {
 }
 
 pub fn stop(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
-    app.runs
-        .stop(caller, app.runs.registry.get(&session_id), &format!("session '{session_id}'"))?;
+    app.runs.stop(
+        caller,
+        app.runs.registry.get(&session_id),
+        &format!("session '{session_id}'"),
+    )?;
     Ok(json(
         StatusCode::OK,
         &json!({ "session_id": session_id, "status": "stopped" }),

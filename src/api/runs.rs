@@ -76,7 +76,10 @@ pub async fn list(app: &App, caller: &Caller, raw_query: Option<&str>) -> Result
 
 pub async fn get(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {
     let record = app.runs.record(caller, run_id).await?;
-    Ok(json(StatusCode::OK, &serde_json::to_value(record).expect("a record serialises")))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::to_value(record).expect("a record serialises"),
+    ))
 }
 
 pub fn stop(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {
@@ -143,11 +146,19 @@ fn tail_answer(run_id: &str, w: &Window, next_offset: u64, content: &[u8]) -> se
     out
 }
 
-pub async fn log(app: &App, caller: &Caller, run_id: &str, raw_query: Option<&str>) -> Result<Response<Body>, ApiError> {
+pub async fn log(
+    app: &App,
+    caller: &Caller,
+    run_id: &str,
+    raw_query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let (_, source) = app.runs.source(caller, run_id).await?;
     let w = window(&source, &query(raw_query))?;
     let next = w.offset + w.content.len() as u64;
-    Ok(json(StatusCode::OK, &Value::Object(tail_answer(run_id, &w, next, &w.content))))
+    Ok(json(
+        StatusCode::OK,
+        &Value::Object(tail_answer(run_id, &w, next, &w.content)),
+    ))
 }
 
 pub async fn events(
@@ -244,7 +255,14 @@ mod tests {
 
     #[test]
     fn events_are_json_objects_on_stdout_lines_joined_across_frames() {
-        let c = frames(&["{\"a\":", "err:noise\n", "1}\n", "plain text\n", "[1,2]\n", "{\"b\":2}\n"]);
+        let c = frames(&[
+            "{\"a\":",
+            "err:noise\n",
+            "1}\n",
+            "plain text\n",
+            "[1,2]\n",
+            "{\"b\":2}\n",
+        ]);
         let (events, used) = parse_events(100, &c, false);
         assert_eq!(used, c.len());
         assert_eq!(events.len(), 2, "{events:?}");

@@ -21,10 +21,20 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Frame {
     /// The first frame: the client's session id and the gateway's run id (for `/runs/{id}`).
-    Session { id: String, run_id: String },
-    Stdout { data: String },
-    Stderr { data: String },
-    Exit { code: i32, reason: EndReason },
+    Session {
+        id: String,
+        run_id: String,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        code: i32,
+        reason: EndReason,
+    },
 }
 
 /// Which pipe a piece of output came from.

@@ -124,8 +124,9 @@ impl Store {
         let url = sqlite_url(&path);
         let failed =
             |what: &str, e: sqlx::Error| anyhow!("DATA_DIR: cannot {what} '{}': {}", path.display(), one_line(e));
+        let options = quiet(&url).map_err(|e| failed("open the database", e))?;
         // The journal mode is a property of the file: set it once, before the pools exist.
-        let mut conn = AnyConnection::connect(&url)
+        let mut conn = sqlx::ConnectOptions::connect(&options)
             .await
             .map_err(|e| failed("open the database", e))?;
         conn.execute("PRAGMA journal_mode = WAL")
@@ -143,7 +144,7 @@ impl Store {
                         Ok(())
                     })
                 })
-                .connect(&url)
+                .connect_with(options.clone())
         };
         let write = pool(1).await.map_err(|e| failed("open the database", e))?;
         let read = pool(4).await.map_err(|e| failed("open the database", e))?;
@@ -162,12 +163,25 @@ impl Store {
             sqlite_path: Some(path),
         })
     }
+}
 
+/// Connection options for `url` that do not log every statement (sqlx logs each at DEBUG, which
+/// would drown the gateway's own debug log); statements slower than a second are still logged.
+fn quiet(url: &str) -> Result<sqlx::any::AnyConnectOptions, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    Ok(sqlx::any::AnyConnectOptions::from_str(url)?
+        .log_statements(tracing::log::LevelFilter::Off)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+}
+
+impl Store {
     async fn open_postgres(url: &str, connect_timeout: Duration) -> Result<Store> {
+        let options = quiet(url).map_err(|e| anyhow!("DATABASE_URL: cannot use '{}': {}", redact(url), one_line(e)))?;
         let pool = match AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(connect_timeout)
-            .connect(url)
+            .connect_with(options)
             .await
         {
             Ok(pool) => pool,
