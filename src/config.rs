@@ -41,8 +41,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     (
         "RUN_OUTPUT_LIMIT_BYTES",
-        "",
-        "end a run once it has printed this many bytes; empty or 0 disables it",
+        "1073741824",
+        "end a run once it has printed this many bytes (its log is on disk); 0 disables it",
     ),
     ("LISTEN_ADDR", "0.0.0.0:8000", "address and port to listen on"),
     (
@@ -160,6 +160,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "1073741824",
         "new runs are refused while DATA_DIR has less free space than this; 0 = no check",
     ),
+    (
+        "RUN_LOG_IN_MEMORY",
+        "false",
+        "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)",
+    ),
     ("LOG_FORMAT", "text", "text or json"),
     ("RUST_LOG", "info", "log filter"),
 ];
@@ -205,6 +210,7 @@ struct Raw {
     run_retention_days: Option<String>,
     run_retention_bytes: Option<String>,
     data_dir_min_free_bytes: Option<String>,
+    run_log_in_memory: Option<String>,
     path: Option<String>,
 }
 
@@ -307,6 +313,8 @@ pub struct Config {
     pub run_retention_bytes: Option<u64>,
     /// New runs are refused while `data_dir`'s file system has less free space; 0 = no check.
     pub data_dir_min_free_bytes: u64,
+    /// `RUN_LOG_IN_MEMORY`: logs in memory, for measuring what the log files cost.
+    pub run_log_in_memory: bool,
 }
 
 /// `DATABASE_URL`: a PostgreSQL URL, whose password `Debug` never prints.
@@ -442,7 +450,7 @@ impl Raw {
             .parse()
             .map_err(|_| anyhow!("LISTEN_ADDR: '{listen_text}' is not an address like 0.0.0.0:8000"))?;
 
-        let output_limit = match number("RUN_OUTPUT_LIMIT_BYTES", &self.run_output_limit_bytes, 0)? {
+        let output_limit = match number("RUN_OUTPUT_LIMIT_BYTES", &self.run_output_limit_bytes, 1 << 30)? {
             0 => None,
             n => Some(n),
         };
@@ -522,6 +530,11 @@ impl Raw {
                 },
             },
             data_dir_min_free_bytes: number("DATA_DIR_MIN_FREE_BYTES", &self.data_dir_min_free_bytes, 1 << 30)?,
+            run_log_in_memory: match given(&self.run_log_in_memory).unwrap_or("false") {
+                "false" | "0" => false,
+                "true" | "1" => true,
+                other => bail!("RUN_LOG_IN_MEMORY: '{other}' is neither true nor false"),
+            },
             search_path: self.path.map(OsString::from).unwrap_or_default(),
             gateway_credentials: Vec::new(),
         })

@@ -26,6 +26,8 @@ const RECENT_CHUNKS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct LogDir {
     root: PathBuf,
+    /// `RUN_LOG_IN_MEMORY` (benchmarks only): live logs are kept in memory, not written to files.
+    memory: bool,
 }
 
 /// The published state of a live log.
@@ -42,7 +44,14 @@ impl LogDir {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<LogDir> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(LogDir { root })
+        Ok(LogDir { root, memory: false })
+    }
+
+    /// Keeps live logs in memory instead of files: the same writer and readers without the file
+    /// system, so that a benchmark can measure what the files cost. Nothing outlives the process.
+    pub fn in_memory(mut self, memory: bool) -> LogDir {
+        self.memory = memory;
+        self
     }
 
     pub fn path(&self, run_id: &str) -> PathBuf {
@@ -51,12 +60,15 @@ impl LogDir {
 
     /// Creates the empty log of a new run.
     pub fn create(&self, run_id: &str) -> io::Result<Arc<RunLog>> {
+        if self.memory {
+            return Ok(Arc::new(RunLog::new(None)));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(self.path(run_id))?;
-        Ok(Arc::new(RunLog::new(file)))
+        Ok(Arc::new(RunLog::new(Some(file))))
     }
 
     /// Opens the log of a run that is not live (finished, or left by an earlier process) for
@@ -119,7 +131,8 @@ fn last_frame_end(file: &File, size: u64) -> io::Result<u64> {
 /// A log that is still being written: the writer's handle and the readers' meeting point.
 #[derive(Debug)]
 pub struct RunLog {
-    file: File,
+    /// `None` for an in-memory log (every chunk stays in `recent`).
+    file: Option<File>,
     /// The end of the file and the latest chunks. Held only for a write to the page cache or a
     /// copy of a `Bytes` handle, never across an `.await`.
     tail: Mutex<Tail>,
@@ -136,7 +149,7 @@ struct Tail {
 }
 
 impl RunLog {
-    fn new(file: File) -> RunLog {
+    fn new(file: Option<File>) -> RunLog {
         RunLog {
             file,
             tail: Mutex::new(Tail::default()),
@@ -155,13 +168,15 @@ impl RunLog {
             if tail.failed {
                 return Err(io::Error::other("an earlier write to this log failed"));
             }
-            if let Err(e) = self.file.write_all_at(&frames, tail.size) {
-                tail.failed = true;
-                return Err(e);
+            if let Some(file) = &self.file {
+                if let Err(e) = file.write_all_at(&frames, tail.size) {
+                    tail.failed = true;
+                    return Err(e);
+                }
             }
             let offset = tail.size;
             tail.size += frames.len() as u64;
-            if tail.recent.len() == RECENT_CHUNKS {
+            if tail.recent.len() == RECENT_CHUNKS && self.file.is_some() {
                 tail.recent.pop_front();
             }
             tail.recent.push_back((offset, frames));
@@ -193,17 +208,20 @@ impl RunLog {
         }
         {
             let tail = self.tail.lock().expect("log lock");
-            if let Some((start, chunk)) = tail
-                .recent
-                .iter()
-                .find(|(start, chunk)| *start <= offset && offset < start + chunk.len() as u64)
-            {
-                let from = (offset - start) as usize;
-                let to = chunk.len().min(from + max).min((size - start) as usize);
-                return Ok(chunk.slice(from..to));
+            // The chunk holding `offset`: the last one starting at or before it.
+            let i = tail.recent.partition_point(|(start, _)| *start <= offset);
+            if let Some((start, chunk)) = i.checked_sub(1).map(|i| &tail.recent[i]) {
+                if offset < start + chunk.len() as u64 {
+                    let from = (offset - start) as usize;
+                    let to = chunk.len().min(from + max).min((size - start) as usize);
+                    return Ok(chunk.slice(from..to));
+                }
             }
         }
-        read_file(&self.file, offset, (size - offset).min(max as u64) as usize)
+        match &self.file {
+            Some(file) => read_file(file, offset, (size - offset).min(max as u64) as usize),
+            None => Ok(Bytes::new()),
+        }
     }
 }
 
@@ -386,6 +404,27 @@ mod tests {
         assert_eq!(second.len(), big.len());
         assert_eq!(src.read_frames(8 + big.len() as u64, 1 << 20).unwrap(), "{\"b\":2}\n");
         assert!(src.read_frames(10_000_000, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_log_serves_every_reader_without_a_file() {
+        let (_tmp, logs) = dir();
+        let logs = logs.in_memory(true);
+        let log = logs.create("m").unwrap();
+        let reader = tokio::spawn(follow(Source::Live(log.clone()), 0).collect::<Vec<Bytes>>());
+        let mut all = Vec::new();
+        for i in 0..50 {
+            let frame = format!("{{\"n\":{i}}}\n");
+            all.extend_from_slice(frame.as_bytes());
+            log.append(Bytes::from(frame)).unwrap();
+        }
+        log.close();
+        assert_eq!(reader.await.unwrap().concat(), all);
+        assert_eq!(
+            follow(Source::Live(log), 7).collect::<Vec<Bytes>>().await.concat(),
+            all[7..]
+        );
+        assert!(!logs.path("m").exists());
     }
 
     #[test]

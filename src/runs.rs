@@ -65,12 +65,14 @@ impl Runs {
         containment: Arc<Containment>,
     ) -> anyhow::Result<Runs> {
         let store = Store::open(config.database_url.as_ref().map(|u| u.as_str()), &config.data_dir).await?;
-        let logs = LogDir::open(config.data_dir.join("logs")).map_err(|e| {
-            anyhow::anyhow!(
-                "DATA_DIR: cannot create '{}': {e}",
-                config.data_dir.join("logs").display()
-            )
-        })?;
+        let logs = LogDir::open(config.data_dir.join("logs"))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "DATA_DIR: cannot create '{}': {e}",
+                    config.data_dir.join("logs").display()
+                )
+            })?
+            .in_memory(config.run_log_in_memory);
         let runs = Runs {
             admission: Admission::new(
                 config.max_concurrent,
