@@ -161,6 +161,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "new runs are refused while DATA_DIR has less free space than this; 0 = no check",
     ),
     (
+        "DATABASE_CONNECT_TIMEOUT_SECONDS",
+        "30",
+        "how long start-up waits for PostgreSQL to answer before it gives up",
+    ),
+    (
         "RUN_LOG_IN_MEMORY",
         "false",
         "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)",
@@ -211,6 +216,7 @@ struct Raw {
     run_retention_bytes: Option<String>,
     data_dir_min_free_bytes: Option<String>,
     run_log_in_memory: Option<String>,
+    database_connect_timeout_seconds: Option<String>,
     path: Option<String>,
 }
 
@@ -315,6 +321,8 @@ pub struct Config {
     pub data_dir_min_free_bytes: u64,
     /// `RUN_LOG_IN_MEMORY`: logs in memory, for measuring what the log files cost.
     pub run_log_in_memory: bool,
+    /// How long start-up waits for PostgreSQL.
+    pub database_connect_timeout: Duration,
 }
 
 /// `DATABASE_URL`: a PostgreSQL URL, whose password `Debug` never prints.
@@ -534,6 +542,14 @@ impl Raw {
                 "false" | "0" => false,
                 "true" | "1" => true,
                 other => bail!("RUN_LOG_IN_MEMORY: '{other}' is neither true nor false"),
+            },
+            database_connect_timeout: match seconds(
+                "DATABASE_CONNECT_TIMEOUT_SECONDS",
+                &self.database_connect_timeout_seconds,
+                30.0,
+            )? {
+                t if t.is_zero() => bail!("DATABASE_CONNECT_TIMEOUT_SECONDS: must be more than 0"),
+                t => t,
             },
             search_path: self.path.map(OsString::from).unwrap_or_default(),
             gateway_credentials: Vec::new(),

@@ -168,11 +168,11 @@ impl RunLog {
             if tail.failed {
                 return Err(io::Error::other("an earlier write to this log failed"));
             }
-            if let Some(file) = &self.file {
-                if let Err(e) = file.write_all_at(&frames, tail.size) {
-                    tail.failed = true;
-                    return Err(e);
-                }
+            if let Some(file) = &self.file
+                && let Err(e) = file.write_all_at(&frames, tail.size)
+            {
+                tail.failed = true;
+                return Err(e);
             }
             let offset = tail.size;
             tail.size += frames.len() as u64;
@@ -210,12 +210,12 @@ impl RunLog {
             let tail = self.tail.lock().expect("log lock");
             // The chunk holding `offset`: the last one starting at or before it.
             let i = tail.recent.partition_point(|(start, _)| *start <= offset);
-            if let Some((start, chunk)) = i.checked_sub(1).map(|i| &tail.recent[i]) {
-                if offset < start + chunk.len() as u64 {
-                    let from = (offset - start) as usize;
-                    let to = chunk.len().min(from + max).min((size - start) as usize);
-                    return Ok(chunk.slice(from..to));
-                }
+            if let Some((start, chunk)) = i.checked_sub(1).map(|i| &tail.recent[i])
+                && offset < start + chunk.len() as u64
+            {
+                let from = (offset - start) as usize;
+                let to = chunk.len().min(from + max).min((size - start) as usize);
+                return Ok(chunk.slice(from..to));
             }
         }
         match &self.file {

@@ -64,7 +64,12 @@ impl Runs {
         metrics: Arc<Metrics>,
         containment: Arc<Containment>,
     ) -> anyhow::Result<Runs> {
-        let store = Store::open(config.database_url.as_ref().map(|u| u.as_str()), &config.data_dir).await?;
+        let store = Store::open_within(
+            config.database_url.as_ref().map(|u| u.as_str()),
+            &config.data_dir,
+            config.database_connect_timeout,
+        )
+        .await?;
         let logs = LogDir::open(config.data_dir.join("logs"))
             .map_err(|e| {
                 anyhow::anyhow!(

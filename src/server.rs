@@ -66,7 +66,14 @@ pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
         })?),
         None => None,
     };
-    let app = Arc::new(App::new(config.clone(), contain(&config).await?).await?);
+    let (containment, swept) = contain(&config).await?;
+    let app = Arc::new(App::new(config.clone(), containment.clone()).await?);
+    tracing::info!(
+        containment = containment.mechanism(),
+        path = %containment.location(),
+        swept,
+        "process containment"
+    );
     if let (Some(d), Some(version)) = (config.docker(), engine) {
         let removed = docker::clean_instance(&d.bin, &d.instance).await?;
         if removed > 0 {
@@ -82,17 +89,13 @@ pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
 
 /// Chooses the containment (cgroup or `/proc` marker), ends what dead gateways of this instance
 /// left running, and says which mechanism is in use.
-async fn contain(config: &Config) -> Result<Arc<Containment>> {
+/// Returns the containment and how many leftover processes it swept; the caller logs both once
+/// start-up has succeeded (a failed start-up is one line on stderr).
+async fn contain(config: &Config) -> Result<(Arc<Containment>, usize)> {
     let containment = Arc::new(Containment::detect(&config.instance));
     let sweeper = containment.clone();
     let swept = tokio::task::spawn_blocking(move || sweeper.sweep_leftovers()).await?;
-    tracing::info!(
-        containment = containment.mechanism(),
-        path = %containment.location(),
-        swept,
-        "process containment"
-    );
-    Ok(containment)
+    Ok((containment, swept))
 }
 
 /// Removes, every `janitor_interval`, containers of this instance that belong to no registered

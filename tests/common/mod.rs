@@ -282,6 +282,26 @@ impl RunStream {
         }
     }
 
+    /// The next piece of the body, `Ok(None)` at its end, `Err` when the connection broke.
+    pub async fn try_next_bytes(&mut self) -> Result<Option<Bytes>, String> {
+        if !self.buf.is_empty() {
+            return Ok(Some(Bytes::from(std::mem::take(&mut self.buf))));
+        }
+        loop {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        return Ok(Some(data));
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// The rest of the body, exactly as received.
     pub async fn raw_to_end(mut self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -514,6 +534,19 @@ impl Binary {
         // Keep draining the log so the binary never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Binary { addr, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the binary is running")
+    }
+
+    /// Kills the binary with SIGKILL (a crash: no shutdown, no clean-up) and reaps it.
+    pub async fn kill_9(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait().await;
     }
 
     /// Starts a run and reads it to its end.
