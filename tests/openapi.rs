@@ -180,9 +180,42 @@ impl Spec {
         }
     }
 
+    /// Checks that `value` matches `schema` and sends nothing the schema does not name.
     fn assert_valid(&self, schema: &Value, value: &Value, what: &str) {
-        let errors = self.validate(schema, value);
+        let mut errors = self.validate(schema, value);
+        self.undocumented(schema, value, "$", &mut errors);
         assert!(errors.is_empty(), "{what}: {value}\n{}", errors.join("\n"));
+    }
+
+    /// Properties of `value` that an object schema listing its properties does not name, unless it
+    /// says what others may be (`additionalProperties`): in JSON Schema they are allowed, but here
+    /// the document is meant to describe everything the gateway sends. Within a `oneOf`, the
+    /// variant that matches is followed.
+    fn undocumented(&self, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        if let Some(variants) = schema.get("oneOf").and_then(Value::as_array)
+            && let Some(variant) = variants.iter().find(|v| self.validate(v, value).is_empty())
+        {
+            self.undocumented(variant, value, at, errors);
+        }
+        if let (Some(properties), Some(object)) =
+            (schema.get("properties").and_then(Value::as_object), value.as_object())
+        {
+            for (key, item) in object {
+                match properties.get(key) {
+                    Some(property) => self.undocumented(property, item, &format!("{at}.{key}"), errors),
+                    None if schema.get("additionalProperties").is_none() => {
+                        errors.push(format!("{at}: property {key} is not documented"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                self.undocumented(items, item, &format!("{at}[{i}]"), errors);
+            }
+        }
     }
 
     /// Checks a complete response against the document: a documented status, the documented media
@@ -560,11 +593,12 @@ impl Probe<'_> {
         reply
     }
 
-    /// Every operation of the document, built from its examples, with the given headers.
+    /// Every operation of the document, built from its examples (path and query), with the given
+    /// headers.
     async fn every_operation(&mut self, addr: SocketAddr, headers: &[(&str, &str)]) -> Vec<(String, Reply)> {
         let mut replies = Vec::new();
         for (method, pattern, _) in cligate::api::ROUTES {
-            let path = self.example_path(method, pattern);
+            let path = self.example_path(method, pattern) + &self.example_query(method, pattern);
             let body = (*method == "POST" && *pattern == "/run").then(|| self.example_body("minimal").to_string());
             let reply = self.call(addr, method, pattern, &path, body.as_deref(), headers).await;
             replies.push((format!("{method} {pattern}"), reply));
@@ -572,23 +606,50 @@ impl Probe<'_> {
         replies
     }
 
-    /// The path with each parameter replaced by its documented example.
-    fn example_path(&self, method: &str, pattern: &str) -> String {
-        let mut path = pattern.to_string();
-        for param in self
-            .spec
+    /// The operation's parameters that are `in` the given place, resolved.
+    fn parameters(&self, method: &str, pattern: &str, place: &str) -> Vec<&Value> {
+        self.spec
             .operation(method, pattern)
             .get("parameters")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-        {
-            let param = self.spec.resolve(param);
+            .map(|param| self.spec.resolve(param))
+            .filter(|param| param["in"] == place)
+            .collect()
+    }
+
+    /// The path with each path parameter replaced by its documented example (a string).
+    fn example_path(&self, method: &str, pattern: &str) -> String {
+        let mut path = pattern.to_string();
+        for param in self.parameters(method, pattern, "path") {
             let name = param["name"].as_str().unwrap();
-            path = path.replace(&format!("{{{name}}}"), param["example"].as_str().unwrap());
+            let example = param["example"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {pattern}: path parameter {name} has no string example"));
+            path = path.replace(&format!("{{{name}}}"), example);
         }
         assert!(!path.contains('{'), "{path}");
         path
+    }
+
+    /// `?name=example&…` of every query parameter (numbers written as numbers), or "" for none.
+    fn example_query(&self, method: &str, pattern: &str) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let params = self.parameters(method, pattern, "query");
+        for param in &params {
+            let example = match &param["example"] {
+                Value::String(s) => s.clone(),
+                other @ Value::Number(_) => other.to_string(),
+                other => panic!("{method} {pattern}: query parameter {} example {other}", param["name"]),
+            };
+            query.append_pair(param["name"].as_str().unwrap(), &example);
+        }
+        if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.finish())
+        }
     }
 
     fn example_body(&self, name: &str) -> Value {
@@ -652,21 +713,23 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     let open = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis)]).await;
     let addr = open.addr;
 
-    // Nothing running: every operation from its examples. The session examples are 404s.
+    // Nothing run yet: every operation from its examples. The session and run examples are 404s.
     for (what, reply) in probe.every_operation(addr, &[]).await {
-        let expected = if what.contains("/sessions/") { 404 } else { 200 };
-        assert_eq!(reply.status, expected, "{what}");
+        assert_eq!(reply.status, example_status(&what), "{what}");
     }
     assert_eq!(
         probe.call(addr, "GET", "/healthz", "/healthz", None, &[]).await.body,
         "ok"
     );
 
-    // The request examples, as documented.
+    // The request examples, as documented. The full one's run is looked at through `/runs` below.
+    let mut full_run = String::new();
     for name in ["full", "minimal"] {
         let body = probe.example_body(name);
         let stream = probe.open_run(addr, &body, &[]).await;
+        let run_id = run_id_of(&stream);
         let frames = probe.finish_run(stream).await;
+        assert_eq!(frames[0]["run_id"], run_id.as_str(), "{frames:?}");
         assert_eq!(
             frames.last().unwrap(),
             &json!({"type": "exit", "code": 0, "reason": "exited"})
@@ -679,6 +742,7 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         if name == "full" {
             assert_eq!(frames[0]["id"], body["session_id"]);
             assert_eq!(stdout, "[--model]\n[gpt-4o]\n");
+            full_run = run_id;
         } else {
             assert!(uuid_like(frames[0]["id"].as_str().unwrap()), "{}", frames[0]);
             assert_eq!(stdout, "");
@@ -691,6 +755,7 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     long["args"] = json!(["30"]);
     let session = long["session_id"].as_str().unwrap().to_string();
     let stream = probe.open_run(addr, &long, &[]).await;
+    let long_run = run_id_of(&stream);
     let status_path = probe.example_path("GET", "/sessions/{session_id}");
     let stop_path = probe.example_path("POST", "/sessions/{session_id}/stop");
     let started = Instant::now();
@@ -721,11 +786,25 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         frames.last().unwrap(),
         &json!({"type": "exit", "code": 143, "reason": "stopped"})
     );
-    // Finished: the session is gone.
+    // Finished: nothing to stop, but the session answers from its newest run's record.
     probe
         .call(addr, "POST", "/sessions/{session_id}/stop", &stop_path, None, &[])
         .await
         .assert_error(404);
+    let ended = probe
+        .call(addr, "GET", "/sessions/{session_id}", &status_path, None, &[])
+        .await
+        .json();
+    assert_eq!(ended["session_id"], session.as_str());
+    assert_eq!(ended["run_id"], long_run.as_str());
+    assert_eq!(ended["state"], "finished", "{ended}");
+    assert_eq!(
+        (&ended["exit_code"], &ended["reason"]),
+        (&json!(143), &json!("stopped"))
+    );
+    assert!(ended["pid"].is_null(), "{ended}");
+
+    runs(&mut probe, addr, &full_run, &session).await;
 
     // Refused run requests.
     let bad_json = probe.call(addr, "POST", "/run", "/run", Some("{not json"), &[]).await;
@@ -776,8 +855,7 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     }
     let bearer = format!("Bearer {TOKEN}");
     for (what, reply) in probe.every_operation(gw.addr, &[("authorization", &bearer)]).await {
-        let expected = if what.contains("/sessions/") { 404 } else { 200 };
-        assert_eq!(reply.status, expected, "{what}");
+        assert_eq!(reply.status, example_status(&what), "{what}");
     }
     drop(gw);
 
@@ -864,6 +942,191 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         }
     }
     assert!(missing.is_empty(), "documented but never produced: {missing:?}");
+}
+
+/// The status of an operation called with its examples when the example session and run do not
+/// exist.
+fn example_status(what: &str) -> u16 {
+    if what.contains("/sessions/") || what.contains("/runs/") {
+        404
+    } else {
+        200
+    }
+}
+
+fn run_id_of(stream: &RunStream) -> String {
+    stream.headers["x-cligate-run-id"].to_str().unwrap().to_string()
+}
+
+/// `/runs` and the operations on one run, `finished` being a finished run of `session`.
+async fn runs(probe: &mut Probe<'_>, addr: SocketAddr, finished: &str, session: &str) {
+    // The list, filtered and paged.
+    let list = probe.call(addr, "GET", "/runs", "/runs", None, &[]).await.json();
+    let ids: Vec<&str> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&finished), "{list}");
+    let filtered = format!("/runs?state=finished&cli=codex&session_id={session}");
+    let list = probe.call(addr, "GET", "/runs", &filtered, None, &[]).await.json();
+    assert_eq!(list["runs"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["runs"][0]["run_id"], finished);
+    assert!(list["next_cursor"].is_null(), "{list}");
+    let first = probe
+        .call(addr, "GET", "/runs", "/runs?limit=1", None, &[])
+        .await
+        .json();
+    assert_eq!(first["runs"].as_array().unwrap().len(), 1, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let next = format!("/runs?limit=1&cursor={cursor}");
+    let second = probe.call(addr, "GET", "/runs", &next, None, &[]).await.json();
+    assert_ne!(second["runs"][0]["run_id"], first["runs"][0]["run_id"], "{second}");
+    for bad in ["state=done", "limit=0", "limit=1001", "cursor=nope"] {
+        let path = format!("/runs?{bad}");
+        probe
+            .call(addr, "GET", "/runs", &path, None, &[])
+            .await
+            .assert_error(400);
+    }
+
+    // The record.
+    let record_path = format!("/runs/{finished}");
+    let record = probe
+        .call(addr, "GET", "/runs/{run_id}", &record_path, None, &[])
+        .await
+        .json();
+    assert_eq!(record["run_id"], finished);
+    assert_eq!(record["session_id"], session);
+    assert_eq!(record["state"], "finished");
+    assert_eq!((&record["exit_code"], &record["reason"]), (&json!(0), &json!("exited")));
+
+    // The log, whole, then from its end; its frames are the run's.
+    let log_path = format!("/runs/{finished}/log");
+    let log = probe
+        .call(addr, "GET", "/runs/{run_id}/log", &log_path, None, &[])
+        .await
+        .json();
+    let content = log["content"].as_str().unwrap().to_string();
+    let frames: Vec<Value> = content.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for frame in &frames {
+        probe
+            .spec
+            .assert_valid(probe.spec.schema("Frame"), frame, "a frame of the log");
+    }
+    assert_eq!(frames[0]["run_id"], finished);
+    assert_eq!(frames.last().unwrap()["type"], "exit");
+    assert_eq!((log["offset"].as_u64(), log["eof"].as_bool()), (Some(0), Some(true)));
+    let size = log["size"].as_u64().unwrap();
+    assert_eq!((log["next_offset"].as_u64(), content.len() as u64), (Some(size), size));
+    let tail_path = format!("/runs/{finished}/log?offset={size}");
+    let tail = probe
+        .call(addr, "GET", "/runs/{run_id}/log", &tail_path, None, &[])
+        .await
+        .json();
+    assert_eq!(
+        (tail["content"].as_str(), tail["eof"].as_bool()),
+        (Some(""), Some(true))
+    );
+    // The events: the `args` fixture prints no JSON objects.
+    let events_path = format!("/runs/{finished}/events");
+    let events = probe
+        .call(addr, "GET", "/runs/{run_id}/events", &events_path, None, &[])
+        .await
+        .json();
+    assert_eq!(events["events"], json!([]));
+    assert_eq!(events["content"], content.as_str());
+    // Offsets that do not start a frame, are past the end, or are not numbers; windows of nothing.
+    let first_frame = content.find('\n').unwrap() + 1;
+    for op in ["log", "events"] {
+        let pattern = format!("/runs/{{run_id}}/{op}");
+        for bad in [
+            "offset=1".to_string(),
+            format!("offset={}", size + 1),
+            "offset=-1".into(),
+            "max_bytes=0".into(),
+            "max_bytes=4194305".into(),
+        ] {
+            let path = format!("/runs/{finished}/{op}?{bad}");
+            probe
+                .call(addr, "GET", &pattern, &path, None, &[])
+                .await
+                .assert_error(400);
+        }
+        let path = format!("/runs/{finished}/{op}?offset={first_frame}&max_bytes=1");
+        let page = probe.call(addr, "GET", &pattern, &path, None, &[]).await.json();
+        assert_eq!(page["offset"], first_frame, "{page}");
+    }
+
+    // The stream: the log's bytes from an offset (any, not only a frame start) to the exit frame.
+    let stream_path = format!("/runs/{finished}/stream");
+    let stream = probe
+        .call(addr, "GET", "/runs/{run_id}/stream", &stream_path, None, &[])
+        .await;
+    assert_eq!(stream.body, content.as_bytes());
+    assert_eq!(stream.headers["x-cligate-run-id"], finished);
+    assert_eq!(stream.headers["cache-control"], "no-cache");
+    let resumed_path = format!("/runs/{finished}/stream?offset={first_frame}");
+    let resumed = probe
+        .call(addr, "GET", "/runs/{run_id}/stream", &resumed_path, None, &[])
+        .await;
+    assert_eq!(resumed.body, &content.as_bytes()[first_frame..]);
+    for bad in [format!("offset={}", size + 1), "offset=x".into()] {
+        let path = format!("/runs/{finished}/stream?{bad}");
+        probe
+            .call(addr, "GET", "/runs/{run_id}/stream", &path, None, &[])
+            .await
+            .assert_error(400);
+    }
+
+    // Stopping: a running run (200), then the same one finished (404).
+    let stream = probe
+        .open_run(addr, &json!({"cli": "sleep", "args": ["30"]}), &[])
+        .await;
+    let sleeping = run_id_of(&stream);
+    let record_path = format!("/runs/{sleeping}");
+    let started = Instant::now();
+    loop {
+        let record = probe
+            .call(addr, "GET", "/runs/{run_id}", &record_path, None, &[])
+            .await
+            .json();
+        if record["state"] == "running" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{record}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stop_path = format!("/runs/{sleeping}/stop");
+    let stopped = probe
+        .call(addr, "POST", "/runs/{run_id}/stop", &stop_path, None, &[])
+        .await;
+    assert_eq!(stopped.json(), json!({"run_id": sleeping, "status": "stopped"}));
+    let frames = probe.finish_run(stream).await;
+    assert_eq!(
+        frames.last().unwrap(),
+        &json!({"type": "exit", "code": 143, "reason": "stopped"})
+    );
+    probe
+        .call(addr, "POST", "/runs/{run_id}/stop", &stop_path, None, &[])
+        .await
+        .assert_error(404);
+
+    // Run ids that are not UTF-8 once percent-decoded.
+    for (method, pattern) in [
+        ("GET", "/runs/{run_id}"),
+        ("GET", "/runs/{run_id}/log"),
+        ("GET", "/runs/{run_id}/events"),
+        ("GET", "/runs/{run_id}/stream"),
+        ("POST", "/runs/{run_id}/stop"),
+    ] {
+        let path = pattern.replace("{run_id}", "%FF");
+        probe
+            .call(addr, method, pattern, &path, None, &[])
+            .await
+            .assert_error(400);
+    }
 }
 
 /// The reply to a `POST /run` that declares a 1000-byte body and sends one byte, over a raw socket

@@ -35,7 +35,7 @@ async fn log_pieces_concatenate_to_what_the_attached_client_read(db: Db) {
     let gw = Gateway::start_db(db, &[]).await;
     let (run_id, attached) = raw_run(&gw, lines_script(300, "0")).await;
     let text = String::from_utf8(attached.clone()).unwrap();
-    assert!(text.starts_with(&format!("{{\"type\":\"session\",\"id\":")), "{text}");
+    assert!(text.starts_with("{\"type\":\"session\",\"id\":"), "{text}");
     assert!(text.contains(&format!("\"run_id\":\"{run_id}\"")), "{text}");
     assert!(
         text.ends_with("{\"type\":\"exit\",\"code\":3,\"reason\":\"exited\"}\n"),

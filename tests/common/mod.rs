@@ -270,10 +270,10 @@ impl RunStream {
         loop {
             match self.body.frame().await {
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            return Some(data);
-                        }
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        return Some(data);
                     }
                 }
                 Some(Err(e)) => panic!("stream broke: {e}"),
