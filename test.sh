@@ -428,6 +428,10 @@ for k in ("CODEX_DOCKER_IMAGE", "CLI_LIST", "MODEL_LIST", "LITELLM_BASE_URL", "L
     assert k in env, k
 assert env["CODEX_DOCKER_IMAGE"] == "${CODEX_DOCKER_IMAGE:-cligate-cli-env:latest}"
 assert env["RUN_RESPONSE_TIMEOUT_SECONDS"] == "${RUN_RESPONSE_TIMEOUT_SECONDS:-600}"
+# Run records and logs outlive the container: a named volume at DATA_DIR.
+assert env["DATA_DIR"] == "/var/lib/cligate"
+assert "cligate-data:/var/lib/cligate" in svc["volumes"]
+assert "cligate-data" in yaml.safe_load(open(sys.argv[1]))["volumes"]
 PY
     elif docker compose version >/dev/null 2>&1; then
         check "docker-compose.yml: docker compose config accepts it" quiet docker compose -f docker-compose.yml config -q

@@ -880,3 +880,55 @@ async fn docker_mode_refuses_tool_configuration_keys_unless_the_operator_allows_
         f.stdout()
     );
 }
+
+/// A docker-mode gateway killed with SIGKILL while runs stream: at its next start its runs are
+/// `interrupted` (`gateway_lost`), their containers are gone and their logs read to the last
+/// whole frame.
+#[tokio::test]
+async fn a_killed_docker_gateway_leaves_no_container_and_its_runs_are_interrupted() {
+    let inst = Instance::new("crash");
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let vars = [
+        ("CODEX_DOCKER_IMAGE", image()),
+        ("DOCKER_NETWORK", "none"),
+        ("CLIGATE_INSTANCE", inst.0.as_str()),
+        ("KILL_GRACE_SECONDS", "1"),
+        ("DATA_DIR", data_dir.as_str()),
+        ("DATA_DIR_MIN_FREE_BYTES", "0"),
+    ];
+    let mut gw = common::Binary::start(&vars).await;
+    let mut ids = Vec::new();
+    let mut streams = Vec::new();
+    for n in 0..2 {
+        let sid = session(&format!("crash{n}"));
+        let body = json!({"cli": "sh", "session_id": sid,
+            "args": ["-c", "i=0; while true; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done"]});
+        let mut s = RunStream::open(gw.addr, body.to_string().into_bytes(), &[]).await;
+        assert_eq!(s.status, 200);
+        ids.push(s.headers["x-cligate-run-id"].to_str().unwrap().to_string());
+        tokio::time::timeout(Duration::from_secs(30), s.stdout_until("line 3\n"))
+            .await
+            .expect("the run prints in its container");
+        streams.push(s);
+    }
+    assert_eq!(containers(&inst.label()).await.len(), 2);
+    gw.kill_9().await;
+    drop(streams);
+
+    let gw = common::Binary::start(&vars).await;
+    assert_no_containers(&inst.label(), GONE_WITHIN).await;
+    for id in &ids {
+        let r = common::request(gw.addr, "GET", &format!("/runs/{id}"), None, &[]).await;
+        assert_eq!(r.status, 200);
+        let record = r.json();
+        assert_eq!((record["state"].as_str(), record["reason"].as_str()), (Some("interrupted"), Some("gateway_lost")));
+        assert_eq!(record["mode"], "docker");
+        let page = common::request(gw.addr, "GET", &format!("/runs/{id}/log?max_bytes=4194304"), None, &[])
+            .await
+            .json();
+        let content = page["content"].as_str().unwrap();
+        assert!(content.contains("\"data\":\"line 3\\n\""), "{content}");
+        assert!(content.ends_with('\n') && page["eof"] == true, "{page}");
+    }
+}
