@@ -1,5 +1,6 @@
 //! Admission: the one place that decides whether a run may start now, wait for a slot in a
-//! bounded queue, or be refused (503 with `Retry-After`).
+//! bounded queue, or be refused (503 with `Retry-After`). A place is reserved at once (so a
+//! detached run can be answered 202 or 503 before it waits) and the slot awaited afterwards.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,20 +25,56 @@ pub enum Refused {
 pub struct Admission {
     /// One permit per concurrently executing run; a permit lives as long as its run.
     slots: Arc<Semaphore>,
-    /// Requests waiting for a slot now; bounded by `max_queued` so waiting cannot grow without end.
-    queued: AtomicUsize,
+    /// Runs waiting for a slot now; bounded by `max_queued` so waiting cannot grow without end.
+    queued: Arc<AtomicUsize>,
     max_queued: usize,
     queue_timeout: Option<Duration>,
     metrics: Arc<Metrics>,
 }
 
-/// Counts a waiting request for as long as it waits (also when its client goes away).
-struct Waiting<'a>(&'a Admission);
+/// A run's place: a slot already, or a place in the queue.
+#[derive(Debug)]
+pub enum Reservation {
+    Slot(OwnedSemaphorePermit),
+    Queued { slots: Arc<Semaphore>, _waiting: Waiting },
+}
 
-impl Drop for Waiting<'_> {
+/// Counts a waiting run for as long as it waits (also when its client goes away).
+#[derive(Debug)]
+pub struct Waiting {
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.queued.dec();
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.queued.dec();
+    }
+}
+
+impl Reservation {
+    /// Whether the run may start at once.
+    pub fn has_slot(&self) -> bool {
+        matches!(self, Reservation::Slot(_))
+    }
+
+    /// The slot: at once, or after waiting at most `limit` (`None`: as long as it takes).
+    pub async fn slot(self, limit: Option<Duration>) -> Result<OwnedSemaphorePermit, Refused> {
+        match self {
+            Reservation::Slot(permit) => Ok(permit),
+            // `_waiting` lives until the slot is had (or the wait given up).
+            Reservation::Queued { slots, _waiting } => {
+                let acquire = slots.acquire_owned();
+                let permit = match limit {
+                    Some(limit) => tokio::time::timeout(limit, acquire)
+                        .await
+                        .map_err(|_| Refused::QueueTimeout)?,
+                    None => acquire.await,
+                };
+                permit.map_err(|_| Refused::ShuttingDown)
+            }
+        }
     }
 }
 
@@ -50,17 +87,17 @@ impl Admission {
     ) -> Self {
         Admission {
             slots: Arc::new(Semaphore::new(max_concurrent)),
-            queued: AtomicUsize::new(0),
+            queued: Arc::new(AtomicUsize::new(0)),
             max_queued,
             queue_timeout,
             metrics,
         }
     }
 
-    /// A slot for one run, now or after a bounded wait.
-    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refused> {
+    /// A slot now, or a place in the queue, or the reason there is neither.
+    pub fn reserve(&self) -> Result<Reservation, Refused> {
         match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(permit),
+            Ok(permit) => return Ok(Reservation::Slot(permit)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::ShuttingDown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {}
         }
@@ -74,15 +111,18 @@ impl Admission {
             return Err(Refused::QueueFull);
         }
         self.metrics.queued.inc();
-        let _waiting = Waiting(self);
-        let acquire = self.slots.clone().acquire_owned();
-        let permit = match self.queue_timeout {
-            Some(limit) => tokio::time::timeout(limit, acquire)
-                .await
-                .map_err(|_| Refused::QueueTimeout)?,
-            None => acquire.await,
-        };
-        permit.map_err(|_| Refused::ShuttingDown)
+        Ok(Reservation::Queued {
+            slots: self.slots.clone(),
+            _waiting: Waiting {
+                queued: self.queued.clone(),
+                metrics: self.metrics.clone(),
+            },
+        })
+    }
+
+    /// A slot for one run, now or after a wait bounded by `QUEUE_TIMEOUT_SECONDS`.
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        self.reserve()?.slot(self.queue_timeout).await
     }
 
     /// Refuses every waiting and future request (shutdown).

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub store_seconds: Histogram,
     /// Runs removed by retention.
     pub retention_removed: Counter,
+    /// Detached runs waiting for a slot now.
+    pub detached_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,6 +93,7 @@ impl Metrics {
             log_readers: Gauge::default(),
             store_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             retention_removed: Counter::default(),
+            detached_queued: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("runs_started", "Runs started, by CLI", m.runs_started.clone());
@@ -133,6 +136,11 @@ impl Metrics {
             "retention_removed_runs",
             "Finished runs removed by retention",
             m.retention_removed.clone(),
+        );
+        registry.register(
+            "detached_queued",
+            "Detached runs waiting for a slot now",
+            m.detached_queued.clone(),
         );
         registry.register(
             "build",

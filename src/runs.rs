@@ -9,21 +9,33 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, Refused};
+use crate::admission::{Admission, Refused, Reservation};
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, Metrics, StreamLabels};
 use crate::run::containment::Containment;
 use crate::run::frame::{EndReason, Frame};
-use crate::run::plan::plan;
+use crate::run::plan::{Launch, plan};
 use crate::run::registry::{Registration, Registry};
 use crate::run::request::RunSpec;
 use crate::run::supervisor::{Limits, Outcome, supervise};
-use crate::run::{Run, RunState};
+use crate::run::{End, Run, RunState};
 use crate::runlog::{LogDir, Source};
+use crate::store::idempotency::Claim;
 use crate::store::time::now_ms;
 use crate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
 use crate::telemetry::clip;
+
+/// How a run was asked for.
+enum Submit {
+    /// `POST /run`: admitted already, streamed to its client.
+    Attached,
+    /// `POST /runs`: answered at once, recorded `queued` or `running`.
+    Detached {
+        state: RecordState,
+        callback_url: Option<String>,
+    },
+}
 
 /// Why a run was not started, or a run could not be found. The API maps each to a status.
 #[derive(Debug)]
@@ -38,6 +50,25 @@ pub enum Refusal {
     NotFound(String),
     /// A bad query (400).
     Invalid(String),
+    /// An `Idempotency-Key` reused with another body (422).
+    KeyReused(String),
+}
+
+/// An `Idempotency-Key` and the hash of the request it came with (route and canonical body).
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub body_hash: String,
+}
+
+/// What a submit did.
+#[derive(Debug)]
+pub enum Submitted {
+    /// A new run, recorded in this state.
+    Started(Arc<Run>, RecordState),
+    /// The `Idempotency-Key` already names this run (same request within 24 h): nothing new
+    /// was started.
+    Again(String),
 }
 
 /// The run service.
@@ -132,39 +163,190 @@ impl Runs {
 
     /// Starts an attached run: admitted now (or after a bounded wait), recorded, its session
     /// frame in its log, its supervisor running. The caller follows `run.log`.
-    pub async fn submit(self: &Arc<Self>, spec: RunSpec, caller: &Caller) -> Result<Arc<Run>, Refusal> {
-        let conflict = || Refusal::Conflict(format!("session '{}' is already running", spec.session_id));
-        if self.registry.get(&spec.session_id).is_some() {
-            return Err(conflict());
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        caller: &Caller,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Submitted, Refusal> {
+        let run_id = new_run_id();
+        if let Some(again) = self.claim(caller, idempotency.as_ref(), &run_id).await? {
+            return Ok(again);
         }
+        let started = self.submit_attached(spec, caller, run_id.clone()).await;
+        self.settle(caller, idempotency.as_ref(), &run_id, started.is_err())
+            .await;
+        Ok(Submitted::Started(started?, RecordState::Running))
+    }
+
+    async fn submit_attached(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        caller: &Caller,
+        run_id: String,
+    ) -> Result<Arc<Run>, Refusal> {
+        self.check_session(&spec)?;
         self.check_disk()?;
-        let permit = self.admission.admit().await.map_err(|refused| match refused {
+        let permit = self.admission.admit().await.map_err(|r| self.refused(r))?;
+        let (run, registration, launch) = self.create(&spec, caller, run_id, Submit::Attached).await?;
+        self.start(run.clone(), spec, launch, registration, Reservation::Slot(permit), None);
+        Ok(run)
+    }
+
+    /// Records a detached run and answers at once: it starts when a slot is free (waiting in
+    /// the bounded queue, without `QUEUE_TIMEOUT_SECONDS`: nobody is waiting on a connection),
+    /// and its end is delivered to `callback_url` when one is given. Returns the run and the
+    /// state it was recorded in (`running`, or `queued`).
+    pub async fn submit_detached(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        caller: &Caller,
+        callback_url: Option<String>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Submitted, Refusal> {
+        let run_id = new_run_id();
+        if let Some(again) = self.claim(caller, idempotency.as_ref(), &run_id).await? {
+            return Ok(again);
+        }
+        let started = self.detach(spec, caller, callback_url, run_id.clone()).await;
+        self.settle(caller, idempotency.as_ref(), &run_id, started.is_err())
+            .await;
+        let (run, state) = started?;
+        Ok(Submitted::Started(run, state))
+    }
+
+    async fn detach(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        caller: &Caller,
+        callback_url: Option<String>,
+        run_id: String,
+    ) -> Result<(Arc<Run>, RecordState), Refusal> {
+        self.check_session(&spec)?;
+        self.check_disk()?;
+        let reservation = self.admission.reserve().map_err(|r| self.refused(r))?;
+        let state = if reservation.has_slot() {
+            RecordState::Running
+        } else {
+            RecordState::Queued
+        };
+        let (run, registration, launch) = self
+            .create(&spec, caller, run_id, Submit::Detached { state, callback_url })
+            .await?;
+        self.start(run.clone(), spec, launch, registration, reservation, Some(state));
+        Ok((run, state))
+    }
+
+    /// Claims the request's `Idempotency-Key` for `run_id`: `None` to go on and start it, or
+    /// the run the key already names.
+    async fn claim(
+        &self,
+        caller: &Caller,
+        idempotency: Option<&Idempotency>,
+        run_id: &str,
+    ) -> Result<Option<Submitted>, Refusal> {
+        let Some(i) = idempotency else { return Ok(None) };
+        let owner = caller.name.as_deref().unwrap_or("");
+        let claim = self
+            .store
+            .claim_key(owner, &i.key, &i.body_hash, run_id, now_ms())
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?;
+        match claim {
+            Claim::New => Ok(None),
+            Claim::Taken { body_hash, run_id } if body_hash == i.body_hash => Ok(Some(Submitted::Again(run_id))),
+            Claim::Taken { .. } => Err(Refusal::KeyReused(format!(
+                "Idempotency-Key '{}' was used within 24 h for a different request",
+                i.key.escape_debug()
+            ))),
+        }
+    }
+
+    /// Gives the key back when its run could not be started, so that a retry can start one.
+    async fn settle(&self, caller: &Caller, idempotency: Option<&Idempotency>, run_id: &str, failed: bool) {
+        if let (Some(i), true) = (idempotency, failed) {
+            let owner = caller.name.as_deref().unwrap_or("");
+            if let Err(e) = self.store.release_key(owner, &i.key, run_id).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot release an idempotency key");
+            }
+        }
+    }
+
+    /// The run an `Idempotency-Key` named, once it exists: the request that claimed the key may
+    /// still be waiting for its slot. Gives up after the queue's own bound.
+    pub async fn await_run(&self, caller: &Caller, run_id: &str) -> Result<(RunRecord, Source), Refusal> {
+        let limit = self.config.queue_timeout.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.source(caller, run_id).await {
+                Ok(found) => return Ok(found),
+                Err(Refusal::NotFound(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(Refusal::NotFound(_)) => {
+                    return Err(Refusal::Conflict(
+                        "the request holding this Idempotency-Key has not started its run; retry".into(),
+                    ));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    fn check_session(&self, spec: &RunSpec) -> Result<(), Refusal> {
+        if self.registry.get(&spec.session_id).is_some() {
+            return Err(Refusal::Conflict(format!(
+                "session '{}' is already running",
+                spec.session_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn refused(&self, refused: Refused) -> Refusal {
+        match refused {
             Refused::QueueFull => Refusal::Overloaded(format!(
                 "{} runs are running and {} waiting",
                 self.config.max_concurrent, self.config.max_queued
             )),
             Refused::QueueTimeout => Refusal::Overloaded("no run slot became free in QUEUE_TIMEOUT_SECONDS".into()),
             Refused::ShuttingDown => Refusal::Unavailable("the gateway is shutting down".into()),
-        })?;
+        }
+    }
+
+    /// Creates the run: its log, its place in the running index (one run per session), its
+    /// record (before the first frame: a crash from here on leaves a record to account for) and
+    /// its session frame.
+    async fn create(
+        &self,
+        spec: &RunSpec,
+        caller: &Caller,
+        run_id: String,
+        how: Submit,
+    ) -> Result<(Arc<Run>, Registration, Launch), Refusal> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "{what}");
             Refusal::Unavailable(format!("{what}: {e}"))
         };
         let mut run = Run::new(spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name.clone());
-        let client = caller.client.map(|c| c.to_string()).unwrap_or_default();
+        run.id = run_id;
+        run.client = caller.client.map(|c| c.to_string()).unwrap_or_default();
         let log = self
             .logs
             .create(&run.id)
             .map_err(|e| unavailable("cannot create the run's log in DATA_DIR", &e))?;
         run = run.with_log(log.clone());
         let run = Arc::new(run);
-        let registration = self.registry.insert(run.clone()).ok_or_else(conflict)?;
-        let launch = plan(&spec, &self.config, &run.id);
+        let registration = self.registry.insert(run.clone()).ok_or_else(|| {
+            let _ = self.logs.remove(&run.id);
+            Refusal::Conflict(format!("session '{}' is already running", spec.session_id))
+        })?;
 
         let now = now_ms();
         let mut record = RunRecord::queued(&run.id, &run.session_id, &run.cli, self.instance(), now);
         record.args = spec.args.clone();
         record.env_keys = spec.env.keys().cloned().collect();
+        let launch = plan(spec, &self.config, &run.id);
         record.model = launch.model.clone();
         record.mode = if self.config.docker().is_some() {
             RunMode::Docker
@@ -172,9 +354,18 @@ impl Runs {
             RunMode::Local
         };
         record.owner = run.owner.clone();
-        record.state = RecordState::Running;
-        record.started_at = Some(now);
-        // Recorded before the first frame: a crash from here on leaves a record to account for.
+        match how {
+            Submit::Attached => {
+                record.state = RecordState::Running;
+                record.started_at = Some(now);
+            }
+            Submit::Detached { state, callback_url } => {
+                record.detached = true;
+                record.callback_url = callback_url;
+                record.state = state;
+                record.started_at = (state == RecordState::Running).then_some(now);
+            }
+        }
         let timer = std::time::Instant::now();
         self.store.insert(&record).await.map_err(|e| {
             let _ = self.logs.remove(&run.id);
@@ -190,12 +381,21 @@ impl Runs {
         .encode(&mut first);
         log.append(first.freeze())
             .map_err(|e| unavailable("cannot write the run's log", &e))?;
+        Ok((run, registration, launch))
+    }
 
-        self.metrics
-            .runs_started
-            .get_or_create(&CliLabels { cli: spec.cli.clone() })
-            .inc();
-        self.metrics.active_runs.inc();
+    /// Runs the run in its own task: waits for its slot if it has none (a stop or the shutdown
+    /// ends the wait), then plans, supervises and finishes it. `queued` is the recorded state of
+    /// a detached run (`None` for an attached one).
+    fn start(
+        self: &Arc<Self>,
+        run: Arc<Run>,
+        spec: RunSpec,
+        launch: Launch,
+        registration: Registration,
+        reservation: Reservation,
+        queued: Option<RecordState>,
+    ) {
         let limits = Limits {
             timeout: self.config.timeout,
             idle_timeout: self.config.idle_timeout,
@@ -203,13 +403,49 @@ impl Runs {
             kill_grace: self.config.kill_grace,
         };
         let service = self.clone();
-        let task_run = run.clone();
+        let waits = !reservation.has_slot();
+        if waits {
+            self.metrics.detached_queued.inc();
+        }
         self.tasks.spawn(async move {
+            let permit = tokio::select! {
+                permit = reservation.slot(None) => permit.ok(),
+                _ = run.stop_requested() => None,
+            };
+            if waits {
+                service.metrics.detached_queued.dec();
+            }
+            let Some(permit) = permit else {
+                // Ended before it started: stopped while queued, or the gateway shut down.
+                let reason = run.stop_reason().unwrap_or(EndReason::Shutdown);
+                let end = End { code: 143, reason };
+                run.set_state(RunState::Finished(end));
+                let outcome = Outcome {
+                    end,
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
+                };
+                service.finish(&run, outcome, None, false, (registration, None)).await;
+                return;
+            };
+            if queued == Some(RecordState::Queued) {
+                let timer = std::time::Instant::now();
+                if let Err(e) = service.store.mark_running(&run.id, now_ms()).await {
+                    tracing::error!(run_id = run.id.as_str(), error = %format!("{e:#}"), "cannot record the start of a run");
+                }
+                service.metrics.observe_store(timer.elapsed());
+            }
+            service
+                .metrics
+                .runs_started
+                .get_or_create(&CliLabels { cli: spec.cli.clone() })
+                .inc();
+            service.metrics.active_runs.inc();
             let model = launch.model.clone();
             let container = launch.container.is_some();
-            let log = task_run.log.clone().expect("a submitted run has a log");
+            let log = run.log.clone().expect("a submitted run has a log");
             let outcome = supervise(
-                &task_run,
+                &run,
                 &service.containment,
                 launch,
                 spec.stdin,
@@ -218,11 +454,11 @@ impl Runs {
                 log,
             )
             .await;
+            service.metrics.active_runs.dec();
             service
-                .finish(&task_run, outcome, model, container, &client, (registration, permit))
+                .finish(&run, outcome, model, container, (registration, Some(permit)))
                 .await;
         });
-        Ok(run)
     }
 
     /// The one finish hook: record the end, then write the exit frame (so a reader that sees it
@@ -233,8 +469,7 @@ impl Runs {
         outcome: Outcome,
         model: Option<String>,
         container: bool,
-        client: &str,
-        (registration, permit): (Registration, tokio::sync::OwnedSemaphorePermit),
+        (registration, permit): (Registration, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
         let end = outcome.end;
         let log = run.log.as_ref().expect("a submitted run has a log");
@@ -271,7 +506,6 @@ impl Runs {
 
         let metrics = &self.metrics;
         let duration = run.started.elapsed();
-        metrics.active_runs.dec();
         metrics.log_bytes.inc_by(log_bytes);
         metrics
             .runs_finished
@@ -311,7 +545,7 @@ impl Runs {
             stdout_bytes = outcome.stdout_bytes,
             stderr_bytes = outcome.stderr_bytes,
             log_bytes,
-            client,
+            client = run.client.as_str(),
             "run finished"
         );
     }
@@ -405,6 +639,8 @@ impl Runs {
     /// while the finished runs' logs hold more than `RUN_RETENTION_BYTES`. A run that is queued or
     /// running is never removed (the store refuses to delete one). Returns how many were removed.
     pub async fn retain(&self) -> anyhow::Result<u64> {
+        // Idempotency keys name their run for a day.
+        self.store.expire_keys(now_ms()).await?;
         self.retain_with(self.config.run_retention, self.config.run_retention_bytes)
             .await
     }
@@ -476,6 +712,11 @@ impl Runs {
         }
         self.store.close().await;
     }
+}
+
+/// A new run id: 32 hex digits.
+fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Free bytes for unprivileged writers on the file system holding `path`.

@@ -78,6 +78,7 @@ on_both!(
     migrations_are_idempotent,
     concurrent_writers_lose_nothing,
     ping_answers,
+    an_idempotency_key_is_claimed_once,
 );
 
 const T0: i64 = 1_764_549_363_123;
@@ -596,4 +597,54 @@ async fn throughput_sqlite() {
 async fn throughput_postgres() {
     let ctx = postgres().await;
     throughput("postgres", ctx.store.clone(), 5000, 8).await;
+}
+
+async fn an_idempotency_key_is_claimed_once(ctx: Ctx) {
+    use cligate::store::idempotency::{Claim, KEY_LIFETIME_MS};
+    let s = &ctx.store;
+    // Twenty claims at once: exactly one wins, the others are told its run.
+    let claims: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim_key("alice", "k1", "h1", &format!("run-{i}"), T0).await.unwrap() })
+        })
+        .collect();
+    let mut new = 0;
+    let mut named = std::collections::BTreeSet::new();
+    for c in claims {
+        match c.await.unwrap() {
+            Claim::New => new += 1,
+            Claim::Taken { body_hash, run_id } => {
+                assert_eq!(body_hash, "h1");
+                named.insert(run_id);
+            }
+        }
+    }
+    assert_eq!(new, 1);
+    assert_eq!(named.len(), 1, "{named:?}");
+    // Keys are per owner; a released key can be claimed again; an expired one is taken over.
+    assert_eq!(s.claim_key("bob", "k1", "h2", "run-b", T0).await.unwrap(), Claim::New);
+    let winner = named.into_iter().next().unwrap();
+    s.release_key("alice", "k1", "someone-else").await.unwrap();
+    assert!(matches!(
+        s.claim_key("alice", "k1", "h1", "x", T0).await.unwrap(),
+        Claim::Taken { .. }
+    ));
+    s.release_key("alice", "k1", &winner).await.unwrap();
+    assert_eq!(
+        s.claim_key("alice", "k1", "h3", "run-c", T0 + 1).await.unwrap(),
+        Claim::New
+    );
+    let later = T0 + 1 + KEY_LIFETIME_MS;
+    assert_eq!(
+        s.claim_key("alice", "k1", "h4", "run-d", later).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(s.expire_keys(later + KEY_LIFETIME_MS).await.unwrap(), 2);
+    // A key survives reopening the store.
+    assert_eq!(s.claim_key("carol", "k9", "h", "run-e", T0).await.unwrap(), Claim::New);
+    let again = ctx.reopen().await;
+    assert!(
+        matches!(again.claim_key("carol", "k9", "h", "x", T0).await.unwrap(), Claim::Taken { run_id, .. } if run_id == "run-e")
+    );
 }

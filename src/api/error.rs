@@ -139,6 +139,7 @@ impl From<crate::runs::Refusal> for ApiError {
             Refusal::Unavailable(d) => ApiError::Unavailable(d),
             Refusal::NotFound(d) => ApiError::NotFound(d),
             Refusal::Invalid(d) => ApiError::BadRequest(d),
+            Refusal::KeyReused(d) => ApiError::Unprocessable(d),
         }
     }
 }

@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/sessions/{session_id}", true),
     ("POST", "/sessions/{session_id}/stop", true),
     ("GET", "/runs", true),
+    ("POST", "/runs", true),
     ("GET", "/runs/{run_id}", true),
     ("GET", "/runs/{run_id}/log", true),
     ("GET", "/runs/{run_id}/events", true),
@@ -161,11 +162,13 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         req.method().clone()
     };
     if !allowed.contains(&method.as_str()) {
-        return Err(ApiError::MethodNotAllowed(if allowed == ["POST"] {
-            "POST"
-        } else {
-            "GET, HEAD"
-        }));
+        return Err(ApiError::MethodNotAllowed(
+            match (allowed.contains(&"GET"), allowed.contains(&"POST")) {
+                (true, true) => "GET, HEAD, POST",
+                (false, true) => "POST",
+                _ => "GET, HEAD",
+            },
+        ));
     }
     let mut caller = if protected {
         auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
@@ -196,6 +199,7 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         (Method::GET, "/sessions/{session_id}") => run::status(app, &caller, percent_decode(segments[1])?).await?,
         (Method::POST, "/sessions/{session_id}/stop") => run::stop(app, &caller, percent_decode(segments[1])?)?,
         (Method::GET, "/runs") => runs::list(app, &caller, req.uri().query()).await?,
+        (Method::POST, "/runs") => runs::submit(app, caller, req).await?,
         (Method::GET, "/runs/{run_id}") => runs::get(app, &caller, &percent_decode(segments[1])?).await?,
         (Method::GET, "/runs/{run_id}/log") => {
             runs::log(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?

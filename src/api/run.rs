@@ -23,6 +23,7 @@ use crate::run::frame::EndReason;
 use crate::run::request::RunRequest;
 use crate::run::{Run, RunState};
 use crate::runlog::{Source, follow};
+use crate::runs::{Idempotency, Submitted};
 
 /// At most this much of a body that is too large is read and thrown away before the 413, so
 /// that a client that sends its whole body before reading (Python's urllib, most simple clients)
@@ -38,7 +39,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Reads the whole body within `timeout` (408 after), refusing more than `limit` bytes (413).
 /// The content type is not checked: clients of the reference send JSON under whatever type their
 /// HTTP library picks.
-async fn read_body(req: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+pub async fn read_body(req: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -90,7 +91,7 @@ async fn drain(body: &mut Incoming, mut read: u64) {
     }
 }
 
-fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
+pub fn parse(body: &[u8]) -> Result<RunRequest, ApiError> {
     let shape = |e: serde_json::Error| match e.classify() {
         serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
         _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
@@ -110,20 +111,73 @@ pub async fn start(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let config = &app.config;
+    let key = idempotency_key(req.headers())?;
     let body = read_body(req, config.max_request_bytes, config.request_read_timeout).await?;
-    let spec = parse(&body)?.validate(config).map_err(ApiError::BadRequest)?;
+    let request = parse(&body)?;
+    if request.callback_url.is_some() {
+        return Err(ApiError::BadRequest(
+            "callback_url is for detached runs: POST /runs".into(),
+        ));
+    }
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        body_hash: body_hash("POST /run", &body),
+    });
+    let spec = request.validate(config).map_err(ApiError::BadRequest)?;
     drop(body);
-    let run = app.runs.submit(spec, &caller).await?;
-    let log = run.log.clone().expect("a submitted run has a log");
-    let frames = attached(run.clone(), Source::Live(log), app.runs.metrics.clone());
+    let (run_id, frames) = match app.runs.submit(spec, &caller, idempotency).await? {
+        Submitted::Started(run, _) => {
+            let log = run.log.clone().expect("a submitted run has a log");
+            let frames = attached(run.clone(), Source::Live(log), app.runs.metrics.clone());
+            (run.id.clone(), Body::stream(frames))
+        }
+        // The same request again: another reader of the same run, from its start. Its leaving
+        // does not end the run; the first client's does.
+        Submitted::Again(run_id) => {
+            let (_, source) = app.runs.await_run(&caller, &run_id).await?;
+            (
+                run_id,
+                Body::stream(reader(follow(source, 0), app.runs.metrics.clone())),
+            )
+        }
+    };
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/x-ndjson")
         .header(CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .header("x-cligate-run-id", run.id.as_str())
-        .body(Body::stream(frames))
+        .header("x-cligate-run-id", run_id)
+        .body(frames)
         .expect("static headers are valid"))
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent.
+pub fn idempotency_key(headers: &hyper::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        )),
+    }
+}
+
+/// What makes two requests "the same" for an `Idempotency-Key`: the route and the body as JSON
+/// (key order and spacing do not matter), hashed.
+pub fn body_hash(route: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_else(|_| body.to_vec());
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(&canonical);
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The attached client's reader: the whole log from the session frame to the exit frame. When

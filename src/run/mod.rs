@@ -54,6 +54,8 @@ pub struct Run {
     stop_reason: OnceLock<EndReason>,
     /// Where its frames go; every reader follows it.
     pub log: Option<Arc<RunLog>>,
+    /// Where the request came from (for the `run finished` log line).
+    pub client: String,
 }
 
 impl Run {
@@ -68,6 +70,7 @@ impl Run {
             stop: CancellationToken::new(),
             stop_reason: OnceLock::new(),
             log: None,
+            client: String::new(),
         }
     }
 
@@ -90,6 +93,11 @@ impl Run {
         }
         self.stop.cancel();
         true
+    }
+
+    /// Why the run was asked to end, if it was.
+    pub fn stop_reason(&self) -> Option<EndReason> {
+        self.stop_reason.get().copied()
     }
 
     /// Resolves with the reason once the run has been asked to end.

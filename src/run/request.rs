@@ -21,6 +21,9 @@ pub struct RunRequest {
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Detached runs only (`POST /runs`): where the final record is delivered.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// A request that passed validation.

@@ -11,6 +11,7 @@
 //! - [`cursor`], [`time`]: the paging cursor and RFC 3339 formatting.
 
 pub mod cursor;
+pub mod idempotency;
 pub mod record;
 pub mod retention;
 pub mod runs;
