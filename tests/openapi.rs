@@ -420,7 +420,8 @@ fn the_document_uses_only_keywords_the_validator_knows() {
             );
             if key == "pattern" {
                 assert!(
-                    at.starts_with("#/components/schemas/RunRequest/"),
+                    at.starts_with("#/components/schemas/RunRequest/")
+                        || at.starts_with("#/components/schemas/DetachedRunRequest/"),
                     "{at}: pattern outside the request"
                 );
             }
@@ -599,7 +600,8 @@ impl Probe<'_> {
         let mut replies = Vec::new();
         for (method, pattern, _) in cligate::api::ROUTES {
             let path = self.example_path(method, pattern) + &self.example_query(method, pattern);
-            let body = (*method == "POST" && *pattern == "/run").then(|| self.example_body("minimal").to_string());
+            let body = (*method == "POST" && (*pattern == "/run" || *pattern == "/runs"))
+                .then(|| self.example_body("minimal").to_string());
             let reply = self.call(addr, method, pattern, &path, body.as_deref(), headers).await;
             replies.push((format!("{method} {pattern}"), reply));
         }
@@ -777,6 +779,10 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         .call(addr, "POST", "/run", "/run", Some(&long.to_string()), &[])
         .await
         .assert_error(409);
+    probe
+        .call(addr, "POST", "/runs", "/runs", Some(&long.to_string()), &[])
+        .await
+        .assert_error(409);
     let stopped = probe
         .call(addr, "POST", "/sessions/{session_id}/stop", &stop_path, None, &[])
         .await;
@@ -807,6 +813,49 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     runs(&mut probe, addr, &full_run, &session).await;
 
     // Refused run requests.
+    for route in ["/runs"] {
+        probe
+            .call(addr, "POST", route, route, Some("{not json"), &[])
+            .await
+            .assert_error(400);
+        let callback = json!({"cli": "codex", "callback_url": "file:///etc/passwd"});
+        probe
+            .call(addr, "POST", route, route, Some(&callback.to_string()), &[])
+            .await
+            .assert_error(400);
+        probe
+            .call(addr, "POST", route, route, Some(&json!({"cli": 5}).to_string()), &[])
+            .await
+            .assert_error(422);
+    }
+    // The same Idempotency-Key with another request: 422.
+    let key = [("idempotency-key", "openapi-key-1")];
+    let first = probe
+        .call(
+            addr,
+            "POST",
+            "/runs",
+            "/runs",
+            Some(&json!({"cli": "codex"}).to_string()),
+            &key,
+        )
+        .await;
+    assert_eq!(first.status, 202);
+    assert_eq!(
+        first.headers["location"],
+        format!("/runs/{}", first.json()["run_id"].as_str().unwrap()).as_str()
+    );
+    probe
+        .call(
+            addr,
+            "POST",
+            "/runs",
+            "/runs",
+            Some(&json!({"cli": "codex", "args": ["x"]}).to_string()),
+            &key,
+        )
+        .await
+        .assert_error(422);
     let bad_json = probe.call(addr, "POST", "/run", "/run", Some("{not json"), &[]).await;
     assert_eq!(bad_json.assert_error(400)["error"], "bad_request");
     let mut not_allowed = probe.example_body("minimal");
@@ -871,10 +920,12 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("MAX_REQUEST_BYTES", "64")]).await;
     let big = probe.example_body("full").to_string();
     assert!(big.len() > 64);
-    probe
-        .call(gw.addr, "POST", "/run", "/run", Some(&big), &[])
-        .await
-        .assert_error(413);
+    for route in ["/run", "/runs"] {
+        probe
+            .call(gw.addr, "POST", route, route, Some(&big), &[])
+            .await
+            .assert_error(413);
+    }
     drop(gw);
 
     // A body that does not arrive within REQUEST_READ_TIMEOUT_SECONDS.
@@ -884,10 +935,12 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         ("REQUEST_READ_TIMEOUT_SECONDS", "1"),
     ])
     .await;
-    let reply = slow_body_reply(gw.addr).await;
-    spec.check_reply("POST", "/run", &reply);
-    assert_eq!(reply.assert_error(408)["error"], "request_timeout");
-    probe.seen.insert(("POST".into(), "/run".into(), 408));
+    for route in ["/run", "/runs"] {
+        let reply = slow_body_reply(gw.addr, route).await;
+        spec.check_reply("POST", route, &reply);
+        assert_eq!(reply.assert_error(408)["error"], "request_timeout");
+        probe.seen.insert(("POST".into(), route.into(), 408));
+    }
     drop(gw);
 
     // No run slot and no queue: 503 with Retry-After.
@@ -914,6 +967,17 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         .await;
     assert_eq!(reply.assert_error(503)["error"], "overloaded");
     assert_eq!(reply.headers["retry-after"], "1");
+    let reply = probe
+        .call(
+            gw.addr,
+            "POST",
+            "/runs",
+            "/runs",
+            Some(&probe.example_body("minimal").to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.assert_error(503)["error"], "overloaded");
     drop(busy);
     drop(gw);
 
@@ -949,6 +1013,8 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
 fn example_status(what: &str) -> u16 {
     if what.contains("/sessions/") || what.contains("/runs/") {
         404
+    } else if what == "POST /runs" {
+        202
     } else {
         200
     }
@@ -1131,13 +1197,13 @@ async fn runs(probe: &mut Probe<'_>, addr: SocketAddr, finished: &str, session: 
 
 /// The reply to a `POST /run` that declares a 1000-byte body and sends one byte, over a raw socket
 /// (an HTTP client library would send the whole body).
-async fn slow_body_reply(addr: SocketAddr) -> Reply {
+async fn slow_body_reply(addr: SocketAddr, route: &str) -> Reply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /run HTTP/1.1\r\nhost: cligate.test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
-        .await
-        .unwrap();
+    let head = format!(
+        "POST {route} HTTP/1.1\r\nhost: cligate.test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
         .await
