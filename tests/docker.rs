@@ -935,3 +935,51 @@ async fn a_killed_docker_gateway_leaves_no_container_and_its_runs_are_interrupte
         assert!(content.ends_with('\n') && page["eof"] == true, "{page}");
     }
 }
+
+/// Detached runs in docker mode: one runs to its end in its container, another is stopped by
+/// run id and its container removed.
+#[tokio::test]
+async fn detached_runs_in_containers_end_and_stop_by_run_id() {
+    let inst = Instance::new("detached");
+    let gw = docker_gateway(&inst, &[]).await;
+    let submit = |body: Value| {
+        let addr = gw.addr;
+        async move {
+            let r = common::request(addr, "POST", "/runs", Some(body.to_string().into_bytes()), &[]).await;
+            assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["run_id"].as_str().unwrap().to_string()
+        }
+    };
+    let record = |id: String| {
+        let addr = gw.addr;
+        async move {
+            let deadline = Instant::now() + GONE_WITHIN;
+            loop {
+                let r = common::request(addr, "GET", &format!("/runs/{id}"), None, &[])
+                    .await
+                    .json();
+                if r["state"] == "finished" {
+                    return r;
+                }
+                assert!(Instant::now() < deadline, "never finished: {r}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let done = submit(json!({"cli": "args", "args": ["in", "a container"]})).await;
+    let r = record(done.clone()).await;
+    assert_eq!((r["exit_code"].as_i64(), r["mode"].as_str()), (Some(0), Some("docker")));
+    let log = common::request(gw.addr, "GET", &format!("/runs/{done}/log"), None, &[])
+        .await
+        .json();
+    assert!(log["content"].as_str().unwrap().contains("[a container]"), "{log}");
+
+    let sid = session("detached-stop");
+    let long = submit(json!({"cli": "sh", "session_id": sid, "args": ["-c", "echo started; sleep 60"]})).await;
+    wait_container(&session_label(&sid), GONE_WITHIN).await;
+    let stop = common::request(gw.addr, "POST", &format!("/runs/{long}/stop"), None, &[]).await;
+    assert_eq!(stop.status, 200);
+    let r = record(long).await;
+    assert_eq!(r["reason"], "stopped");
+    assert_no_containers(&session_label(&sid), GONE_WITHIN).await;
+}
