@@ -120,6 +120,7 @@ impl Binary {
         let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
         let mut child = Command::new(BIN)
             .env_clear()
+            .env("DATA_DIR", common::scratch_data_dir())
             .env("PATH", path)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")

@@ -273,6 +273,7 @@ async fn run_binary(args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_clear()
+        .env("DATA_DIR", common::scratch_data_dir())
         .env("PATH", test_path())
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -424,6 +425,7 @@ async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() 
     let api_key = "sk-supersecret-value";
     let mut child = Command::new(BIN)
         .env_clear()
+        .env("DATA_DIR", common::scratch_data_dir())
         .env("PATH", test_path())
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")

@@ -202,6 +202,7 @@ impl Binary {
         let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cligate"));
         cmd.env_clear()
+            .env("DATA_DIR", common::scratch_data_dir())
             .env("PATH", path)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("CLI_LIST", "args,sleep")

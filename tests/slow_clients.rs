@@ -149,6 +149,7 @@ impl Binary {
             None => Command::new(BIN),
         };
         cmd.env_clear()
+            .env("DATA_DIR", common::scratch_data_dir())
             .env("PATH", test_path())
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")

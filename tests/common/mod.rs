@@ -507,6 +507,7 @@ impl Binary {
         let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
             .env_clear()
+            .env("DATA_DIR", scratch_data_dir())
             .env("PATH", path)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
@@ -564,4 +565,12 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
+}
+
+/// A fresh `DATA_DIR` for a real `cligate` binary started by a test, under cargo's scratch
+/// directory for integration tests (inside `target/`), so that no test writes into the checkout.
+pub fn scratch_data_dir() -> String {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("data-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch DATA_DIR");
+    dir.display().to_string()
 }
