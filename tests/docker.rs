@@ -922,7 +922,10 @@ async fn a_killed_docker_gateway_leaves_no_container_and_its_runs_are_interrupte
         let r = common::request(gw.addr, "GET", &format!("/runs/{id}"), None, &[]).await;
         assert_eq!(r.status, 200);
         let record = r.json();
-        assert_eq!((record["state"].as_str(), record["reason"].as_str()), (Some("interrupted"), Some("gateway_lost")));
+        assert_eq!(
+            (record["state"].as_str(), record["reason"].as_str()),
+            (Some("interrupted"), Some("gateway_lost"))
+        );
         assert_eq!(record["mode"], "docker");
         let page = common::request(gw.addr, "GET", &format!("/runs/{id}/log?max_bytes=4194304"), None, &[])
             .await
