@@ -434,29 +434,34 @@ impl Inner {
             });
             return self.give_up(run_id, &mut delivery).await;
         };
-        let mut shown = record;
-        shown.callback = None;
-        let body = match serde_json::to_vec(&shown) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                tracing::error!(run_id, error = %e, "cannot encode a run for its callback");
-                return;
-            }
-        };
-        let signature = sign(secret.expose(), &body);
         // Recorded before the first attempt: a crash from here on resumes with the same id.
         delivery.next_attempt_at = None;
         self.save(run_id, &delivery).await;
 
+        let mut record = Some(record);
         loop {
             let place = tokio::select! {
                 place = self.places.acquire() => place.expect("the semaphore is never closed"),
                 _ = self.stop.cancelled() => return,
             };
-            if delivery.attempt_count > 0 {
-                self.metrics.callbacks_retried.inc();
-            }
-            let outcome = self.attempt(&url, &body, &signature, &delivery.delivery_id).await;
+            // The body is made again for each attempt rather than kept while a delivery waits (a
+            // record can be large, deliveries can be many); a final record does not change, so
+            // neither do the bytes.
+            let outcome = match self.body(run_id, record.take()).await {
+                Ok(None) => return, // removed by retention meanwhile
+                Ok(Some(body)) => {
+                    if delivery.attempt_count > 0 {
+                        self.metrics.callbacks_retried.inc();
+                    }
+                    let signature = sign(secret.expose(), &body);
+                    self.attempt(&url, &body, &signature, &delivery.delivery_id).await
+                }
+                Err(why) => Outcome::Failed(Attempt {
+                    at: rfc3339_ms(now_ms()),
+                    status: None,
+                    error: Some(format!("not sent: {why}")),
+                }),
+            };
             drop(place);
             match outcome {
                 Outcome::Cancelled => return,
@@ -497,6 +502,22 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The body of `run_id`'s callback, from `record` or else read again; `None` when the run is
+    /// gone.
+    async fn body(&self, run_id: &str, record: Option<RunRecord>) -> Result<Option<Bytes>, String> {
+        let record = match record {
+            Some(r) => r,
+            None => match self.store.get(run_id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(format!("the run store does not answer: {e:#}")),
+            },
+        };
+        body_of(record)
+            .map(Some)
+            .map_err(|e| format!("cannot encode the run: {e}"))
     }
 
     /// One POST, bounded by the attempt time-out; the response body is never read.
@@ -543,16 +564,10 @@ impl Inner {
         }
     }
 
-    /// The wait after the `n`th failed attempt: base × 2^(n-1), at most the cap, ±20 %.
+    /// The wait after the `n`th failed attempt.
     fn backoff(&self, n: u32) -> Duration {
-        let exp = n.saturating_sub(1).min(30);
-        let wait = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << exp)
-            .min(self.settings.backoff_cap);
         let unit = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
-        wait.mul_f64(0.8 + 0.4 * unit)
+        backoff(self.settings.backoff_base, self.settings.backoff_cap, n, unit)
     }
 
     async fn give_up(&self, run_id: &str, delivery: &mut Delivery) {
@@ -577,6 +592,19 @@ impl Inner {
             tracing::error!(run_id, error = %format!("{e:#}"), "cannot record a callback's status");
         }
     }
+}
+
+/// The wait after the `n`th failed attempt: base × 2^(n-1), at most `cap`, then ±20 % by
+/// `unit` (0..1, random).
+fn backoff(base: Duration, cap: Duration, n: u32, unit: f64) -> Duration {
+    let exp = n.saturating_sub(1).min(30);
+    base.saturating_mul(1u32 << exp).min(cap).mul_f64(0.8 + 0.4 * unit)
+}
+
+/// The callback body: the record as `GET /runs/{id}` shows it, with `callback` null.
+fn body_of(mut record: RunRecord) -> serde_json::Result<Bytes> {
+    record.callback = None;
+    serde_json::to_vec(&record).map(Bytes::from)
 }
 
 /// A transport error in a few words: the innermost cause (e.g. `Connection refused (os error
@@ -676,6 +704,16 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let (base, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+        let mid: Vec<u64> = (1..=11).map(|n| backoff(base, cap, n, 0.5).as_secs()).collect();
+        assert_eq!(mid, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(base, cap, 1, 0.0), Duration::from_millis(800));
+        assert_eq!(backoff(base, cap, 1, 1.0), Duration::from_millis(1200));
+        assert_eq!(backoff(base, cap, u32::MAX, 1.0), Duration::from_secs(360));
     }
 
     #[test]

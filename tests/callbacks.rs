@@ -57,6 +57,8 @@ struct Hit {
     verified: bool,
     /// What it answered (0: nothing).
     answered: u16,
+    /// When it arrived.
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -95,14 +97,14 @@ impl Receiver {
                     return;
                 };
                 let n = connections.fetch_add(1, Ordering::SeqCst);
-                if let Behavior::Drop(first) = behavior {
-                    if n < first {
-                        let mut buf = [0u8; 64];
-                        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
-                        shared.lock().unwrap().dropped += 1;
-                        drop(socket);
-                        continue;
-                    }
+                if let Behavior::Drop(first) = behavior
+                    && n < first
+                {
+                    let mut buf = [0u8; 64];
+                    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+                    shared.lock().unwrap().dropped += 1;
+                    drop(socket);
+                    continue;
                 }
                 let seen = shared.clone();
                 tokio::spawn(async move {
@@ -158,6 +160,7 @@ async fn answer(req: Request<Incoming>, behavior: Behavior, seen: &Mutex<Seen>) 
         body,
         verified,
         answered: status,
+        at: Instant::now(),
     });
     if status == 0 {
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -275,10 +278,10 @@ impl Ctx {
     async fn settled(&self, run_id: &str, within: Duration) -> Delivery {
         let start = Instant::now();
         loop {
-            if let Some(d) = self.delivery(run_id).await {
-                if d.state != DeliveryState::Pending {
-                    return d;
-                }
+            if let Some(d) = self.delivery(run_id).await
+                && d.state != DeliveryState::Pending
+            {
+                return d;
             }
             assert!(
                 start.elapsed() < within,
@@ -612,6 +615,46 @@ async fn recovery_delivers_the_callbacks_of_interrupted_runs(db: Db) {
 
 // ---------------------------------------------------------------------------------------------
 // Not per database
+
+/// With one place, a hanging receiver gets one attempt at a time: the others wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_in_flight_are_bounded() {
+    let ctx = Ctx::open(Db::Sqlite).await;
+    let receiver = Receiver::start(Behavior::Hang).await;
+    let mut settings = ctx.settings(
+        &receiver.url("/"),
+        &[("CALLBACK_TIMEOUT_SECONDS", "0.3"), ("CALLBACK_RETRY_SECONDS", "0.1")],
+    );
+    settings.max_in_flight = 1;
+    let (callbacks, metrics) = ctx.sender(settings);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(ctx.detached_run(&receiver.url("/slow")).await);
+    }
+    for id in &ids {
+        callbacks.deliver(id);
+    }
+    assert_eq!(metrics.callbacks_pending.get(), 3);
+    for id in &ids {
+        assert_eq!(
+            ctx.settled(id, Duration::from_secs(20)).await.state,
+            DeliveryState::Failed
+        );
+    }
+    let mut at: Vec<Instant> = receiver.hits().iter().map(|h| h.at).collect();
+    assert_eq!(
+        at.len(),
+        3,
+        "one attempt each (the retry window is shorter than an attempt)"
+    );
+    at.sort();
+    for pair in at.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(250),
+            "overlapping attempts: {at:?}"
+        );
+    }
+}
 
 #[tokio::test]
 async fn check_url_refuses_other_schemes_and_prefixes() {
