@@ -170,6 +170,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "false",
         "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)",
     ),
+    (
+        "CALLBACK_ALLOWED_URLS",
+        "",
+        "comma-separated http(s) URL prefixes a detached run's callback_url must start with; empty = callbacks refused",
+    ),
+    (
+        "CALLBACK_SECRET",
+        "",
+        "HMAC-SHA256 key of the X-Cligate-Signature header of callbacks; required with CALLBACK_ALLOWED_URLS",
+    ),
+    (
+        "CALLBACK_RETRY_SECONDS",
+        "3600",
+        "how long a callback is retried after its run ended before it is given up as failed",
+    ),
+    (
+        "CALLBACK_TIMEOUT_SECONDS",
+        "10",
+        "limit of one callback attempt (connect, send, response head)",
+    ),
     ("LOG_FORMAT", "text", "text or json"),
     ("RUST_LOG", "info", "log filter"),
 ];
@@ -217,6 +237,10 @@ struct Raw {
     data_dir_min_free_bytes: Option<String>,
     run_log_in_memory: Option<String>,
     database_connect_timeout_seconds: Option<String>,
+    callback_allowed_urls: Option<String>,
+    callback_secret: Option<String>,
+    callback_retry_seconds: Option<String>,
+    callback_timeout_seconds: Option<String>,
     path: Option<String>,
 }
 
@@ -323,6 +347,35 @@ pub struct Config {
     pub run_log_in_memory: bool,
     /// How long start-up waits for PostgreSQL.
     pub database_connect_timeout: Duration,
+    /// `CALLBACK_ALLOWED_URLS`, parsed: a callback URL must start with one of these; empty =
+    /// callbacks refused.
+    pub callback_allowed_urls: Vec<url::Url>,
+    /// `CALLBACK_SECRET`: the HMAC key of callback signatures; set whenever prefixes are.
+    pub callback_secret: Option<Secret>,
+    /// Callbacks are retried until this long after their run ended.
+    pub callback_retry: Duration,
+    /// Limit of one callback attempt.
+    pub callback_timeout: Duration,
+}
+
+/// A secret setting (`CALLBACK_SECRET`), whose value `Debug` never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// `DATABASE_URL`: a PostgreSQL URL, whose password `Debug` never prints.
@@ -551,9 +604,43 @@ impl Raw {
                 t if t.is_zero() => bail!("DATABASE_CONNECT_TIMEOUT_SECONDS: must be more than 0"),
                 t => t,
             },
+            callback_allowed_urls: self.callback_allowed_urls()?,
+            callback_secret: self.callback_secret()?,
+            callback_retry: match seconds("CALLBACK_RETRY_SECONDS", &self.callback_retry_seconds, 3600.0)? {
+                t if t.is_zero() => bail!("CALLBACK_RETRY_SECONDS: must be more than 0"),
+                t => t,
+            },
+            callback_timeout: match seconds("CALLBACK_TIMEOUT_SECONDS", &self.callback_timeout_seconds, 10.0)? {
+                t if t.is_zero() => bail!("CALLBACK_TIMEOUT_SECONDS: must be more than 0"),
+                t => t,
+            },
             search_path: self.path.map(OsString::from).unwrap_or_default(),
             gateway_credentials: Vec::new(),
         })
+    }
+
+    /// Each prefix must be an absolute http(s) URL without user info, query or fragment.
+    fn callback_allowed_urls(&self) -> Result<Vec<url::Url>> {
+        list(self.callback_allowed_urls.as_deref())
+            .iter()
+            .map(|entry| crate::callbacks::parse_prefix(entry).map_err(|why| anyhow!("CALLBACK_ALLOWED_URLS: {why}")))
+            .collect()
+    }
+
+    /// Required when prefixes are set; never printed, not even in the error.
+    fn callback_secret(&self) -> Result<Option<Secret>> {
+        let secret = self.callback_secret.as_deref().filter(|s| !s.is_empty());
+        let prefixes = !list(self.callback_allowed_urls.as_deref()).is_empty();
+        match secret {
+            None if prefixes => {
+                bail!("CALLBACK_SECRET: must be set when CALLBACK_ALLOWED_URLS is (callbacks are signed with it)")
+            }
+            Some(s) if s.len() < 16 => bail!(
+                "CALLBACK_SECRET: a key of {} bytes is too short to be a secret (16 at least)",
+                s.len()
+            ),
+            s => Ok(s.map(Secret::new)),
+        }
     }
 
     fn database_url(&self) -> Result<Option<DatabaseUrl>> {
@@ -1011,6 +1098,58 @@ mod tests {
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(config(&[("DATABASE_URL", "postgresql://db/x")]).is_ok());
+    }
+
+    #[test]
+    fn callback_settings() {
+        let c = config(&[]).unwrap();
+        assert!(c.callback_allowed_urls.is_empty() && c.callback_secret.is_none());
+        assert_eq!(c.callback_retry, Duration::from_secs(3600));
+        assert_eq!(c.callback_timeout, Duration::from_secs(10));
+        let c = config(&[
+            (
+                "CALLBACK_ALLOWED_URLS",
+                "https://hooks.example/cligate/, http://10.0.0.5:9000",
+            ),
+            ("CALLBACK_SECRET", "callback-hunter2-0123456789"),
+            ("CALLBACK_RETRY_SECONDS", "60"),
+            ("CALLBACK_TIMEOUT_SECONDS", "2.5"),
+        ])
+        .unwrap();
+        assert_eq!(c.callback_allowed_urls.len(), 2);
+        assert_eq!(c.callback_retry, Duration::from_secs(60));
+        assert_eq!(c.callback_timeout, Duration::from_millis(2500));
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug hides the callback secret");
+        let err = config(&[("CALLBACK_ALLOWED_URLS", "https://hooks.example/")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("CALLBACK_SECRET"), "{err}");
+        for bad in [
+            "ftp://hooks.example/",
+            "file:///tmp",
+            "hooks.example",
+            "http://u:p@h/",
+            "http://h/?q",
+        ] {
+            let err = config(&[
+                ("CALLBACK_ALLOWED_URLS", bad),
+                ("CALLBACK_SECRET", "0123456789abcdefgh"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("CALLBACK_ALLOWED_URLS"), "{bad}: {err}");
+        }
+        let err = config(&[
+            ("CALLBACK_ALLOWED_URLS", "http://h/"),
+            ("CALLBACK_SECRET", "short-hunter2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("CALLBACK_SECRET") && !err.contains("hunter2"), "{err}");
+        for (name, value) in [("CALLBACK_RETRY_SECONDS", "0"), ("CALLBACK_TIMEOUT_SECONDS", "x")] {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{err}");
+        }
     }
 
     #[test]

@@ -13,11 +13,14 @@
 //! - [`run::registry`]: running sessions, for stop and duplicate checks.
 //! - [`config`], [`metrics`], [`docker`], [`body`]: settings, Prometheus, engine calls, bodies.
 //! - [`store`]: durable run records (SQLite or PostgreSQL); not yet called by the server.
+//! - [`callbacks`]: POSTs a detached run's final record to its `callback_url`, signed, retried,
+//!   resumed after a restart; called by [`runs`] when such a run ends.
 
 pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod callbacks;
 pub mod config;
 pub mod docker;
 pub mod metrics;

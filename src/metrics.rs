@@ -68,6 +68,14 @@ pub struct Metrics {
     pub retention_removed: Counter,
     /// Detached runs waiting for a slot now.
     pub detached_queued: Gauge,
+    /// Callbacks the receiver accepted (2xx).
+    pub callbacks_delivered: Counter,
+    /// Callbacks given up after `CALLBACK_RETRY_SECONDS` (or no longer allowed).
+    pub callbacks_failed: Counter,
+    /// Callback attempts after the first of their delivery.
+    pub callbacks_retried: Counter,
+    /// Deliveries this process is working on now (waiting, attempting or backing off).
+    pub callbacks_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -94,6 +102,10 @@ impl Metrics {
             store_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             retention_removed: Counter::default(),
             detached_queued: Gauge::default(),
+            callbacks_delivered: Counter::default(),
+            callbacks_failed: Counter::default(),
+            callbacks_retried: Counter::default(),
+            callbacks_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("runs_started", "Runs started, by CLI", m.runs_started.clone());
@@ -141,6 +153,22 @@ impl Metrics {
             "detached_queued",
             "Detached runs waiting for a slot now",
             m.detached_queued.clone(),
+        );
+        registry.register(
+            "callbacks_delivered",
+            "Run callbacks accepted by their receiver",
+            m.callbacks_delivered.clone(),
+        );
+        registry.register("callbacks_failed", "Run callbacks given up", m.callbacks_failed.clone());
+        registry.register(
+            "callbacks_retried",
+            "Run callback attempts after the first",
+            m.callbacks_retried.clone(),
+        );
+        registry.register(
+            "callbacks_pending",
+            "Run callbacks being delivered now",
+            m.callbacks_pending.clone(),
         );
         registry.register(
             "build",

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Refused, Reservation};
 use crate::auth::Caller;
+use crate::callbacks::{self, Callbacks};
 use crate::config::Config;
 use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, Metrics, StreamLabels};
 use crate::run::containment::Containment;
@@ -85,6 +86,8 @@ pub struct Runs {
     pub tasks: TaskTracker,
     /// How a local run's processes are kept together and ended (cgroup or `/proc` marker).
     pub containment: Arc<Containment>,
+    /// Delivers detached runs' callbacks once they end (see [`crate::callbacks`]).
+    pub callbacks: Callbacks,
 }
 
 impl Runs {
@@ -109,7 +112,13 @@ impl Runs {
                 )
             })?
             .in_memory(config.run_log_in_memory);
+        let callbacks = Callbacks::new(
+            callbacks::Settings::from_config(&config),
+            store.clone(),
+            metrics.clone(),
+        )?;
         let runs = Runs {
+            callbacks,
             admission: Admission::new(
                 config.max_concurrent,
                 config.max_queued,
@@ -125,6 +134,8 @@ impl Runs {
             config,
         };
         runs.recover().await?;
+        // After recovery, so that runs it interrupted get their callbacks too.
+        runs.callbacks.resume().await?;
         Ok(runs)
     }
 
@@ -503,6 +514,7 @@ impl Runs {
         log.close();
         drop(registration);
         drop(permit);
+        self.callbacks.run_ended(&run.id);
 
         let metrics = &self.metrics;
         let duration = run.started.elapsed();
@@ -710,6 +722,7 @@ impl Runs {
                 tracing::error!("runs did not end in time; exiting anyway");
             }
         }
+        self.callbacks.shut_down().await;
         self.store.close().await;
     }
 }

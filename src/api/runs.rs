@@ -88,7 +88,7 @@ pub async fn submit(
     let mut request = super::run::parse(&body)?;
     let callback_url = request.callback_url.take();
     if let Some(url) = &callback_url {
-        check_callback(config, url).map_err(ApiError::BadRequest)?;
+        crate::callbacks::check_url(config, url).map_err(ApiError::BadRequest)?;
     }
     let idempotency = key.map(|key| Idempotency {
         key,
@@ -116,11 +116,6 @@ pub async fn submit(
         hyper::header::HeaderValue::from_str(&format!("/runs/{run_id}")).expect("a run id is a header value"),
     );
     Ok(response)
-}
-
-/// Whether a detached run may call `url` back.
-fn check_callback(_config: &crate::config::Config, _url: &str) -> Result<(), String> {
-    Err("callbacks are not configured (CALLBACK_ALLOWED_URLS is empty)".into())
 }
 
 pub async fn get(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {

@@ -6,10 +6,12 @@
 //!
 //! - [`record`]: the record, its states and its API shape.
 //! - [`runs`]: writes and reads of run records.
+//! - [`callbacks`]: the callback delivery status of detached runs.
 //! - [`retention`]: what the retention sweeper may delete, and deleting it.
 //! - `writer`: group commit of the hot writes on SQLite.
 //! - [`cursor`], [`time`]: the paging cursor and RFC 3339 formatting.
 
+pub mod callbacks;
 pub mod cursor;
 pub mod idempotency;
 pub mod record;

@@ -68,7 +68,7 @@ impl Store {
 
     /// One hot-path write: through the group-commit writer on SQLite, straight to the pool on
     /// PostgreSQL.
-    async fn write_op(&self, op: Op) -> Result<u64> {
+    pub(super) async fn write_op(&self, op: Op) -> Result<u64> {
         match &self.writer {
             Some(writer) => writer.write(op).await,
             None => {

@@ -22,8 +22,19 @@ const QUEUE: usize = 4096;
 #[derive(Debug)]
 pub(super) enum Op {
     Insert(Box<RunRecord>),
-    MarkRunning { run_id: String, at: i64 },
-    Finish { run_id: String, end: Finish },
+    MarkRunning {
+        run_id: String,
+        at: i64,
+    },
+    Finish {
+        run_id: String,
+        end: Finish,
+    },
+    /// A final run's callback delivery status (JSON text); see `super::callbacks`.
+    SetCallback {
+        run_id: String,
+        callback: String,
+    },
 }
 
 impl Op {
@@ -85,6 +96,13 @@ impl Op {
                 .bind(run_id)
                 .execute(&mut *conn)
                 .await?
+            }
+            Op::SetCallback { run_id, callback } => {
+                sqlx::query("UPDATE runs SET callback = $1 WHERE run_id = $2 AND state IN ('finished', 'interrupted')")
+                    .bind(callback)
+                    .bind(run_id)
+                    .execute(&mut *conn)
+                    .await?
             }
         };
         Ok(done.rows_affected())
