@@ -5,12 +5,16 @@
 //!
 //! - spawn rate: runs/s of `true` through `POST /run` vs a direct `tokio::process` spawn loop;
 //! - latency: time to first output frame and to the end of a tiny run (`echo hi`);
-//! - streaming throughput: 256 MiB of 1 KiB lines, decoded from the frames and verified;
+//! - streaming throughput: 256 MiB of 1 KiB lines, decoded from the frames and verified, against
+//!   a raw pipe and against the same gateway build with `RUN_LOG_IN_MEMORY=true`;
 //! - memory: the gateway's RSS idle, and its growth under 50 stalled readers;
+//! - fan-out: one 256 MiB run followed by 50 `/runs/{id}/stream` readers vs the run alone;
+//! - re-attach: first-frame latency of `/stream?offset=N` and `/log?offset=N` on a finished log;
 //! - docker mode: one `docker run --rm -i` through the gateway vs the same command directly;
 //! - a peer: adnanh/webhook running `true` per request, both driven by `wrk`.
 //!
-//! All traffic goes to 127.0.0.1; every loop is bounded in time and count. The same executable,
+//! Every gateway gets a fresh temp `DATA_DIR` (removed when it stops). All traffic goes to
+//! 127.0.0.1; every loop is bounded in time and count. The same executable,
 //! called as `cligate-bench-lines BYTES` (a symlink), is the output generator for the streaming
 //! tests.
 
@@ -1485,7 +1489,7 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
     );
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     report.note(format!(
-        "Fan-out: a fresh gateway; {rounds} rounds, each a `{GEN_NAME} {total}` run alone then the same run with {READERS} `GET /runs/{{id}}/stream?offset=0` readers attached as soon as the `/run` answer's headers give the run id (median of each). All readers are fast: each reads as fast as it can on its own connection and only counts bytes (no frame decoding); each must get the whole log ({:.0} MiB) ending with the exit frame. Throughput = stdout bytes / the record's started_at → finished_at (the child's run and the log's close, millisecond resolution; the row with the target), and / time from the `/run` request to its exit frame on the attached (decoding, CRC-checked) reader, which is one more follower of the same log served in turn with the 50 others (info row). RSS peak (20 ms samples): {:.1} MiB alone, {:.1} MiB with readers (idle {:.1} MiB). With readers the gateway served {:.1} GiB to them in all, using {:.2} CPU s per GiB served (its whole CPU over those rounds / bytes served) and the client side {:.2}; the last reader finished on average {:.2} s after the run's exit frame. On 2 cores the readers' traffic competes with the run for CPU.",
+        "Fan-out: a fresh gateway; {rounds} rounds, each a `{GEN_NAME} {total}` run alone then the same run with {READERS} `GET /runs/{{id}}/stream?offset=0` readers attached as soon as the `/run` answer's headers give the run id (median of each). All readers are fast: each reads as fast as it can on its own connection and only counts bytes (no frame decoding); each must get the whole log ({:.0} MiB) ending with the exit frame. Throughput = stdout bytes / the record's started_at → finished_at (the child's run and the log's close, millisecond resolution; the row with the target), and / time from the `/run` request to its exit frame on the attached (decoding, CRC-checked) reader, which is one more follower of the same log served in turn with the 50 others (info row). RSS peak (20 ms samples): {:.1} MiB alone, {:.1} MiB with readers (idle {:.1} MiB). With readers the gateway served {:.1} GiB to them in all, using {:.2} CPU s per GiB served (its whole CPU over those rounds / bytes served) and the client side {:.2}; the last reader finished on average {:.2} s after the run's exit frame.",
         mib(served as f64 / (rounds * READERS) as f64),
         solo_peak as f64 / 1024.0,
         fan_peak as f64 / 1024.0,
