@@ -1386,7 +1386,6 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
     let (mut solo_peak, mut fan_peak) = (0u64, 0u64);
     let (mut fan_gw_cpu, mut fan_client_cpu, mut served, mut lag) =
         (Duration::ZERO, Duration::ZERO, 0u64, Duration::ZERO);
-    let mut fan_wall = Duration::ZERO;
     for _ in 0..rounds {
         // The run alone.
         let stop = Arc::new(AtomicBool::new(false));
@@ -1406,7 +1405,7 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
         let stop = Arc::new(AtomicBool::new(false));
         let sampler = rss_sampler(gw.pid(), stop.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (c0, s0, t0) = (self_cpu(), proc_cpu(gw.pid()), Instant::now());
+        let (c0, s0) = (self_cpu(), proc_cpu(gw.pid()));
         let run = {
             let body = body.clone();
             let mut c = HttpConn::new(gw.addr);
@@ -1455,7 +1454,6 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
         fan_peak = fan_peak.max(sampler.await.map_err(|e| e.to_string())?);
         fan_client_cpu += self_cpu() - c0;
         fan_gw_cpu += proc_cpu(gw.pid()) - s0;
-        fan_wall += t0.elapsed();
         lag += last - run_done;
         gw.drop_log(&run_id);
     }
@@ -1499,7 +1497,6 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
         fan_client_cpu.as_secs_f64() / gib(served),
         lag.as_secs_f64() / rounds as f64,
     ));
-    let _ = fan_wall;
     gw.stop();
     Ok(())
 }
