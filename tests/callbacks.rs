@@ -698,3 +698,129 @@ async fn attached_runs_send_no_callback() {
     assert!(receiver.hits().is_empty());
     assert_eq!(gw.app.runs.callbacks.in_flight(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: `POST /runs` with a `callback_url`
+
+/// A gateway whose callbacks may go to `receiver`, retried for `retry` seconds.
+async fn callback_gateway(receiver: &Receiver, retry: &str) -> common::Gateway {
+    let allowed = receiver.url("/");
+    common::Gateway::start(&[
+        ("CALLBACK_ALLOWED_URLS", &allowed),
+        ("CALLBACK_SECRET", SECRET),
+        ("CALLBACK_RETRY_SECONDS", retry),
+    ])
+    .await
+}
+
+async fn submit_detached(gw: &common::Gateway, body: Value) -> String {
+    let r = common::request(gw.addr, "POST", "/runs", Some(body.to_string().into_bytes()), &[]).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["run_id"].as_str().unwrap().to_string()
+}
+
+/// The run's record once its callback delivery has settled (delivered or failed).
+async fn settled_record(gw: &common::Gateway, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = gw.get(&format!("/runs/{id}")).await.json();
+        if matches!(r["callback"]["state"].as_str(), Some("delivered" | "failed")) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "callback never settled: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_run_calls_back_once_signed_after_failed_attempts() {
+    let receiver = Receiver::start(Behavior::Fail500(2)).await;
+    let gw = callback_gateway(&receiver, "60").await;
+    let id = submit_detached(
+        &gw,
+        json!({"cli": "sh", "args": ["-c", "echo hi; exit 5"], "callback_url": receiver.url("/cb")}),
+    )
+    .await;
+    let record = settled_record(&gw, &id).await;
+    assert_eq!(record["callback"]["state"], "delivered", "{record}");
+    let statuses: Vec<i64> = record["callback"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [500, 500, 200]);
+    let hits = receiver.hits();
+    assert_eq!(
+        hits.iter().filter(|h| h.answered == 200).count(),
+        1,
+        "accepted exactly once"
+    );
+    assert!(hits.iter().all(|h| h.verified), "every attempt is signed");
+    let ids: Vec<_> = hits.iter().map(|h| h.headers["x-cligate-delivery"].clone()).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one delivery id across retries");
+    assert!(
+        hits[0].headers["x-cligate-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    let body: Value = serde_json::from_slice(&hits[2].body).unwrap();
+    assert_eq!(
+        (body["run_id"].as_str(), body["state"].as_str()),
+        (Some(id.as_str()), Some("finished"))
+    );
+    assert_eq!(
+        (body["exit_code"].as_i64(), body["detached"].as_bool()),
+        (Some(5), Some(true))
+    );
+    // A tampered body does not verify.
+    let mut tampered = hits[2].body.to_vec();
+    tampered[10] ^= 1;
+    let sig = hits[2].headers["x-cligate-signature"].to_str().unwrap();
+    assert!(!verify(SECRET.as_bytes(), &tampered, sig));
+    assert!(verify(SECRET.as_bytes(), &hits[2].body, sig));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_detached_run_calls_back_and_a_redirect_is_not_followed() {
+    let receiver = Receiver::start(Behavior::Redirect).await;
+    let gw = callback_gateway(&receiver, "1").await;
+    let id = submit_detached(
+        &gw,
+        json!({"cli": "sleep", "args": ["30"], "callback_url": receiver.url("/redirect")}),
+    )
+    .await;
+    let stop = gw.post(&format!("/runs/{id}/stop"), "").await;
+    assert_eq!(stop.status, 200);
+    let record = settled_record(&gw, &id).await;
+    // The run is unaffected by its callback: stopped, recorded; the redirect was not followed.
+    assert_eq!(
+        (record["state"].as_str(), record["reason"].as_str()),
+        (Some("finished"), Some("stopped"))
+    );
+    assert_eq!(record["callback"]["state"], "failed", "{record}");
+    assert!(
+        receiver.hits().iter().all(|h| h.path == "/redirect"),
+        "followed a redirect"
+    );
+    assert!(!receiver.hits().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_outside_the_allowed_prefixes_is_refused_and_nothing_runs() {
+    let receiver = Receiver::start(Behavior::Fail500(0)).await;
+    let gw = callback_gateway(&receiver, "5").await;
+    for url in [
+        "http://127.0.0.2:9/cb".to_string(),
+        "file:///etc/passwd".to_string(),
+        format!("http://user@{}/cb", receiver.addr),
+    ] {
+        let body = json!({"cli": "args", "callback_url": url});
+        common::request(gw.addr, "POST", "/runs", Some(body.to_string().into_bytes()), &[])
+            .await
+            .assert_error(400);
+    }
+    assert!(gw.get("/runs").await.json()["runs"].as_array().unwrap().is_empty());
+}
