@@ -38,7 +38,8 @@ debian_mirror() {
     if [ -z "$uri" ] && [ -r /etc/apt/sources.list ]; then
         uri=$(awk '$1 == "deb" && $2 !~ /security/ && $2 ~ /^http/ {print $2; exit}' /etc/apt/sources.list)
     fi
-    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+    [ -n "$uri" ] || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; the gateway image needs one (DEBIAN_MIRROR)"
+    printf '%s\n' "$uri"
 }
 
 need_docker() {
