@@ -284,7 +284,15 @@ async fn listing_filters_pages_and_shows_each_token_its_own(db: Db) {
     }
     request(gw.addr, "GET", &format!("/runs/{}", ids[0]), None, as_alice).await;
     // Bad queries.
-    for q in ["?state=done", "?limit=0", "?limit=1001", "?limit=x", "?cursor=nonsense"] {
+    for q in [
+        "?state=done",
+        "?limit=0",
+        "?limit=1001",
+        "?limit=x",
+        "?cursor=nonsense",
+        "?limit=",
+        "?state=",
+    ] {
         request(gw.addr, "GET", &format!("/runs{q}"), None, as_ops)
             .await
             .assert_error(400);
@@ -314,6 +322,8 @@ async fn bad_offsets_sizes_and_ids_get_clear_errors() {
         "max_bytes=0".into(),
         "max_bytes=4194305".into(),
         "max_bytes=abc".into(),
+        "offset=".into(),
+        "max_bytes=".into(),
     ] {
         for what in ["log", "events"] {
             gw.get(&format!("/runs/{run_id}/{what}?{q}")).await.assert_error(400);

@@ -30,13 +30,10 @@ fn query(raw: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The parameter's value when it is given (`?name=` gives an empty value, which the typed
+/// parameters refuse and the text filters take as given).
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.is_empty())
+    params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn number(params: &[(String, String)], name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
