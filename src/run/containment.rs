@@ -6,7 +6,8 @@
 //!
 //! Three mechanisms, the first the host allows, chosen once at start-up:
 //! - `cgroup-v2`: each run gets a cgroup `<gateway's cgroup>/cligate.<instance>/<owner>/<run id>`;
-//!   the child joins it before it runs any code (a `pre_exec` hook writes to `cgroup.procs`), and
+//!   the child joins it before it runs any code (it writes itself to `cgroup.procs` between
+//!   `clone` and `exec`, see [`super::spawn`]), and
 //!   nothing it starts can leave it (only a privileged process that writes to another
 //!   `cgroup.procs` could). The run ends with `cgroup.kill` (or freeze, SIGKILL every member),
 //!   so a fork bomb cannot race the kill; then the directory is removed.
@@ -299,8 +300,9 @@ enum ScopeKind {
 }
 
 impl Scope {
-    /// Makes the child start inside the scope: in its cgroup before it runs any code, or with
-    /// the marker in its environment.
+    /// Makes a `Command`'s child start inside the scope: in its cgroup before it runs any code
+    /// (a `pre_exec` hook, which makes std fork), or with the marker in its environment. Runs are
+    /// started by [`super::spawn`] instead, with [`Scope::cgroup_procs`] and [`Scope::marker`].
     pub fn prepare(&self, cmd: &mut tokio::process::Command) {
         match &self.kind {
             ScopeKind::Cgroup { procs, .. } => {
@@ -314,6 +316,22 @@ impl Scope {
             ScopeKind::Marker { marker } => {
                 cmd.env(MARKER_VAR, marker);
             }
+        }
+    }
+
+    /// The `cgroup.procs` file a child writes itself into (cgroup mechanisms).
+    pub fn cgroup_procs(&self) -> Option<&CStr> {
+        match &self.kind {
+            ScopeKind::Cgroup { procs, .. } => Some(procs),
+            ScopeKind::Marker { .. } => None,
+        }
+    }
+
+    /// The variable and value a child carries in its environment (`proc-marker`).
+    pub fn marker(&self) -> Option<(&'static str, &str)> {
+        match &self.kind {
+            ScopeKind::Cgroup { .. } => None,
+            ScopeKind::Marker { marker } => Some((MARKER_VAR, marker)),
         }
     }
 
