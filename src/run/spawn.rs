@@ -166,24 +166,46 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
-/// The child's environment: the gateway's, less `remove`, with `set` over it.
-fn environment(set: &BTreeMap<String, String>, remove: &[&str]) -> io::Result<Vec<CString>> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| !remove.iter().any(|r| OsStr::new(r) == k) && !set.contains_key(k.to_str().unwrap_or("")))
-        .collect();
-    for (k, v) in set {
-        if !remove.contains(&k.as_str()) {
-            env.insert(k.into(), v.into());
-        }
-    }
-    env.into_iter()
-        .map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstring(&kv)
-        })
-        .collect()
+/// The gateway's environment as `KEY=value` strings, read once: it does not change while the
+/// gateway serves (the same assumption as the supervisor's secret list), and copying it for
+/// every spawn was a hundred allocations per run.
+fn base_environment() -> &'static [(OsString, CString)] {
+    static BASE: std::sync::OnceLock<Vec<(OsString, CString)>> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.clone().into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                Some((k, CString::new(kv).ok()?))
+            })
+            .collect()
+    })
+}
+
+/// The child's environment: the gateway's, less `remove`, with `set` over it. Returns the new
+/// strings (for `set`) and the pointers of the whole environment, null-terminated; the
+/// pointers are valid while the returned strings live.
+fn environment(
+    set: &BTreeMap<String, String>,
+    remove: &[&str],
+) -> io::Result<(Vec<CString>, Vec<*const libc::c_char>)> {
+    let removed = |k: &OsStr| remove.iter().any(|r| OsStr::new(r) == k);
+    let added: Vec<CString> = set
+        .iter()
+        .filter(|(k, _)| !removed(OsStr::new(k)))
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect::<io::Result<_>>()?;
+    let base = base_environment();
+    let mut envp = Vec::with_capacity(base.len() + added.len() + 1);
+    envp.extend(
+        base.iter()
+            .filter(|(k, _)| !removed(k) && !k.to_str().is_some_and(|k| set.contains_key(k)))
+            .map(|(_, kv)| kv.as_ptr()),
+    );
+    envp.extend(added.iter().map(|kv| kv.as_ptr()));
+    envp.push(std::ptr::null());
+    Ok((added, envp))
 }
 
 /// Starts the child (see the module's documentation). Must be called on a Tokio runtime.
@@ -195,9 +217,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     for a in spec.args {
         args.push(cstring(a.as_bytes()).map_err(start)?);
     }
-    let env = environment(spec.env, spec.env_remove).map_err(start)?;
+    let (_env, envp) = environment(spec.env, spec.env_remove).map_err(start)?;
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
 
     let (stdin_r, stdin_w) = pipe_above_stdio().map_err(start)?;
     let (stdout_r, stdout_w) = pipe_above_stdio().map_err(start)?;
