@@ -1026,6 +1026,117 @@ async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result
     Ok(())
 }
 
+/// Runs queued or executing in the gateway, from `/metrics` (`active_runs` + `detached_queued`).
+async fn runs_in_flight(conn: &mut HttpConn) -> Result<f64, String> {
+    let r = conn.get("/metrics").await?;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    Ok(value("cligate_active_runs ") + value("cligate_detached_queued "))
+}
+
+/// One detached round: `count` submits of `{"cli":"true"}` on `conc` keep-alive connections as
+/// fast as they are answered; returns (submit latencies, wall time of the submits). Then waits
+/// until every run it started has ended, so the next round (or row) starts on an idle gateway.
+async fn detached_round(addr: SocketAddr, conc: usize, count: usize) -> Result<(Vec<Duration>, Duration), String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::new(addr);
+            let mut lat = Vec::new();
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < count {
+                let r = conn.post("/runs", br#"{"cli":"true"}"#, &mut |_| {}).await?;
+                if r.status != 202 {
+                    return Err(format!("POST /runs answered {}", r.status));
+                }
+                lat.push(r.total);
+            }
+            Ok::<Vec<Duration>, String>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let wall = t0.elapsed();
+    let mut conn = HttpConn::new(addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runs_in_flight(&mut conn).await? > 0.0 {
+        if Instant::now() > deadline {
+            return Err("detached runs did not drain in 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((lat, wall))
+}
+
+async fn bench_detached(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
+    println!("== detached submit (`POST /runs`, concurrency 8)");
+    const CONC: usize = 8;
+    // Bounded rounds: fewer than MAX_CONCURRENT_RUNS + MAX_QUEUED_RUNS (64 + 64) at once, so no
+    // submit is refused however far the runs fall behind.
+    const PER_ROUND: usize = 120;
+    let rounds = ((20.0 * env.scale).round() as usize).max(4);
+    rate_gateway(gw.addr, CONC, env.secs(0.3)).await?;
+    detached_round(gw.addr, CONC, PER_ROUND).await?;
+    let (mut lat, mut attached, mut submit_wall, mut submits) = (Vec::new(), Vec::new(), Duration::ZERO, 0usize);
+    let (mut drain_wall, mut gw_cpu) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..rounds {
+        if round % 4 == 0 {
+            attached.push(rate_gateway(gw.addr, CONC, env.secs(0.5)).await?.0);
+        }
+        let (t0, s0) = (Instant::now(), proc_cpu(gw.pid()));
+        let (l, wall) = detached_round(gw.addr, CONC, PER_ROUND).await?;
+        drain_wall += t0.elapsed();
+        gw_cpu += proc_cpu(gw.pid()) - s0;
+        submit_wall += wall;
+        submits += l.len();
+        lat.extend(l);
+    }
+    let rate = submits as f64 / submit_wall.as_secs_f64();
+    let attached = median(&mut attached);
+    lat.sort();
+    let p50 = percentile(&lat, 0.5).as_secs_f64() * 1e3;
+    let p99 = percentile(&lat, 0.99).as_secs_f64() * 1e3;
+    report.row(
+        "detached submit p50, `POST /runs` at concurrency 8 (ms)",
+        format!("{p50:.3}"),
+        "—".into(),
+        None,
+        "≤ 2 ms",
+        Some(p50 <= 2.0),
+    );
+    report.row(
+        "detached submit p99 (ms)",
+        format!("{p99:.3}"),
+        "—".into(),
+        None,
+        "— (info)",
+        None,
+    );
+    report.row(
+        "detached submits/s at concurrency 8 (vs attached `/run` runs/s)",
+        format!("{rate:.0}"),
+        format!("{attached:.0}"),
+        Some(rate / attached),
+        "≥ 0.8× attached",
+        Some(rate / attached >= 0.8),
+    );
+    report.note(format!(
+        "Detached submit: {rounds} rounds of {PER_ROUND} `POST /runs {{\"cli\":\"true\"}}` on 8 keep-alive connections, each submit timed from writing the request to the end of its 202 answer; the rate is submits / time until the last answer of a round. The runs execute while later submits arrive (a round never exceeds MAX_CONCURRENT_RUNS + MAX_QUEUED_RUNS, so none is refused); after each round the driver polls `/metrics` until no run is active or queued ({:.2} s per round on average including that drain; the gateway process used {:.0} µs CPU per detached run, submit and run). Baseline: the attached `/run` spawn rate at concurrency 8 (0.5 s rounds, median of {}), measured between detached rounds of the same invocation.",
+        drain_wall.as_secs_f64() / rounds as f64,
+        gw_cpu.as_secs_f64() * 1e6 / submits.max(1) as f64,
+        rounds.div_ceil(4),
+    ));
+    Ok(())
+}
+
 async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
     println!("== latency (`echo hi`, sequential, interleaved)");
     let n = ((1000.0 * env.scale) as usize).max(50);
@@ -2011,6 +2122,9 @@ fn main() {
         }
         if want("latency") {
             bench_latency(&env, &gw, &mut report).await?;
+        }
+        if want("detached") {
+            bench_detached(&env, &gw, &mut report).await?;
         }
         if want("throughput") {
             bench_throughput(&env, &gw, &mut report).await?;

@@ -3,7 +3,7 @@
 # starts gateways on free loopback ports and measures each figure against a baseline taken in
 # the same invocation. Prints a Markdown table and writes it to benches/results.md.
 #
-# usage: ./benches/run.sh [--only spawn,latency,throughput,memory,fanout,reattach,docker,webhook]
+# usage: ./benches/run.sh [--only spawn,latency,detached,throughput,memory,fanout,reattach,docker,webhook]
 #   BENCH_SCALE=0.3 ./benches/run.sh   shorter rounds (quick look; figures are noisier)
 #   BENCH_OUT=FILE                     where the table goes (default benches/results.md;
 #                                      not written with --only)

@@ -5,8 +5,10 @@
 //! gateway of the same instance).
 //!
 //! Three mechanisms, the first the host allows, chosen once at start-up:
-//! - `cgroup-v2`: each run gets a cgroup `<gateway's cgroup>/cligate.<instance>/<owner>/<run id>`;
-//!   the child joins it before it runs any code (a `pre_exec` hook writes to `cgroup.procs`), and
+//! - `cgroup-v2`: each run gets a cgroup `<gateway's cgroup>/cligate.<instance>/<owner>/<run id>`
+//!   (or an empty one an earlier run of this gateway left, which keeps that run's name);
+//!   the child joins it before it runs any code (it writes itself to `cgroup.procs` between
+//!   `clone` and `exec`, see [`super::spawn`]), and
 //!   nothing it starts can leave it (only a privileged process that writes to another
 //!   `cgroup.procs` could). The run ends with `cgroup.kill` (or freeze, SIGKILL every member),
 //!   so a fork bomb cannot race the kill; then the directory is removed.
@@ -28,6 +30,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -50,7 +53,17 @@ pub struct Containment {
     /// `gw-<pid>-<start time>` of the gateway process.
     owner: String,
     kind: Kind,
+    /// Empty cgroup v2 directories of ended runs, handed to new runs (a mkdir and an rmdir per
+    /// run saved).
+    spare: Arc<Spare>,
 }
+
+/// Empty cgroups ready for a run: `(directory, its cgroup.procs)`.
+#[derive(Debug, Default)]
+struct Spare(Mutex<Vec<(PathBuf, CString)>>);
+
+/// Most empty cgroups kept for reuse (more than the runs that end at once is no use).
+const SPARE_MAX: usize = 64;
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -82,6 +95,7 @@ impl Containment {
             instance: instance.to_string(),
             owner,
             kind,
+            spare: Arc::default(),
         }
     }
 
@@ -93,6 +107,7 @@ impl Containment {
             instance: instance.to_string(),
             owner,
             kind: Kind::Cgroup { instance_dir, v1: true },
+            spare: Arc::default(),
         })
     }
 
@@ -102,6 +117,7 @@ impl Containment {
             instance: instance.to_string(),
             owner: owner_of(std::process::id()).unwrap_or_else(|| format!("gw-{}-0", std::process::id())),
             kind: Kind::Marker,
+            spare: Arc::default(),
         }
     }
 
@@ -126,16 +142,24 @@ impl Containment {
         format!("{}/{}/", self.instance, self.owner)
     }
 
-    /// Opens the run's scope (creates its cgroup). Its processes are ended by [`Scope::end`], or
-    /// when it is dropped.
+    /// Opens the run's scope: an empty cgroup that an ended run left (cgroup v2), else a new one
+    /// named after the run. Its processes are ended by [`Scope::end`], or when it is dropped.
     pub fn scope(&self, run_id: &str) -> io::Result<Scope> {
         let kind = match &self.kind {
-            Kind::Cgroup { instance_dir, .. } => {
-                let dir = instance_dir.join(&self.owner).join(run_id);
-                fs::create_dir_all(&dir)?;
-                let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-                    .map_err(|_| io::Error::other("a cgroup path with a NUL byte"))?;
-                ScopeKind::Cgroup { dir, procs }
+            Kind::Cgroup { instance_dir, v1 } => {
+                let reused = self.spare.0.lock().expect("spare cgroups").pop();
+                let (dir, procs) = match reused {
+                    Some(found) => found,
+                    None => {
+                        let dir = instance_dir.join(&self.owner).join(run_id);
+                        fs::create_dir_all(&dir)?;
+                        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                            .map_err(|_| io::Error::other("a cgroup path with a NUL byte"))?;
+                        (dir, procs)
+                    }
+                };
+                let spare = (!v1).then(|| self.spare.clone());
+                ScopeKind::Cgroup { dir, procs, spare }
             }
             Kind::Marker => ScopeKind::Marker {
                 marker: format!("{}{run_id}", self.prefix()),
@@ -177,6 +201,7 @@ impl Containment {
 
     /// Ends every run of this gateway (what the watchdog does once the gateway is gone). Blocks.
     pub fn end_all(&self) -> usize {
+        self.spare.0.lock().expect("spare cgroups").clear();
         match &self.kind {
             Kind::Cgroup { instance_dir, .. } => {
                 let killed = end_cgroup_tree(&instance_dir.join(&self.owner));
@@ -260,6 +285,7 @@ pub fn watchdog_main(args: &[String]) -> std::process::ExitCode {
         instance: instance.clone(),
         owner: owner.clone(),
         kind,
+        spare: Arc::default(),
     };
     let mut stdin = io::stdin().lock();
     let mut buf = [0u8; 64];
@@ -294,13 +320,21 @@ pub struct Scope {
 
 #[derive(Debug)]
 enum ScopeKind {
-    Cgroup { dir: PathBuf, procs: CString },
-    Marker { marker: String },
+    Cgroup {
+        dir: PathBuf,
+        procs: CString,
+        /// Where the cgroup goes back once empty (cgroup v2 only).
+        spare: Option<Arc<Spare>>,
+    },
+    Marker {
+        marker: String,
+    },
 }
 
 impl Scope {
-    /// Makes the child start inside the scope: in its cgroup before it runs any code, or with
-    /// the marker in its environment.
+    /// Makes a `Command`'s child start inside the scope: in its cgroup before it runs any code
+    /// (a `pre_exec` hook, which makes std fork), or with the marker in its environment. Runs are
+    /// started by [`super::spawn`] instead, with [`Scope::cgroup_procs`] and [`Scope::marker`].
     pub fn prepare(&self, cmd: &mut tokio::process::Command) {
         match &self.kind {
             ScopeKind::Cgroup { procs, .. } => {
@@ -317,11 +351,46 @@ impl Scope {
         }
     }
 
+    /// The `cgroup.procs` file a child writes itself into (cgroup mechanisms).
+    pub fn cgroup_procs(&self) -> Option<&CStr> {
+        match &self.kind {
+            ScopeKind::Cgroup { procs, .. } => Some(procs),
+            ScopeKind::Marker { .. } => None,
+        }
+    }
+
+    /// The variable and value a child carries in its environment (`proc-marker`).
+    pub fn marker(&self) -> Option<(&'static str, &str)> {
+        match &self.kind {
+            ScopeKind::Cgroup { .. } => None,
+            ScopeKind::Marker { marker } => Some((MARKER_VAR, marker)),
+        }
+    }
+
     /// Kills whatever of the run is still running, wherever it moved, and waits until it is gone
-    /// (so pipes it held are closed); returns how many processes were killed.
+    /// (so pipes it held are closed); returns how many processes were killed. A cgroup v2 that is
+    /// empty already (the usual end: the run's processes have exited) is seen so by one read of
+    /// `cgroup.events`, without waiting or leaving this thread, and kept for another run.
     pub async fn end(mut self) -> usize {
         self.armed = false;
         let kind = std::mem::replace(&mut self.kind, ScopeKind::Marker { marker: String::new() });
+        if let ScopeKind::Cgroup {
+            dir,
+            procs,
+            spare: Some(spare),
+        } = &kind
+            && empty_leaf(dir)
+        {
+            let mut spare = spare.0.lock().expect("spare cgroups");
+            if spare.len() < SPARE_MAX {
+                spare.push((dir.clone(), procs.clone()));
+                return 0;
+            }
+            drop(spare);
+            if fs::remove_dir(dir).is_ok() {
+                return 0;
+            }
+        }
         match kind {
             // Off the runtime's threads: freezing (where cgroup.kill is missing) and the /proc scan
             // can take a while.
@@ -516,6 +585,13 @@ fn populated(dir: &Path) -> bool {
         // cgroup v1 has no such summary.
         Err(_) => count_tree(dir) > 0,
     }
+}
+
+/// Whether a cgroup v2 holds no process and has no cgroup below it.
+fn empty_leaf(dir: &Path) -> bool {
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
+    read("cgroup.events").lines().any(|l| l == "populated 0")
+        && read("cgroup.stat").lines().any(|l| l == "nr_descendants 0")
 }
 
 /// SIGKILLs every process in the cgroup and below it; returns how many there were.
@@ -731,6 +807,30 @@ mod tests {
         if let Kind::Cgroup { instance_dir, .. } = &containment.kind {
             assert!(!instance_dir.join(&containment.owner).join("run-2").exists());
             containment.end_all();
+            assert!(!instance_dir.exists());
+        }
+    }
+
+    /// An empty cgroup v2 goes back to the gateway at the end of its run and the next run gets
+    /// it; whatever that run leaves is still ended.
+    #[tokio::test]
+    async fn an_empty_cgroup_is_reused_and_still_contains_the_next_run() {
+        let containment = Containment::detect(&format!("unit-reuse-{}", std::process::id()));
+        if containment.mechanism() != "cgroup-v2" {
+            eprintln!("no cgroup v2 here; skipped");
+            return;
+        }
+        let first = containment.scope("first").unwrap();
+        let dir = first.cgroup_procs().unwrap().to_owned();
+        assert_eq!(first.end().await, 0);
+        let second = containment.scope("second").unwrap();
+        assert_eq!(second.cgroup_procs().unwrap(), dir.as_c_str(), "reused");
+        let (mut child, escapee) = escapee_in(&second).await;
+        assert!(second.end().await >= 2);
+        let _ = child.wait().await;
+        assert!(!alive(escapee));
+        containment.end_all();
+        if let Kind::Cgroup { instance_dir, .. } = &containment.kind {
             assert!(!instance_dir.exists());
         }
     }

@@ -9,6 +9,7 @@ pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod request;
+pub mod spawn;
 pub mod supervisor;
 
 use std::sync::{Arc, OnceLock};

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ use bytes::BytesMut;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +26,7 @@ use super::containment::{Containment, Scope};
 use super::frame::{EndReason, Stream};
 use super::output::LineFramer;
 use super::plan::{GATEWAY_SECRETS, Launch};
+use super::spawn::{SpawnError, SpawnSpec, Spawned};
 use super::{End, Run, RunState};
 use crate::config::resolve_program;
 use crate::docker;
@@ -213,36 +213,49 @@ fn inherited_secrets() -> &'static [&'static str] {
     })
 }
 
-/// Starts the process in a new process group, or says why it could not be started.
-fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Child, (i32, String)> {
+/// Starts the process in a new process group inside the run's scope (see [`super::spawn`]: no
+/// fork), or says why it could not be started.
+fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Spawned, (i32, String)> {
     let shown = launch.program.display();
     let program = launch
         .program
         .to_str()
         .and_then(|p| resolve_program(p, search_path))
         .ok_or_else(|| (127, format!("cligate: '{shown}' was not found on PATH\n")))?;
-    let mut cmd = Command::new(&program);
-    cmd.args(&launch.args)
-        .envs(&launch.env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for key in inherited_secrets() {
-        cmd.env_remove(key);
-    }
-    for key in &launch.env_remove {
-        cmd.env_remove(key);
-    }
-    scope.prepare(&mut cmd);
-    cmd.spawn().map_err(|e| {
-        let code = match e.kind() {
-            std::io::ErrorKind::NotFound => 127,
-            std::io::ErrorKind::PermissionDenied => 126,
-            _ => 1,
-        };
-        (code, format!("cligate: cannot start '{shown}': {e}\n"))
+    let mut remove: Vec<&str> = inherited_secrets().to_vec();
+    remove.extend(launch.env_remove.iter().map(String::as_str));
+    let marked;
+    let env = match scope.marker() {
+        Some((key, value)) => {
+            marked = {
+                let mut env = launch.env.clone();
+                env.insert(key.to_string(), value.to_string());
+                env
+            };
+            &marked
+        }
+        None => &launch.env,
+    };
+    let spec = SpawnSpec {
+        program: &program,
+        args: &launch.args,
+        env,
+        env_remove: &remove,
+        cgroup_procs: scope.cgroup_procs(),
+    };
+    super::spawn::spawn(&spec).map_err(|e| match e {
+        SpawnError::Cgroup(e) => (
+            1,
+            format!("cligate: cannot move '{shown}' into the run's cgroup: {e}\n"),
+        ),
+        SpawnError::Start(e) => {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => 1,
+            };
+            (code, format!("cligate: cannot start '{shown}': {e}\n"))
+        }
     })
 }
 
@@ -250,14 +263,14 @@ fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Child, (
 async fn drive(
     run: &Run,
     launch: &Launch,
-    mut child: Child,
+    mut child: Spawned,
     scope: Scope,
     stdin: String,
     limits: &Limits,
     meter: &Arc<Meter>,
     sink: &FrameSink,
 ) -> End {
-    let pid = child.id().expect("a child that was just spawned has a pid");
+    let pid = child.id();
     let mut group = ProcessGroup {
         pgid: Pid::from_raw(pid as i32),
         armed: true,
@@ -351,7 +364,7 @@ async fn drive(
 /// signals go to the container through the engine; killing only the `docker` client would leave
 /// the container running.
 async fn terminate(
-    child: &mut Child,
+    child: &mut Spawned,
     group: &ProcessGroup,
     container: Option<&Container>,
     grace: Duration,

@@ -140,6 +140,9 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(size)
                 .acquire_timeout(Duration::from_secs(30))
+                // A connection to a local file does not go stale: no ping (a round trip to the
+                // connection's worker thread) before every use, which is every group commit.
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
