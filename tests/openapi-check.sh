@@ -57,8 +57,11 @@ cleanup() {
 trap cleanup EXIT
 
 say "starting $bin on $url (local mode, CLI_LIST=args,echo-stdin; log: $log)"
+# Its run records and logs go to a fresh directory under target/, never into the checkout.
+rm -rf "$work/data"
 env -u CODEX_DOCKER_IMAGE -u AUTH_TOKENS -u AUTH_TOKENS_FILE -u ALLOWED_CLIENTS \
     LISTEN_ADDR="127.0.0.1:$port" \
+    DATA_DIR="$work/data" \
     CLI_LIST=args,echo-stdin \
     MODEL_LIST=auto,gpt-4o \
     PATH="$PWD/tests/fixtures/bin:$PATH" \
