@@ -591,32 +591,14 @@ impl Runs {
 
     /// The record of a run the caller may see.
     pub async fn record(&self, caller: &Caller, run_id: &str) -> Result<RunRecord, Refusal> {
-        let not_found = || Refusal::NotFound(format!("run '{run_id}' not found"));
-        let record = self
-            .store
-            .get(run_id)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?
-            .ok_or_else(not_found)?;
-        if !caller.may_see(record.owner.as_deref()) {
-            return Err(not_found());
-        }
-        Ok(record)
+        let found = self.store.get(run_id).await;
+        visible(caller, found, || format!("run '{run_id}' not found"))
     }
 
     /// The newest record of a session the caller may see.
     pub async fn session_record(&self, caller: &Caller, session_id: &str) -> Result<RunRecord, Refusal> {
-        let not_found = || Refusal::NotFound(format!("session '{session_id}' is not running"));
-        let record = self
-            .store
-            .latest_by_session(session_id)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?
-            .ok_or_else(not_found)?;
-        if !caller.may_see(record.owner.as_deref()) {
-            return Err(not_found());
-        }
-        Ok(record)
+        let found = self.store.latest_by_session(session_id).await;
+        visible(caller, found, || format!("session '{session_id}' is not running"))
     }
 
     /// Records newest first, the caller's own unless it is an admin.
@@ -725,6 +707,19 @@ impl Runs {
         self.callbacks.shut_down().await;
         self.store.close().await;
     }
+}
+
+/// A record the store found, when `caller` may see it; a record of another token's is answered
+/// exactly like one that does not exist.
+fn visible(
+    caller: &Caller,
+    found: anyhow::Result<Option<RunRecord>>,
+    not_found: impl Fn() -> String,
+) -> Result<RunRecord, Refusal> {
+    let record = found
+        .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?
+        .filter(|r| caller.may_see(r.owner.as_deref()));
+    record.ok_or_else(|| Refusal::NotFound(not_found()))
 }
 
 /// A new run id: 32 hex digits.

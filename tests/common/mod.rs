@@ -129,12 +129,7 @@ impl Gateway {
 
     /// Starts a run and reads it to its end.
     pub async fn run_to_end(&self, body: Value) -> Frames {
-        let mut stream = self.run(body).await;
-        if stream.status != StatusCode::OK {
-            let status = stream.status;
-            panic!("run refused with {status}: {}", stream.error_body().await);
-        }
-        stream.collect().await
+        run_to_end(self.addr, body).await
     }
 }
 
@@ -144,6 +139,16 @@ impl Drop for Gateway {
             let _ = tx.send(());
         }
     }
+}
+
+/// Starts a run on the gateway at `addr` and reads it to its end; panics when it is refused.
+pub async fn run_to_end(addr: SocketAddr, body: Value) -> Frames {
+    let mut stream = RunStream::open(addr, body.to_string().into_bytes(), &[]).await;
+    if stream.status != StatusCode::OK {
+        let status = stream.status;
+        panic!("run refused with {status}: {}", stream.error_body().await);
+    }
+    stream.collect().await
 }
 
 /// A complete response.
@@ -264,22 +269,9 @@ impl RunStream {
 
     /// The next piece of the body exactly as received (`None` at its end).
     pub async fn next_bytes(&mut self) -> Option<Bytes> {
-        if !self.buf.is_empty() {
-            return Some(Bytes::from(std::mem::take(&mut self.buf)));
-        }
-        loop {
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        return Some(data);
-                    }
-                }
-                Some(Err(e)) => panic!("stream broke: {e}"),
-                None => return None,
-            }
-        }
+        self.try_next_bytes()
+            .await
+            .unwrap_or_else(|e| panic!("stream broke: {e}"))
     }
 
     /// The next piece of the body, `Ok(None)` at its end, `Err` when the connection broke.
@@ -552,12 +544,7 @@ impl Binary {
 
     /// Starts a run and reads it to its end.
     pub async fn run_to_end(&self, body: Value) -> Frames {
-        let mut stream = RunStream::open(self.addr, body.to_string().into_bytes(), &[]).await;
-        if stream.status != StatusCode::OK {
-            let status = stream.status;
-            panic!("run refused with {status}: {}", stream.error_body().await);
-        }
-        stream.collect().await
+        run_to_end(self.addr, body).await
     }
 }
 
