@@ -64,7 +64,7 @@ impl<'a> Value<'a> {
         self.set.unwrap_or(self.default)
     }
 
-    /// The trimmed value when it is not blank; the default is not consulted.
+    /// [`Value::text`] unless that is empty (unset or blank, and no default).
     fn given(self) -> Option<&'a str> {
         Some(self.text()).filter(|s| !s.is_empty())
     }
