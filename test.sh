@@ -14,9 +14,11 @@
 #                  of the five CLIs through the gateway against a stand-in
 #                  LiteLLM; builds the ~2 GB image (npm registry needed)
 #
-# Needs a running Docker engine: it FAILS (does not skip) if `docker info`
-# does not answer. To add a step: write a function step_NAME (dashes in NAME
-# become underscores) and append NAME to STEPS below. Ends with a plain
+# Checks every prerequisite first (scripts/lib.sh lists them) and FAILS,
+# naming each missing one and its Debian package, before running anything; it
+# never skips a test because a tool is missing. To add a step: write a
+# function step_NAME (dashes in NAME become underscores) and append NAME to
+# STEPS below. Ends with a plain
 # "total: N passed, M failed" line (cargo test's counts plus the smoke checks).
 # shellcheck disable=SC2329 # step_* and helpers are called indirectly
 set -euo pipefail
@@ -28,19 +30,31 @@ GATEWAY_IMAGE=${GATEWAY_IMAGE:-cligate:latest}
 TEST_CLI_IMAGE=${TEST_CLI_IMAGE:-cligate-test-cli:latest}
 export GATEWAY_IMAGE TEST_CLI_IMAGE
 
-say() { printf '\n==> test.sh: %s\n' "$*"; }
-die() {
-    printf 'test.sh: FAIL: %s\n' "$*" >&2
-    exit 1
-}
+SCRIPT=test.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-require_docker() {
-    command -v docker >/dev/null || die "no docker client on PATH; the tests need a Docker engine"
-    if ! docker info >/dev/null 2>&1; then
-        docker info >&2 || true
-        die "docker info does not answer; the tests need a running Docker engine"
+# Everything the steps need, checked before any of them runs: one line names each missing piece
+# and the Debian package that provides it.
+preflight() {
+    local missing=()
+    mapfile -t missing < <(missing_prerequisites)
+    if command -v docker >/dev/null 2>&1; then
+        if ! docker info >/dev/null 2>&1; then
+            missing+=("a running Docker engine (docker info does not answer; .ci/run starts dockerd)")
+        elif ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+            missing+=("the debian:bookworm-slim image (.ci/run builds it with debootstrap)")
+        fi
+    fi
+    if ! debian_mirror >/dev/null; then
+        missing+=("a Debian mirror for the image builds: $(debian_mirror_problem)")
+    fi
+    if [ "${#missing[@]}" -gt 0 ]; then
+        local line
+        line=$(printf '%s, ' "${missing[@]}")
+        die "missing prerequisites: ${line%, } (on Debian, .ci/run installs the packages and starts the engine)"
     fi
 }
 
@@ -411,33 +425,31 @@ step_smoke() {
     say "smoke: schemathesis (tests/openapi-check.sh)"
     check "schemathesis: the gateway conforms to its OpenAPI document" tests/openapi-check.sh target/release/cligate
 
-    # docker-compose.yml: parsed (PyYAML or `docker compose config`) and the
-    # sidecar's essentials present.
-    if python3 -c 'import yaml' 2>/dev/null; then
-        check "docker-compose.yml: sidecar with the socket, init, port 8000 and the contract's variables" \
-            python3 - docker-compose.yml <<'PY'
-import sys, yaml
-svc = yaml.safe_load(open(sys.argv[1]))["services"]["cligate"]
-env = svc["environment"]
-assert svc["image"] == "cligate:latest", svc["image"]
-assert svc["init"] is True
-assert "/var/run/docker.sock:/var/run/docker.sock" in svc["volumes"]
-assert any(str(p).endswith(":8000") for p in svc["ports"])
-for k in ("CODEX_DOCKER_IMAGE", "CLI_LIST", "MODEL_LIST", "LITELLM_BASE_URL", "LITELLM_API_KEY",
-          "RUN_RESPONSE_TIMEOUT_SECONDS", "LISTEN_ADDR", "DOCKER_NETWORK", "CLIGATE_INSTANCE"):
-    assert k in env, k
-assert env["CODEX_DOCKER_IMAGE"] == "${CODEX_DOCKER_IMAGE:-cligate-cli-env:latest}"
-assert env["RUN_RESPONSE_TIMEOUT_SECONDS"] == "${RUN_RESPONSE_TIMEOUT_SECONDS:-600}"
-# Run records and logs outlive the container: a named volume at DATA_DIR.
-assert env["DATA_DIR"] == "/var/lib/cligate"
-assert "cligate-data:/var/lib/cligate" in svc["volumes"]
-assert "cligate-data" in yaml.safe_load(open(sys.argv[1]))["volumes"]
-PY
-    elif docker compose version >/dev/null 2>&1; then
-        check "docker-compose.yml: docker compose config accepts it" quiet docker compose -f docker-compose.yml config -q
-    else
-        echo "  note: neither PyYAML nor docker compose here: docker-compose.yml not checked"
-    fi
+    # docker-compose.yml: every compose at hand (preflight asks for one) reads it, publishes the
+    # port on loopback unless CLIGATE_BIND says otherwise, and the sidecar's essentials are there.
+    local compose y=docker-compose.yml
+    for compose in "docker compose" docker-compose; do
+        # shellcheck disable=SC2086 # "docker compose" is two words
+        quiet $compose version || continue
+        # shellcheck disable=SC2086
+        check "$y: '$compose config' accepts it" quiet $compose -f "$y" config -q
+        # shellcheck disable=SC2086
+        check "$y: '$compose' publishes the port on 127.0.0.1 by default" \
+            grep -q '127\.0\.0\.1' <<<"$($compose -f "$y" config 2>/dev/null | grep -A8 '^ *ports:')"
+        # shellcheck disable=SC2086
+        check "$y: '$compose' publishes it on 0.0.0.0 with CLIGATE_BIND=0.0.0.0" \
+            grep -q '0\.0\.0\.0' <<<"$(CLIGATE_BIND=0.0.0.0 $compose -f "$y" config 2>/dev/null | grep -A8 '^ *ports:')"
+    done
+    check "$y: the Docker socket is mounted" has_line "$y" '      - /var/run/docker.sock:/var/run/docker.sock'
+    check "$y: init: true" has_line "$y" '    init: true'
+    check "$y: run records on a named volume at DATA_DIR" has_line "$y" '      - cligate-data:/var/lib/cligate'
+    check "$y: DATA_DIR=/var/lib/cligate" has_line "$y" '      DATA_DIR: "/var/lib/cligate"'
+    check "$y: image defaults to cligate-cli-env" has_line "$y" '      CODEX_DOCKER_IMAGE: "${CODEX_DOCKER_IMAGE:-cligate-cli-env:latest}"'
+    check "$y: run timeout defaults to 600 s" has_line "$y" '      RUN_RESPONSE_TIMEOUT_SECONDS: "${RUN_RESPONSE_TIMEOUT_SECONDS:-600}"'
+    local k
+    for k in CLI_LIST MODEL_LIST LITELLM_BASE_URL LITELLM_API_KEY LISTEN_ADDR DOCKER_NETWORK CLIGATE_INSTANCE AUTH_TOKENS; do
+        check "$y: sets $k" grep -qE "^      $k: " "$y"
+    done
 
     # The entrypoint alone, in the test image without the gateway.
     say "smoke: entrypoint checks (docker run $TEST_CLI_IMAGE)"
@@ -546,7 +558,7 @@ main() {
                 ;;
         esac
     done
-    require_docker
+    preflight
     for arg in "$@"; do
         case $arg in
             rust) step_fmt && step_clippy && step_cargo_test ;;
