@@ -90,6 +90,11 @@ apt_sources_uri() {
     done | head -n1
 }
 
+# A TCP port free on 127.0.0.1 right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # --------------------------------------------------------------- prerequisites
 # One entry per thing ./test.sh needs: "what|Debian package|check command". The check runs in a
 # subshell with output discarded. An entry whose package is "rustup component ..." or
@@ -129,7 +134,6 @@ PREREQUISITES=(
     "python3|python3|command -v python3"
     "python3 venv|python3-venv|python3 -c 'import ensurepip, venv'"
     "static /bin/busybox|busybox-static|static_busybox"
-    "jq|jq|command -v jq"
     "curl|curl|command -v curl"
     "PostgreSQL server programs (initdb, pg_ctl)|postgresql|postgres_server"
     "docker client|docker.io|command -v docker"
