@@ -487,59 +487,68 @@ impl HttpConn {
         }
         let mut incoming = response.into_body();
         let _ = self.lines.take_rest();
-        while let Some(piece) = incoming.frame().await {
-            let Ok(data) = piece.map_err(|e| e.to_string())?.into_data() else {
-                continue;
-            };
-            if !streamed {
-                r.body.extend_from_slice(&data);
-            } else if self.raw {
-                r.body_bytes += data.len() as u64;
-                r.tail.extend_from_slice(&data[data.len().saturating_sub(512)..]);
-                if r.tail.len() > 1024 {
-                    r.tail.drain(..r.tail.len() - 512);
-                }
-            } else {
-                self.lines.push(&data);
-                while let Some(line) = self.lines.next_line() {
-                    r.frames += 1;
-                    if r.first_frame.is_none() {
-                        r.first_frame = Some(t0.elapsed());
+        let (mut lines, mut scratch) = (std::mem::take(&mut self.lines), std::mem::take(&mut self.scratch));
+        let outcome = async {
+            while let Some(piece) = incoming.frame().await {
+                let Ok(data) = piece.map_err(|e| e.to_string())?.into_data() else {
+                    continue;
+                };
+                if !streamed {
+                    r.body.extend_from_slice(&data);
+                } else if self.raw {
+                    r.body_bytes += data.len() as u64;
+                    r.tail.extend_from_slice(&data[data.len().saturating_sub(512)..]);
+                    if r.tail.len() > 1024 {
+                        r.tail.drain(..r.tail.len() - 512);
                     }
-                    match client::decode_output(&line, &mut self.scratch)? {
-                        Decoded::Output(Stream::Stdout, d) => {
-                            if r.first_output.is_none() {
-                                r.first_output = Some(t0.elapsed());
+                } else {
+                    lines.feed(&data, |line| {
+                        r.frames += 1;
+                        if r.first_frame.is_none() {
+                            r.first_frame = Some(t0.elapsed());
+                        }
+                        match client::decode_output(line, &mut scratch)? {
+                            Decoded::Output(Stream::Stdout, d) => {
+                                if r.first_output.is_none() {
+                                    r.first_output = Some(t0.elapsed());
+                                }
+                                r.stdout_bytes += d.len() as u64;
+                                r.max_frame_data = r.max_frame_data.max(d.len());
+                                on_stdout(d);
                             }
-                            r.stdout_bytes += d.len() as u64;
-                            r.max_frame_data = r.max_frame_data.max(d.len());
-                            on_stdout(d);
-                        }
-                        Decoded::Output(Stream::Stderr, d) => r.max_frame_data = r.max_frame_data.max(d.len()),
-                        Decoded::Frame(Frame::Stdout { data }) => {
-                            if r.first_output.is_none() {
-                                r.first_output = Some(t0.elapsed());
+                            Decoded::Output(Stream::Stderr, d) => r.max_frame_data = r.max_frame_data.max(d.len()),
+                            Decoded::Frame(Frame::Stdout { data }) => {
+                                if r.first_output.is_none() {
+                                    r.first_output = Some(t0.elapsed());
+                                }
+                                r.stdout_bytes += data.len() as u64;
+                                r.max_frame_data = r.max_frame_data.max(data.len());
+                                on_stdout(data.as_bytes());
                             }
-                            r.stdout_bytes += data.len() as u64;
-                            r.max_frame_data = r.max_frame_data.max(data.len());
-                            on_stdout(data.as_bytes());
+                            Decoded::Frame(Frame::Stderr { data }) => {
+                                r.max_frame_data = r.max_frame_data.max(data.len())
+                            }
+                            Decoded::Frame(Frame::Exit { code, reason }) => {
+                                r.exit_code = Some(i64::from(code));
+                                r.reason = reason.as_str().to_string();
+                            }
+                            Decoded::Frame(Frame::Session { .. }) => {}
                         }
-                        Decoded::Frame(Frame::Stderr { data }) => r.max_frame_data = r.max_frame_data.max(data.len()),
-                        Decoded::Frame(Frame::Exit { code, reason }) => {
-                            r.exit_code = Some(i64::from(code));
-                            r.reason = reason.as_str().to_string();
-                        }
-                        Decoded::Frame(Frame::Session { .. }) => {}
-                    }
+                        Ok::<(), String>(())
+                    })?;
                 }
             }
+            if !lines.rest().is_empty() {
+                return Err(format!(
+                    "the stream ended inside a frame: {:?}",
+                    String::from_utf8_lossy(lines.rest())
+                ));
+            }
+            Ok(())
         }
-        if !self.lines.rest().is_empty() {
-            return Err(format!(
-                "the stream ended inside a frame: {:?}",
-                String::from_utf8_lossy(self.lines.rest())
-            ));
-        }
+        .await;
+        (self.lines, self.scratch) = (lines, scratch);
+        outcome?;
         r.total = t0.elapsed();
         Ok(r)
     }
