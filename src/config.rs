@@ -166,6 +166,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "how long start-up waits for PostgreSQL to answer before it gives up",
     ),
     (
+        "ADVERTISE_URL",
+        "",
+        "with PostgreSQL: the http:// URL other replicas reach this one at; unset = http:// and the bound address (0.0.0.0 becomes 127.0.0.1)",
+    ),
+    (
+        "REPLICA_SECRET",
+        "",
+        "with PostgreSQL: shared key of the replica-to-replica calls (16 bytes at least); unset = runs of other replicas are not forwarded to",
+    ),
+    (
+        "REPLICA_DEAD_SECONDS",
+        "15",
+        "with PostgreSQL: a replica whose heartbeat (every third of this) is older is dead; its runs become interrupted",
+    ),
+    (
         "RUN_LOG_IN_MEMORY",
         "false",
         "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)",
@@ -241,6 +256,9 @@ struct Raw {
     callback_secret: Option<String>,
     callback_retry_seconds: Option<String>,
     callback_timeout_seconds: Option<String>,
+    advertise_url: Option<String>,
+    replica_secret: Option<String>,
+    replica_dead_seconds: Option<String>,
     path: Option<String>,
 }
 
@@ -356,6 +374,12 @@ pub struct Config {
     pub callback_retry: Duration,
     /// Limit of one callback attempt.
     pub callback_timeout: Duration,
+    /// `ADVERTISE_URL`: where other replicas reach this one (`None`: from the bound address).
+    pub advertise_url: Option<url::Url>,
+    /// `REPLICA_SECRET`: authenticates replica-to-replica calls; `None` = no forwarding.
+    pub replica_secret: Option<Secret>,
+    /// `REPLICA_DEAD_SECONDS`: a replica whose heartbeat is older is dead.
+    pub replica_dead: Duration,
 }
 
 /// A secret setting (`CALLBACK_SECRET`), whose value `Debug` never prints.
@@ -614,6 +638,18 @@ impl Raw {
                 t if t.is_zero() => bail!("CALLBACK_TIMEOUT_SECONDS: must be more than 0"),
                 t => t,
             },
+            advertise_url: self.advertise_url()?,
+            replica_secret: match given(&self.replica_secret) {
+                Some(s) if s.len() < 16 => bail!(
+                    "REPLICA_SECRET: a key of {} bytes is too short to be a secret (16 at least)",
+                    s.len()
+                ),
+                s => s.map(Secret::new),
+            },
+            replica_dead: match seconds("REPLICA_DEAD_SECONDS", &self.replica_dead_seconds, 15.0)? {
+                t if t < Duration::from_secs(1) => bail!("REPLICA_DEAD_SECONDS: must be 1 or more"),
+                t => t,
+            },
             search_path: self.path.map(OsString::from).unwrap_or_default(),
             gateway_credentials: Vec::new(),
         })
@@ -641,6 +677,21 @@ impl Raw {
             ),
             s => Ok(s.map(Secret::new)),
         }
+    }
+
+    /// An absolute http(s) URL with a host and nothing after the path (a path prefix is kept).
+    fn advertise_url(&self) -> Result<Option<url::Url>> {
+        let Some(text) = given(&self.advertise_url) else {
+            return Ok(None);
+        };
+        let url = url::Url::parse(text).map_err(|e| anyhow!("ADVERTISE_URL: '{text}' is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            bail!("ADVERTISE_URL: '{text}' must be an http:// or https:// URL with a host");
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            bail!("ADVERTISE_URL: '{text}' must not carry user info, a query or a fragment");
+        }
+        Ok(Some(url))
     }
 
     fn database_url(&self) -> Result<Option<DatabaseUrl>> {

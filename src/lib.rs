@@ -13,6 +13,8 @@
 //! - [`run::registry`]: running sessions, for stop and duplicate checks.
 //! - [`config`], [`metrics`], [`docker`], [`body`]: settings, Prometheus, engine calls, bodies.
 //! - [`store`]: durable run records (SQLite or PostgreSQL); not yet called by the server.
+//! - [`replicas`]: several gateways on one PostgreSQL: heartbeats, dead replicas' runs;
+//!   requests about another replica's run are forwarded by [`api::forward`].
 //! - [`callbacks`]: POSTs a detached run's final record to its `callback_url`, signed, retried,
 //!   resumed after a restart; called by [`runs`] when such a run ends.
 
@@ -24,6 +26,7 @@ pub mod callbacks;
 pub mod config;
 pub mod docker;
 pub mod metrics;
+pub mod replicas;
 pub mod run;
 pub mod runlog;
 pub mod runs;

@@ -23,8 +23,14 @@ pub async fn ready(app: &App, shutting_down: bool) -> Result<serde_json::Value, 
         .map_err(|e| format!("DATA_DIR is not writable ({}): {e}", app.runs.logs.root().display()))?;
     let store = app.runs.store.backend().name();
     let config = &app.config;
+    // Which replica answered, and how many others are alive (as of its last heartbeat).
+    let replica = config.instance.as_str();
+    let peers = app.replicas.as_ref().map_or(0, |r| r.peers());
     let Some(d) = config.docker() else {
-        return Ok(serde_json::json!({ "status": "ready", "mode": "local", "store": store, "store_ms": store_ms }));
+        return Ok(serde_json::json!({
+            "status": "ready", "mode": "local", "store": store, "store_ms": store_ms,
+            "replica": replica, "peers": peers,
+        }));
     };
     let engine = docker::engine_version(&d.bin)
         .await
@@ -34,6 +40,6 @@ pub async fn ready(app: &App, shutting_down: bool) -> Result<serde_json::Value, 
         .map_err(|e| format!("{e:#}"))?;
     Ok(serde_json::json!({
         "status": "ready", "mode": "docker", "engine": engine, "image": d.image,
-        "store": store, "store_ms": store_ms,
+        "store": store, "store_ms": store_ms, "replica": replica, "peers": peers,
     }))
 }

@@ -8,6 +8,8 @@
 //! - [`runs`]: writes and reads of run records.
 //! - [`callbacks`]: the callback delivery status of detached runs.
 //! - [`retention`]: what the retention sweeper may delete, and deleting it.
+//! - [`replicas`]: replicas sharing a PostgreSQL database: heartbeats, where each is reached,
+//!   and the runs of dead ones.
 //! - `writer`: group commit of the hot writes on SQLite.
 //! - [`cursor`], [`time`]: the paging cursor and RFC 3339 formatting.
 
@@ -15,6 +17,7 @@ pub mod callbacks;
 pub mod cursor;
 pub mod idempotency;
 pub mod record;
+pub mod replicas;
 pub mod retention;
 pub mod runs;
 pub mod time;
