@@ -17,6 +17,7 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Secret};
+use crate::metrics::Metrics;
 use crate::run::frame::EndReason;
 use crate::runs::Runs;
 use crate::store::replicas::Peer;
@@ -48,13 +49,14 @@ pub struct Replicas {
     /// Live replicas other than this one, as of the last heartbeat.
     peers: AtomicUsize,
     store: Store,
+    metrics: Arc<Metrics>,
     /// Forwarded requests (see [`crate::api::forward`]).
     pub client: reqwest::Client,
 }
 
 impl Replicas {
     /// The membership of a gateway on PostgreSQL; `None` on SQLite.
-    pub fn new(config: &Config, store: &Store) -> Result<Option<Arc<Replicas>>> {
+    pub fn new(config: &Config, store: &Store, metrics: Arc<Metrics>) -> Result<Option<Arc<Replicas>>> {
         if store.backend() != Backend::Postgres {
             return Ok(None);
         }
@@ -74,6 +76,7 @@ impl Replicas {
             secret: config.replica_secret.clone(),
             peers: AtomicUsize::new(0),
             store: store.clone(),
+            metrics,
             client,
         })))
     }
@@ -116,6 +119,7 @@ impl Replicas {
         let peers = self.store.peers().await?;
         let alive = peers.iter().filter(|p| p.id != self.id && p.alive(self.dead)).count();
         self.peers.store(alive, Ordering::Relaxed);
+        self.metrics.replica_peers.set(alive as i64);
         Ok(alive)
     }
 

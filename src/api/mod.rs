@@ -76,7 +76,7 @@ impl App {
     pub async fn new(config: Arc<Config>, containment: Arc<Containment>) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         let runs = Arc::new(Runs::open(config.clone(), metrics.clone(), containment.clone()).await?);
-        let replicas = Replicas::new(&config, &runs.store)?;
+        let replicas = Replicas::new(&config, &runs.store, metrics.clone())?;
         metrics.replica(&config.instance);
         Ok(App {
             replicas,
