@@ -99,12 +99,16 @@ impl Runs {
         metrics: Arc<Metrics>,
         containment: Arc<Containment>,
     ) -> anyhow::Result<Runs> {
-        let store = Store::open_within(
+        let mut store = Store::open_within(
             config.database_url.as_ref().map(|u| u.as_str()),
             &config.data_dir,
             config.database_connect_timeout,
         )
         .await?;
+        if store.backend() == crate::store::Backend::Postgres {
+            // Replicas may share the database; each removes only runs whose logs it holds.
+            store.scope_retention(&config.instance);
+        }
         let logs = LogDir::open(config.data_dir.join("logs"))
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -68,6 +68,8 @@ pub struct Store {
     backend: Backend,
     /// Where the SQLite file is (for messages); `None` on PostgreSQL.
     sqlite_path: Option<PathBuf>,
+    /// Retention considers only this replica's runs (see [`Store::scope_retention`]).
+    retention_scope: Option<String>,
 }
 
 /// Why [`Store::list`] failed: the caller answers `Invalid` with 400.
@@ -170,6 +172,7 @@ impl Store {
             write,
             backend: Backend::Sqlite,
             sqlite_path: Some(path),
+            retention_scope: None,
         })
     }
 }
@@ -213,6 +216,7 @@ impl Store {
             writer: None,
             backend: Backend::Postgres,
             sqlite_path: None,
+            retention_scope: None,
         })
     }
 
