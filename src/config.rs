@@ -893,6 +893,38 @@ mod tests {
     }
 
     #[test]
+    fn replica_settings_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            (c.advertise_url.clone(), c.replica_dead),
+            (None, Duration::from_secs(15))
+        );
+        assert!(c.replica_secret.is_none());
+        let c = config(&[
+            ("ADVERTISE_URL", "http://10.0.0.5:8000/"),
+            ("REPLICA_SECRET", "0123456789abcdef"),
+            ("REPLICA_DEAD_SECONDS", "4.5"),
+        ])
+        .unwrap();
+        assert_eq!(c.advertise_url.unwrap().as_str(), "http://10.0.0.5:8000/");
+        assert_eq!(c.replica_dead, Duration::from_millis(4500));
+        assert!(!format!("{:?}", c.replica_secret).contains("0123456789abcdef"));
+        for (name, value, says) in [
+            ("ADVERTISE_URL", "10.0.0.5:8000", "ADVERTISE_URL"),
+            ("ADVERTISE_URL", "ftp://h/", "http:// or https://"),
+            ("ADVERTISE_URL", "http://u:p@h/", "user info"),
+            ("ADVERTISE_URL", "http://h/?x=1", "query"),
+            ("REPLICA_SECRET", "short", "too short"),
+            ("REPLICA_DEAD_SECONDS", "0.5", "1 or more"),
+            ("REPLICA_DEAD_SECONDS", "0", "1 or more"),
+            ("REPLICA_DEAD_SECONDS", "soon", "REPLICA_DEAD_SECONDS"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(name) && err.contains(says), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let c = config(&[]).unwrap();
         assert_eq!(c.clis, ["codex"]);

@@ -490,3 +490,44 @@ async fn five_hundred_runs_over_three_replicas_none_lost_none_twice() {
     ran.sort();
     assert_eq!(ran, (0..RUNS).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_draining_replica_finishes_or_ends_its_runs_then_deregisters() {
+    let db = common::pg::fresh_database().await;
+    let mut a = replica(&db, "drain-a", &[("SHUTDOWN_GRACE_SECONDS", "3")]).await;
+    let b = replica(&db, "drain-b", &[]).await;
+    wait_peers(a.addr, 1).await;
+    let short = detached(
+        a.addr,
+        json!({"cli": "sh", "session_id": "short", "args": ["-c", "sleep 1; echo done"]}),
+        ALICE,
+    )
+    .await;
+    let long = detached(
+        a.addr,
+        json!({"cli": "sleep", "session_id": "long", "args": ["60"]}),
+        ALICE,
+    )
+    .await;
+    wait_record(b.addr, &long, Duration::from_secs(5), |r| r["state"] == "running").await;
+
+    let status = a.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    // The short run finished within the grace, the long one was ended at its end: both are
+    // final, by A itself (not declared lost), and A is no longer counted at once.
+    let done = ok(b.addr, "GET", &format!("/runs/{short}"), None, ALICE).await;
+    assert_eq!(
+        (&done["state"], &done["exit_code"], &done["reason"]),
+        (&json!("finished"), &json!(0), &json!("exited"))
+    );
+    let ended = ok(b.addr, "GET", &format!("/runs/{long}"), None, ALICE).await;
+    assert_eq!(
+        (&ended["state"], &ended["reason"]),
+        (&json!("finished"), &json!("shutdown")),
+        "{ended}"
+    );
+    wait_peers(b.addr, 0).await;
+    // Its logs went with it: said so, not a hang or a 500.
+    let gone = call(b.addr, "GET", &format!("/runs/{short}/log"), None, ALICE).await;
+    assert!(gone.assert_error(503)["detail"].as_str().unwrap().contains("drain-a"));
+}
