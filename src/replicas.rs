@@ -82,8 +82,14 @@ impl Replicas {
     }
 
     /// Registers this replica, reachable at `ADVERTISE_URL` or else at `bound` (an unspecified
-    /// address read as loopback), before the first request is served.
+    /// address read as loopback), before the first request is served; once (later calls do
+    /// nothing). Refuses when another live gateway already answers under this
+    /// `CLIGATE_INSTANCE` at another address: two replicas with one name would take each
+    /// other's runs for their own.
     pub async fn register(&self, bound: SocketAddr) -> Result<()> {
+        if self.url.get().is_some() {
+            return Ok(());
+        }
         let url = match &self.advertise {
             Some(u) => u.as_str().trim_end_matches('/').to_string(),
             None => {
@@ -97,6 +103,17 @@ impl Replicas {
                 format!("http://{addr}")
             }
         };
+        if let Some(other) = self.store.peer(&self.id).await?
+            && other.url != url
+            && other.alive(self.dead)
+            && self.answers_as_me(&other.url).await
+        {
+            anyhow::bail!(
+                "CLIGATE_INSTANCE: another gateway named '{}' is running at {} (each replica needs its own CLIGATE_INSTANCE)",
+                self.id,
+                other.url
+            );
+        }
         let url = self.url.get_or_init(|| url).clone();
         self.store.heartbeat(&self.id, &url).await?;
         self.count_peers().await?;
@@ -108,6 +125,29 @@ impl Replicas {
             "replica registered"
         );
         Ok(())
+    }
+
+    /// Whether a gateway answers at `url` under this replica's name (a predecessor that died
+    /// without deregistering does not answer).
+    async fn answers_as_me(&self, url: &str) -> bool {
+        let probe = self
+            .client
+            .get(format!("{url}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        match probe {
+            Ok(answer) => match answer
+                .bytes()
+                .await
+                .map(|b| serde_json::from_slice::<serde_json::Value>(&b))
+            {
+                Ok(Ok(body)) => body["replica"] == self.id.as_str(),
+                // Something answers there, but not as a gateway that says its name.
+                _ => false,
+            },
+            Err(_) => false,
+        }
     }
 
     /// Live replicas other than this one, as of the last heartbeat.

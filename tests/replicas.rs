@@ -531,3 +531,89 @@ async fn a_draining_replica_finishes_or_ends_its_runs_then_deregisters() {
     let gone = call(b.addr, "GET", &format!("/runs/{short}/log"), None, ALICE).await;
     assert!(gone.assert_error(503)["detail"].as_str().unwrap().contains("drain-a"));
 }
+
+#[tokio::test]
+async fn a_replica_ends_its_runs_that_others_declared_lost_while_it_was_cut_off() {
+    let db = common::pg::fresh_database().await;
+    let a = replica(&db, "cut-a", &[]).await;
+    let id = detached(
+        a.addr,
+        json!({"cli": "sh", "session_id": "cut", "args": ["-c", "echo \"pid $$\"; exec sleep 60"]}),
+        ALICE,
+    )
+    .await;
+    let pids = pids_in(
+        &wait_log(a.addr, &id, "pid ")
+            .await
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|f| f["data"].as_str().unwrap_or("").to_string())
+            .collect::<String>(),
+    );
+    assert_eq!(pids.len(), 1);
+    // What another replica writes when A's heartbeat has been missing too long (A was cut off
+    // from the database, not dead): the run is interrupted in the shared record.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let changed = sqlx::query(
+        "UPDATE runs SET state = 'interrupted', reason = 'replica_lost', finished_at = 1 WHERE run_id = $1",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(changed, 1);
+    // A's next heartbeat sees it and ends the run; the record stays as the others wrote it.
+    assert_gone(&pids, Duration::from_secs(DEAD_SECONDS + 5)).await;
+    let record = wait_record(a.addr, &id, Duration::from_secs(5), |_| true).await;
+    assert_eq!(
+        (&record["state"], &record["reason"]),
+        (&json!("interrupted"), &json!("replica_lost"))
+    );
+    // The session is free on A again.
+    let again = detached(
+        a.addr,
+        json!({"cli": "exit-code", "session_id": "cut", "args": ["0"]}),
+        ALICE,
+    )
+    .await;
+    wait_record(a.addr, &again, Duration::from_secs(5), |r| r["state"] == "finished").await;
+}
+
+#[tokio::test]
+async fn a_second_gateway_under_a_live_replicas_name_does_not_start() {
+    let db = common::pg::fresh_database().await;
+    let a = replica(&db, "twin", &[]).await;
+    let path = format!(
+        "{}:{}",
+        common::fixtures().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
+            .env_clear()
+            .env("PATH", path)
+            .env("DATA_DIR", common::scratch_data_dir())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", &db)
+            .env("CLIGATE_INSTANCE", "twin")
+            .env("DATA_DIR_MIN_FREE_BYTES", "0")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("it stops at once")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Its log lines (text) come first; the refusal is the one line of the start-up failure.
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("cligate: CLIGATE_INSTANCE: another gateway named 'twin' is running at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    // The first keeps serving under its name.
+    let ready = request(a.addr, "GET", "/readyz", None, &[]).await.json();
+    assert_eq!(ready["replica"], "twin");
+}
