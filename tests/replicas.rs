@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Binary, RunStream, alive, assert_gone, pids_in, request};
+use common::{Binary, EndReason, Frame, FrameFields, RunStream, alive, assert_gone, pids_in, request};
 use serde_json::{Value, json};
 
 const SECRET: &str = "replica-secret-for-tests-0123";
@@ -160,7 +160,7 @@ async fn a_run_on_a_is_listed_tailed_streamed_and_stopped_through_b() {
     .await;
     assert_eq!(live.status, 200);
     assert_eq!(live.headers["x-cligate-run-id"], id.as_str());
-    assert_eq!(live.next().await.unwrap()["type"], "session");
+    assert_eq!(live.next().await.unwrap().kind(), "session");
     live.stdout_until("first").await;
     call(b.addr, "POST", &format!("/runs/{id}/stop"), None, BOB)
         .await
@@ -170,7 +170,7 @@ async fn a_run_on_a_is_listed_tailed_streamed_and_stopped_through_b() {
     assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     assert_eq!(stopped, json!({"run_id": id, "status": "stopped"}));
     let exit = live.until("exit").await;
-    assert_eq!(exit["reason"], "stopped");
+    assert_eq!(exit.reason(), Some(EndReason::Stopped));
     assert!(live.next().await.is_none());
     let record = wait_record(b.addr, &id, Duration::from_secs(5), |r| r["state"] == "finished").await;
     assert_eq!(record["reason"], "stopped");
@@ -448,7 +448,10 @@ async fn five_hundred_runs_over_three_replicas_none_lost_none_twice() {
                 assert_eq!(stream.status, 200, "run {i}");
                 let frames = stream.collect().await;
                 assert_eq!(frames.exit(), ((i % 7) as i64, "exited".to_string()), "run {i}");
-                seen.push((i, frames.0[0]["run_id"].as_str().unwrap().to_string()));
+                let Frame::Session { run_id, .. } = &frames.0[0] else {
+                    panic!("run {i} began with {:?}", frames.0[0]);
+                };
+                seen.push((i, run_id.clone()));
             }
         }));
     }
