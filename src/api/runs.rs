@@ -1,6 +1,8 @@
 //! `GET /runs`, `GET /runs/{id}`, `GET /runs/{id}/log`, `/events`, `/stream` and
 //! `POST /runs/{id}/stop`: records and logs of runs that outlive their request. Each handler
 //! parses its query, asks the run service, and answers; a reader of `/stream` never ends the run.
+//! Records come from the shared store; the log routes and the stop of a run another replica
+//! executes are forwarded to it ([`super::forward`]).
 
 use std::sync::Arc;
 
