@@ -127,6 +127,7 @@ export async function launchBrowser() {
         '--disable-component-update',
         '--disable-sync',
         '--no-first-run',
+        '--disable-quic',
       ],
     });
   } catch (e) {
