@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -672,18 +672,32 @@ async fn the_janitor_removes_containers_that_belong_to_no_run_and_spares_running
         "300",
     ])
     .await;
-    let stray = docker(&[
-        "run",
-        "-d",
-        "--label",
-        &label,
-        "--network",
-        "none",
-        image(),
-        "sleep",
-        "300",
-    ])
-    .await;
+    // The janitor may remove it between `docker run`'s create and start (it is doing its job
+    // then); try again until one runs.
+    let mut stray = String::new();
+    for _ in 0..20 {
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--label",
+                &label,
+                "--network",
+                "none",
+                image(),
+                "sleep",
+                "300",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("running docker");
+        if out.status.success() {
+            stray = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+    }
+    assert!(!stray.is_empty(), "no stray container could be started");
     for id in [created.trim(), stray.trim()] {
         let start = Instant::now();
         while !docker(&["ps", "-a", "-q", "--filter", &format!("id={id}")])
@@ -727,30 +741,33 @@ async fn readiness_follows_the_image_and_an_unreachable_engine_stops_start_up() 
     let body = gw.get("/readyz").await.assert_error(503);
     assert!(body["detail"].as_str().unwrap().contains(&missing), "{body}");
 
+    // An engine that is not there. The gateway finds the engine as the docker client does
+    // (DOCKER_HOST, read from its environment), so this is the real binary.
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("docker");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
+    let nowhere = format!("unix://{}/docker.sock", dir.path().display());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_cligate"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", dir.path())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("CODEX_DOCKER_IMAGE", image())
+            .env("DOCKER_HOST", &nowhere)
+            .env("CLIGATE_INSTANCE", inst.0.as_str())
+            .stdin(Stdio::null())
+            .output(),
     )
-    .unwrap();
-    set_executable(&fake);
-    let err = match Gateway::try_start(&[
-        ("CODEX_DOCKER_IMAGE", image()),
-        ("DOCKER_BIN", fake.to_str().unwrap()),
-        ("CLIGATE_INSTANCE", inst.0.as_str()),
-    ])
     .await
-    {
-        Ok(_) => panic!("a gateway without a reachable engine started"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(err.starts_with("CODEX_DOCKER_IMAGE"), "{err}");
-}
-
-fn set_executable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("a gateway without an engine stops at once")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a gateway without a reachable engine started: {err}"
+    );
+    assert!(err.starts_with("cligate: CODEX_DOCKER_IMAGE"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[tokio::test]

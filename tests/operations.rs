@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
@@ -329,13 +328,6 @@ impl Scratch {
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
-
-    fn script(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path.to_str().unwrap().to_string()
-    }
 }
 
 impl Drop for Scratch {
@@ -349,11 +341,8 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     let scratch = Scratch::new("engine");
-    // An engine that is never there, and says so on two lines.
-    let docker = scratch.script(
-        "docker",
-        "#!/bin/sh\necho 'Cannot connect to the Docker daemon.' >&2\necho 'Is the docker daemon running?' >&2\nexit 1\n",
-    );
+    // An engine that is never there.
+    let docker_host = format!("unix://{}/docker.sock", scratch.0.display());
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         (
             "RUN_RESPONSE_TIMEOUT_SECONDS",
@@ -367,7 +356,7 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
             vec![
                 ("LISTEN_ADDR", "127.0.0.1:0"),
                 ("CODEX_DOCKER_IMAGE", "cligate-ops:none"),
-                ("DOCKER_BIN", &docker),
+                ("DOCKER_HOST", &docker_host),
             ],
         ),
     ];
