@@ -141,12 +141,16 @@ export function runView(main, id) {
     fields.replaceChildren(...rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v === null || v === undefined ? '—' : String(v))]));
   }
 
+  let recordFailed = false;
   async function refreshRecord() {
     try {
       showRecord(await getJson(runPath(id), { signal: stop.signal }));
+      if (recordFailed) problem('');
+      recordFailed = false;
       return true;
     } catch (e) {
       if (stop.signal.aborted || e instanceof Unauthorized) return false;
+      recordFailed = true;
       problem(e instanceof ApiError && e.status === 404 ? 'No such run (or not yours).' : `The record cannot be read: ${e.message}`);
       return false;
     }
