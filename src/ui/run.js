@@ -266,7 +266,8 @@ export function runView(main, id) {
         if (!ended && (await refreshRecord()) && final()) ended = true;
       } catch (e) {
         if (stop.signal.aborted || e instanceof Unauthorized) return;
-        if (e instanceof ApiError && e.status < 500) {
+        // A queued run may have no log to follow yet: wait for it to start.
+        if (e instanceof ApiError && e.status < 500 && !((await refreshRecord()) && record.state === 'queued')) {
           problem(`The output cannot be followed: ${e.message}`);
           return;
         }

@@ -334,3 +334,31 @@ describe('with AUTH_TOKENS', () => {
     await context.close();
   });
 });
+
+describe('with one run slot', () => {
+  let gw;
+  before(async () => {
+    gw = await startGateway({ MAX_CONCURRENT_RUNS: '1' });
+  });
+  after(async () => {
+    await gw?.stop();
+  });
+
+  test('a queued run\'s page waits, then follows the run once it starts', async () => {
+    const holder = await gw.api('/runs', { method: 'POST', body: { cli: 'sh', args: ['-c', 'echo holding; sleep 30'], session_id: 'slot-holder' } });
+    assert.equal(holder.status, 202, holder.text);
+    const queued = await gw.api('/runs', { method: 'POST', body: { cli: 'sh', args: ['-c', 'echo "queued run ran"'], session_id: 'waiting' } });
+    assert.equal(queued.status, 202, queued.text);
+    assert.equal(queued.json.state, 'queued');
+    const { page, context, seen } = await openPage(browser);
+    await page.goto(`${gw.url}/ui#/runs/${queued.json.run_id}`);
+    await until('the badge says queued', async () => (await page.locator('#run-status').textContent()) === 'queued');
+    assert.ok(await page.locator('#stop').isEnabled(), 'a queued run can be stopped');
+    assert.equal((await gw.api(`/runs/${holder.json.run_id}/stop`, { method: 'POST' })).status, 200);
+    await until('its output is shown', async () => (await output(page)).includes('queued run ran\n'), 15000);
+    await until('the badge says exited', async () => (await page.locator('#run-status').textContent()) === 'exited', 10000);
+    assert.equal(await page.locator('.problem:visible').count(), 0, 'no error shown');
+    assertClean(seen);
+    await context.close();
+  });
+});
