@@ -38,7 +38,7 @@ die() {
     exit 1
 }
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 require_docker() {
     command -v docker >/dev/null || die "no docker client on PATH; the tests need a Docker engine"
