@@ -672,14 +672,15 @@ impl Probe<'_> {
         stream
     }
 
-    /// Reads a run to its end, checking every frame against the Frame schema; returns the frames.
+    /// Reads a run to its end, checking every frame as sent against the Frame schema (and that
+    /// it is the gateway's own `Frame`); returns the frames as JSON.
     async fn finish_run(&self, stream: RunStream) -> Vec<Value> {
-        let frames = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+        let frames = tokio::time::timeout(Duration::from_secs(30), stream.collect_json())
             .await
-            .expect("run ends")
-            .0;
+            .expect("run ends");
         for frame in &frames {
             self.spec.assert_valid(self.spec.schema("Frame"), frame, "frame");
+            serde_json::from_value::<common::Frame>(frame.clone()).unwrap_or_else(|e| panic!("{e}: {frame}"));
         }
         assert_eq!(frames[0]["type"], "session", "{frames:?}");
         assert_eq!(frames.last().unwrap()["type"], "exit", "{frames:?}");

@@ -294,17 +294,28 @@ async fn help_lists_every_variable_with_its_default() {
     let out = run_binary(&["--help"], &[]).await;
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for (name, default, _) in cligate::config::VARIABLES {
+    for v in cligate::config::VARIABLES {
         let line = help
             .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} is not in --help:\n{help}"));
-        let shown = if default.is_empty() {
+            .find(|l| l.split_whitespace().next() == Some(v.name))
+            .unwrap_or_else(|| panic!("{} is not in --help:\n{help}", v.name));
+        let shown = if v.default.is_empty() {
             "(unset)".to_string()
         } else {
-            format!("(default {default})")
+            format!("(default {})", v.default)
         };
-        assert!(line.ends_with(&shown), "{name}: {line:?} does not end with {shown:?}");
+        assert!(
+            line.ends_with(&shown),
+            "{}: {line:?} does not end with {shown:?}",
+            v.name
+        );
+        // Under its section's heading: the nearest heading above the line.
+        let heading = help
+            .lines()
+            .take_while(|l| *l != line)
+            .filter(|l| l.ends_with(':') && !l.starts_with(' '))
+            .last();
+        assert_eq!(heading, Some(format!("{}:", v.section.title()).as_str()), "{}", v.name);
     }
 }
 
