@@ -44,17 +44,18 @@ pub struct LogDir {
     spares: Arc<Spares>,
 }
 
-/// Empty files in the log directory, ready to become a run's log by a rename.
+/// Empty files in the log directory, ready to become a run's log by a rename. Only their names
+/// are kept (no descriptor is held for them).
 #[derive(Debug, Default)]
 struct Spares {
-    ready: Mutex<Vec<(PathBuf, File)>>,
+    ready: Mutex<Vec<PathBuf>>,
     /// Signalled when the pool runs low.
     low: Condvar,
     next: AtomicU64,
 }
 
 impl Spares {
-    fn take(&self) -> Option<(PathBuf, File)> {
+    fn take(&self) -> Option<PathBuf> {
         let mut ready = self.ready.lock().expect("spares lock");
         let spare = ready.pop();
         if ready.len() < SPARES / 2 {
@@ -75,8 +76,8 @@ impl Spares {
             let missing = SPARES - pool.ready.lock().expect("spares lock").len().min(SPARES);
             for _ in 0..missing {
                 let path = pool.name(&root);
-                match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
-                    Ok(file) => pool.ready.lock().expect("spares lock").push((path, file)),
+                match OpenOptions::new().write(true).create_new(true).open(&path) {
+                    Ok(_) => pool.ready.lock().expect("spares lock").push(path),
                     // Logs are then created on the run's path, which reports the error.
                     Err(_) => break,
                 }
@@ -145,9 +146,10 @@ impl LogDir {
             return Ok(Arc::new(RunLog::new(None)));
         }
         let path = self.path(run_id);
-        if let Some((spare, file)) = self.spares.take() {
+        if let Some(spare) = self.spares.take() {
             // A run id names one run only: an existing log is never replaced.
             if !path.exists() && std::fs::rename(&spare, &path).is_ok() {
+                let file = OpenOptions::new().read(true).write(true).open(&path)?;
                 return Ok(Arc::new(RunLog::new(Some(file))));
             }
             let _ = std::fs::remove_file(&spare);
@@ -189,12 +191,15 @@ impl LogDir {
     pub fn remove(&self, run_id: &str) -> io::Result<()> {
         let path = self.path(run_id);
         if self.spares.ready.lock().expect("spares lock").len() < SPARES
-            && let Ok(file) = OpenOptions::new().read(true).write(true).open(&path)
-            && file.set_len(0).is_ok()
+            && OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(0))
+                .is_ok()
         {
             let spare = self.spares.name(&self.root);
             if std::fs::rename(&path, &spare).is_ok() {
-                self.spares.ready.lock().expect("spares lock").push((spare, file));
+                self.spares.ready.lock().expect("spares lock").push(spare);
                 return Ok(());
             }
         }
