@@ -8,6 +8,9 @@
 #   cli-env   the CLI environment image              ($CLI_ENV_IMAGE,  default cligate-cli-env:latest)
 #             (npm install of docker/cli-env on the host first; big: ~1.5 GB)
 #   test-cli  the small fake-CLI image for ./test.sh ($TEST_CLI_IMAGE, default cligate-test-cli:latest)
+#   ui-assets src/ui/vendor/ from src/ui/package-lock.json (npm ci; the files are
+#             committed and embedded in the binary, so only a package update needs it)
+#             UI_ASSETS_OUT=DIR writes them to DIR instead (./test.sh compares them)
 #
 # The images build FROM debian:bookworm-slim; where no registry is reachable
 # it must exist locally (.ci/run makes one with debootstrap). Package installs
@@ -26,7 +29,7 @@ SCRIPT=build.sh
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 need_docker() {
     command -v docker >/dev/null || die "docker client not found"
@@ -85,6 +88,28 @@ build_cli_env() {
     docker build --network host -t "$CLI_ENV_IMAGE" "$dir"
 }
 
+# The web UI's third-party files, from the npm registry at the versions of
+# src/ui/package-lock.json. anser ships CommonJS; the browser loads ES
+# modules, so its file is wrapped (unchanged inside) to export what it assigns
+# to module.exports.
+build_ui_assets() {
+    command -v npm >/dev/null || die "npm not found (needed to fetch the UI's packages)"
+    local dir=src/ui out=${UI_ASSETS_OUT:-src/ui/vendor} version
+    say "npm ci in $dir (from package-lock.json)"
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts >/dev/null)
+    version=$(node -p 'require("./src/ui/node_modules/anser/package.json").version')
+    mkdir -p "$out"
+    {
+        printf '// anser %s (MIT, https://github.com/IonicaBizau/anser): lib/index.js from the npm\n' "$version"
+        printf '// package, wrapped as an ES module by ./build.sh ui-assets. Do not edit.\n'
+        printf 'const module = { exports: {} };\n'
+        cat "$dir/node_modules/anser/lib/index.js"
+        printf '\nexport default module.exports;\n'
+    } >"$out/anser.js"
+    cp "$dir/node_modules/anser/LICENSE" "$out/anser.LICENSE"
+    say "wrote $out/anser.js"
+}
+
 build_test_cli() {
     need_docker
     say "docker build $TEST_CLI_IMAGE (docker/test-cli/Dockerfile)"
@@ -99,6 +124,7 @@ for target in "$@"; do
         gateway) build_binary && build_gateway ;;
         cli-env) build_cli_env ;;
         test-cli) build_test_cli ;;
+        ui-assets) build_ui_assets ;;
         -h | --help | help)
             usage
             exit 0

@@ -10,6 +10,9 @@
 #                  the Docker socket, /run end to end through sibling
 #                  containers for codex, claude, gemini, opencode and qwen
 #   rust           fmt + clippy + cargo-test
+#   browser        the web UI (/ui) in Debian's chromium, driven by
+#                  playwright-core (tests/ui), against the real gateway binary
+#                  running fixture CLIs; fails when chromium cannot start
 #   cli-env        (not run by default) the real cligate-cli-env image: each
 #                  of the five CLIs through the gateway against a stand-in
 #                  LiteLLM; builds the ~2 GB image (npm registry needed)
@@ -19,12 +22,13 @@
 # never skips a test because a tool is missing. To add a step: write a
 # function step_NAME (dashes in NAME become underscores) and append NAME to
 # STEPS below. Ends with a plain
-# "total: N passed, M failed" line (cargo test's counts plus the smoke checks).
+# "total: N passed, M failed" line (cargo test's and node's counts plus the
+# smoke checks).
 # shellcheck disable=SC2329 # step_* and helpers are called indirectly
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-STEPS=(fmt clippy cargo-test smoke)
+STEPS=(fmt clippy cargo-test browser smoke)
 
 GATEWAY_IMAGE=${GATEWAY_IMAGE:-cligate:latest}
 TEST_CLI_IMAGE=${TEST_CLI_IMAGE:-cligate-test-cli:latest}
@@ -34,7 +38,7 @@ SCRIPT=test.sh
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # Everything the steps need, checked before any of them runs: one line names each missing piece
 # and the Debian package that provides it.
@@ -98,6 +102,59 @@ step_cargo_test() {
     fi
     say "cargo test"
     cargo_test
+}
+
+# -------------------------------------------------------------- browser step
+# The web UI in a real browser: tests/ui/ui.test.mjs (node's test runner) starts
+# target/debug/cligate with the fixture CLIs and drives Debian's chromium with
+# playwright-core at the version of tests/ui/package-lock.json. Screenshots go
+# to target/ui-screenshots/ (examples/ui/ holds the README's copies). First it
+# checks that src/ui/vendor/ is exactly what ./build.sh ui-assets makes from
+# src/ui/package-lock.json. Node's pass/fail counts join the closing total.
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+export CHROMIUM
+BROWSER_PASSED=0
+BROWSER_FAILED=0
+step_browser() {
+    say "browser: the web UI in chromium (tests/ui)"
+    command -v node >/dev/null || die "node not found; the browser tests need Node.js and npm (.ci/run installs them)"
+    command -v npm >/dev/null || die "npm not found; the browser tests need it (.ci/run installs it)"
+    [ -x "$CHROMIUM" ] || die "no chromium at $CHROMIUM; the browser tests need Debian's chromium (.ci/run installs it)"
+
+    local vendor
+    vendor=$(mktemp -d)
+    UI_ASSETS_OUT=$vendor ./build.sh ui-assets >/dev/null
+    if diff -r "$vendor" src/ui/vendor; then
+        BROWSER_PASSED=1
+        echo "  ok   src/ui/vendor/ is what ./build.sh ui-assets makes from src/ui/package-lock.json"
+    else
+        BROWSER_FAILED=1
+        echo "  FAIL src/ui/vendor/ differs from what ./build.sh ui-assets makes (run it and commit)"
+    fi
+    rm -rf "$vendor"
+
+    local dir=tests/ui stamp sum
+    stamp=$dir/node_modules/.cligate-lock.sha256
+    sum=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
+        say "browser: npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts)
+        printf '%s\n' "$sum" >"$stamp"
+    fi
+    say "browser: cargo build (the gateway the tests start)"
+    cargo build --quiet
+    local log status=0 p f
+    log=$(mktemp)
+    CLIGATE_BIN=$PWD/target/debug/cligate node --test --test-reporter=tap "$dir/ui.test.mjs" 2>&1 | tee "$log" || status=$?
+    p=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' "$log" | tail -n1)
+    # A test cancelled because its suite's set-up failed (chromium did not start) is a failure.
+    f=$(sed -nE 's/^# (fail|cancelled) ([0-9]+)$/\2/p' "$log" | tail -n2 | awk '{ s += $1 } END { print s + 0 }')
+    rm -f "$log"
+    [ -n "$p" ] || die "the browser tests printed no count (did node start them?)"
+    BROWSER_PASSED=$((BROWSER_PASSED + p))
+    BROWSER_FAILED=$((BROWSER_FAILED + ${f:-0}))
+    echo "browser: $BROWSER_PASSED passed, $BROWSER_FAILED failed"
+    [ "$status" -eq 0 ] && [ "$BROWSER_FAILED" -eq 0 ]
 }
 
 # ---------------------------------------------------------------- smoke step
@@ -385,7 +442,7 @@ main() {
         esac
     done
     say "all steps passed: $*"
-    echo "total: $((CARGO_PASSED + PASSED)) passed, $((CARGO_FAILED + FAILED)) failed"
+    echo "total: $((CARGO_PASSED + BROWSER_PASSED + PASSED)) passed, $((CARGO_FAILED + BROWSER_FAILED + FAILED)) failed"
 }
 
 main "$@"; exit $?

@@ -131,6 +131,7 @@ PREREQUISITES=(
     "git|git|command -v git"
     "node|nodejs|command -v node"
     "npm|npm|command -v npm"
+    "chromium (/usr/bin/chromium, for the web UI's browser tests)|chromium|test -x \"${CHROMIUM:-/usr/bin/chromium}\""
     "python3|python3|command -v python3"
     "python3 venv|python3-venv|python3 -c 'import ensurepip, venv'"
     "static /bin/busybox|busybox-static|static_busybox"

@@ -63,12 +63,18 @@ fn bearer(headers: &HeaderMap) -> &str {
     }
 }
 
-/// Checks one request against the access settings and says who is calling.
-pub fn check(access: &Access, client: IpAddr, headers: &HeaderMap) -> Result<Caller, Denied> {
+/// Checks the client's address only (`ALLOWED_CLIENTS`), for routes that need no token.
+pub fn check_address(access: &Access, client: IpAddr) -> Result<(), Denied> {
     let client = client.to_canonical();
     if !access.allowed.is_empty() && !access.allowed.iter().any(|net| net.contains(&client)) {
         return Err(Denied::Forbidden);
     }
+    Ok(())
+}
+
+/// Checks one request against the access settings and says who is calling.
+pub fn check(access: &Access, client: IpAddr, headers: &HeaderMap) -> Result<Caller, Denied> {
+    check_address(access, client)?;
     if access.tokens.is_empty() {
         return Ok(Caller::open());
     }
@@ -143,6 +149,9 @@ mod tests {
             check(&access, outside, &headers("Bearer a-very-long-token-1")),
             Err(Denied::Forbidden)
         );
+        // The address alone (the web UI's files): no token asked.
+        assert_eq!(check_address(&access, outside), Err(Denied::Forbidden));
+        assert_eq!(check_address(&access, inside), Ok(()));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert!(check(&access, mapped, &headers("Bearer a-very-long-token-1")).is_ok());
         assert_eq!(

@@ -5,7 +5,8 @@
 //! # Layout
 //! A request flows through the modules in this order:
 //! - [`server`]: accept loop, connections, graceful shutdown.
-//! - [`api`]: routes, access control ([`auth`]), errors; `POST /run` in [`api::run`].
+//! - [`api`]: routes, access control ([`auth`]), errors; `POST /run` in [`api::run`]; the web
+//!   UI's embedded files in [`api::ui`].
 //! - [`admission`]: may the run start now, wait, or be refused.
 //! - [`runs`]: the run service: submit, admit, start, stop, finish; the only place runs are made.
 //! - [`run::request`] → [`exec`]: validate the request, then the executor (local process or

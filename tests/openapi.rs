@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cligate::api::Guard;
 use common::{Gateway, Reply, RunStream, TEST_CLIS, fixtures, request};
 use serde_json::{Value, json};
 
@@ -330,19 +331,25 @@ fn open_routes_are_documented_without_security_and_the_rest_with_the_bearer_sche
     );
     // Optional: no requirement (`{}`) or the bearer token.
     assert_eq!(spec.0["security"], json!([{}, {"bearerAuth": []}]));
-    for (method, path, protected) in cligate::api::ROUTES {
+    for (method, path, guard) in cligate::api::ROUTES {
         let op = spec.operation(method, path);
-        if *protected {
-            assert!(op.get("security").is_none(), "{method} {path} overrides the security");
-            for status in [401, 403] {
-                assert!(
-                    spec.statuses(method, path).contains(&status),
-                    "{method} {path} lacks {status}"
-                );
+        let statuses = spec.statuses(method, path);
+        match guard {
+            Guard::Token => {
+                assert!(op.get("security").is_none(), "{method} {path} overrides the security");
+                for status in [401, 403] {
+                    assert!(statuses.contains(&status), "{method} {path} lacks {status}");
+                }
             }
-        } else {
-            assert_eq!(op["security"], json!([]), "{method} {path} must be open");
-            assert!(!spec.statuses(method, path).contains(&401), "{method} {path}");
+            Guard::Address => {
+                assert_eq!(op["security"], json!([]), "{method} {path} needs no token");
+                assert!(statuses.contains(&403), "{method} {path} lacks 403");
+                assert!(!statuses.contains(&401), "{method} {path}");
+            }
+            Guard::Open => {
+                assert_eq!(op["security"], json!([]), "{method} {path} must be open");
+                assert!(!statuses.contains(&401) && !statuses.contains(&403), "{method} {path}");
+            }
         }
     }
 }
@@ -868,6 +875,12 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
             .await;
         assert_eq!(reply.assert_error(422)["error"], "unprocessable", "{wrong_shape}");
     }
+    // A file the web UI does not have.
+    let missing = probe
+        .call(addr, "GET", "/ui/{asset}", "/ui/missing.js", None, &[])
+        .await
+        .assert_error(404);
+    assert_eq!(missing["detail"], "no UI file 'missing.js'");
     // A session id that is not UTF-8 once percent-decoded.
     probe
         .call(addr, "GET", "/sessions/{session_id}", "/sessions/%FF", None, &[])
@@ -889,7 +902,7 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     // Tokens configured: protected operations want one (401 + WWW-Authenticate), open ones do not.
     let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("AUTH_TOKENS", TOKEN)]).await;
     for (what, reply) in probe.every_operation(gw.addr, &[]).await {
-        let open = ["GET /healthz", "GET /readyz", "GET /openapi.json"].contains(&what.as_str());
+        let open = guard_of(&what) != Guard::Token;
         assert_eq!(reply.status, if open { 200 } else { 401 }, "{what}");
         if !open {
             assert_eq!(reply.headers["www-authenticate"], "Bearer");
@@ -904,7 +917,7 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     // Client addresses restricted: protected operations are forbidden to this one.
     let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("ALLOWED_CLIENTS", "10.0.0.0/8")]).await;
     for (what, reply) in probe.every_operation(gw.addr, &[]).await {
-        let open = ["GET /healthz", "GET /readyz", "GET /openapi.json"].contains(&what.as_str());
+        let open = guard_of(&what) == Guard::Open;
         assert_eq!(reply.status, if open { 200 } else { 403 }, "{what}");
     }
     drop(gw);
@@ -995,6 +1008,15 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         }
     }
     assert!(missing.is_empty(), "documented but never produced: {missing:?}");
+}
+
+/// Who may reach the operation named `what` ("GET /runs").
+fn guard_of(what: &str) -> Guard {
+    cligate::api::ROUTES
+        .iter()
+        .find(|(m, p, _)| format!("{m} {p}") == what)
+        .map(|(_, _, g)| *g)
+        .unwrap_or_else(|| panic!("no route {what}"))
 }
 
 /// The status of an operation called with its examples when the example session and run do not

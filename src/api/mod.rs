@@ -7,6 +7,7 @@ pub mod forward;
 pub mod health;
 pub mod run;
 pub mod runs;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,24 +32,37 @@ use error::ApiError;
 /// The OpenAPI description of this surface, kept in the repository and served as is.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Every route: method, path pattern, whether it needs access control.
-pub const ROUTES: &[(&str, &str, bool)] = &[
-    ("GET", "/healthz", false),
-    ("GET", "/readyz", false),
-    ("GET", "/openapi.json", false),
-    ("GET", "/metrics", true),
-    ("GET", "/models", true),
-    ("GET", "/clis", true),
-    ("POST", "/run", true),
-    ("GET", "/sessions/{session_id}", true),
-    ("POST", "/sessions/{session_id}/stop", true),
-    ("GET", "/runs", true),
-    ("POST", "/runs", true),
-    ("GET", "/runs/{run_id}", true),
-    ("GET", "/runs/{run_id}/log", true),
-    ("GET", "/runs/{run_id}/events", true),
-    ("GET", "/runs/{run_id}/stream", true),
-    ("POST", "/runs/{run_id}/stop", true),
+/// Who may reach a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Everyone: health and the OpenAPI document.
+    Open,
+    /// Addresses of `ALLOWED_CLIENTS`, without a token: the web UI's files, which hold no data.
+    Address,
+    /// Addresses of `ALLOWED_CLIENTS` with a bearer token (when tokens are configured).
+    Token,
+}
+
+/// Every route: method, path pattern, who may reach it.
+pub const ROUTES: &[(&str, &str, Guard)] = &[
+    ("GET", "/healthz", Guard::Open),
+    ("GET", "/readyz", Guard::Open),
+    ("GET", "/openapi.json", Guard::Open),
+    ("GET", "/metrics", Guard::Token),
+    ("GET", "/models", Guard::Token),
+    ("GET", "/clis", Guard::Token),
+    ("POST", "/run", Guard::Token),
+    ("GET", "/sessions/{session_id}", Guard::Token),
+    ("POST", "/sessions/{session_id}/stop", Guard::Token),
+    ("GET", "/runs", Guard::Token),
+    ("POST", "/runs", Guard::Token),
+    ("GET", "/runs/{run_id}", Guard::Token),
+    ("GET", "/runs/{run_id}/log", Guard::Token),
+    ("GET", "/runs/{run_id}/events", Guard::Token),
+    ("GET", "/runs/{run_id}/stream", Guard::Token),
+    ("POST", "/runs/{run_id}/stop", Guard::Token),
+    ("GET", "/ui", Guard::Address),
+    ("GET", "/ui/{asset}", Guard::Address),
 ];
 
 /// Refusals written to the log per second at most.
@@ -149,16 +163,17 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
 async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (pattern, protected) = match segments.as_slice() {
-        ["sessions", id] if !id.is_empty() => ("/sessions/{session_id}", true),
-        ["sessions", id, "stop"] if !id.is_empty() => ("/sessions/{session_id}/stop", true),
-        ["runs", id] if !id.is_empty() => ("/runs/{run_id}", true),
-        ["runs", id, "log"] if !id.is_empty() => ("/runs/{run_id}/log", true),
-        ["runs", id, "events"] if !id.is_empty() => ("/runs/{run_id}/events", true),
-        ["runs", id, "stream"] if !id.is_empty() => ("/runs/{run_id}/stream", true),
-        ["runs", id, "stop"] if !id.is_empty() => ("/runs/{run_id}/stop", true),
+    let (pattern, guard) = match segments.as_slice() {
+        ["sessions", id] if !id.is_empty() => ("/sessions/{session_id}", Guard::Token),
+        ["sessions", id, "stop"] if !id.is_empty() => ("/sessions/{session_id}/stop", Guard::Token),
+        ["runs", id] if !id.is_empty() => ("/runs/{run_id}", Guard::Token),
+        ["runs", id, "log"] if !id.is_empty() => ("/runs/{run_id}/log", Guard::Token),
+        ["runs", id, "events"] if !id.is_empty() => ("/runs/{run_id}/events", Guard::Token),
+        ["runs", id, "stream"] if !id.is_empty() => ("/runs/{run_id}/stream", Guard::Token),
+        ["runs", id, "stop"] if !id.is_empty() => ("/runs/{run_id}/stop", Guard::Token),
+        ["ui", name] if !name.is_empty() => ("/ui/{asset}", Guard::Address),
         _ => match ROUTES.iter().find(|(_, p, _)| *p == path) {
-            Some((_, p, protected)) => (*p, *protected),
+            Some((_, p, guard)) => (*p, *guard),
             None => return Err(ApiError::NotFound(format!("no route for {path}"))),
         },
     };
@@ -182,18 +197,22 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
             },
         ));
     }
+    let denied = |d| match d {
+        auth::Denied::Forbidden => ApiError::Forbidden,
+        auth::Denied::Unauthorized => ApiError::Unauthorized,
+    };
     let secret = app.replicas.as_ref().and_then(|r| r.secret.as_ref());
-    let mut caller = if protected {
+    let mut caller = match guard {
         // A request another replica forwarded carries its caller, signed with REPLICA_SECRET.
-        match forward::forwarded_caller(secret, &method, req.uri(), req.headers())? {
+        Guard::Token => match forward::forwarded_caller(secret, &method, req.uri(), req.headers())? {
             Some(caller) => caller,
-            None => auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
-                auth::Denied::Forbidden => ApiError::Forbidden,
-                auth::Denied::Unauthorized => ApiError::Unauthorized,
-            })?,
+            None => auth::check(&app.config.access, client.ip(), req.headers()).map_err(denied)?,
+        },
+        Guard::Address => {
+            auth::check_address(&app.config.access, client.ip()).map_err(denied)?;
+            auth::Caller::default()
         }
-    } else {
-        auth::Caller::default()
+        Guard::Open => auth::Caller::default(),
     };
     caller.client = Some(client);
     let config = &app.config;
@@ -232,6 +251,9 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         (Method::POST, "/runs/{run_id}/stop") => {
             runs::stop(app, &caller, &percent_decode(segments[1])?, req.uri()).await?
         }
+        (Method::GET, "/ui") => ui::index(),
+        // Asset names are plain; an encoded name is simply not one of them (404).
+        (Method::GET, "/ui/{asset}") => ui::asset(segments[1])?,
         _ => unreachable!("every route in ROUTES is handled"),
     })
 }
