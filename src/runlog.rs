@@ -284,7 +284,8 @@ impl RunLog {
             tail.recent.push_back((offset, frames));
             tail.size
         };
-        self.end.send_modify(|end| end.size = size);
+        // Two writers (stdout and stderr pumps, the finish) may publish out of order: the end only grows.
+        self.end.send_modify(|end| end.size = end.size.max(size));
         Ok(size)
     }
 
