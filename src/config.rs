@@ -190,6 +190,36 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "10",
         "limit of one callback attempt (connect, send, response head)",
     ),
+    (
+        "PROJECTS_FILE",
+        "",
+        "TOML (or .json) file of the operator's git projects runs may work on; unset = no workspaces",
+    ),
+    (
+        "WORKSPACE_ROOT",
+        "$DATA_DIR/workspaces",
+        "where each project's repository and its branches' worktrees live",
+    ),
+    (
+        "WORKSPACE_HOST_ROOT",
+        "",
+        "docker mode, gateway in a container: WORKSPACE_ROOT as the engine's host sees it",
+    ),
+    (
+        "GIT_AUTHOR_NAME",
+        "cligate",
+        "author and committer name of the commits after runs",
+    ),
+    (
+        "GIT_AUTHOR_EMAIL",
+        "cligate@localhost",
+        "author and committer e-mail of the commits after runs",
+    ),
+    (
+        "GIT_TIMEOUT_SECONDS",
+        "120",
+        "limit of each git step (fetch, push, commit, preview); the step is killed after it",
+    ),
     ("LOG_FORMAT", "text", "text or json"),
     ("RUST_LOG", "info", "log filter"),
 ];
@@ -241,6 +271,12 @@ struct Raw {
     callback_secret: Option<String>,
     callback_retry_seconds: Option<String>,
     callback_timeout_seconds: Option<String>,
+    projects_file: Option<String>,
+    workspace_root: Option<String>,
+    workspace_host_root: Option<String>,
+    git_author_name: Option<String>,
+    git_author_email: Option<String>,
+    git_timeout_seconds: Option<String>,
     path: Option<String>,
 }
 
@@ -356,6 +392,17 @@ pub struct Config {
     pub callback_retry: Duration,
     /// Limit of one callback attempt.
     pub callback_timeout: Duration,
+    /// `PROJECTS_FILE`, read at start-up (with the credentials it names).
+    pub projects: crate::workspace::projects::Projects,
+    pub projects_file: Option<PathBuf>,
+    /// Repositories and worktrees (default `$DATA_DIR/workspaces`).
+    pub workspace_root: PathBuf,
+    /// `WORKSPACE_ROOT` as the docker engine's host sees it.
+    pub workspace_host_root: Option<PathBuf>,
+    /// Name and e-mail of the gateway's commits.
+    pub git_author: (String, String),
+    /// Limit of each git step.
+    pub git_timeout: Duration,
 }
 
 /// A secret setting (`CALLBACK_SECRET`), whose value `Debug` never prints.
@@ -411,9 +458,13 @@ impl Config {
             .collect();
         credentials.sort();
         credentials.dedup();
+        let lookup: std::collections::HashMap<String, String> = vars.iter().cloned().collect();
         let raw: Raw = envy::from_iter(vars).map_err(|e| anyhow!("reading the environment: {e}"))?;
         let mut config = raw.validate()?;
         config.gateway_credentials = credentials;
+        if let Some(file) = &config.projects_file {
+            config.projects = crate::workspace::projects::load(file, |k| lookup.get(k).cloned())?;
+        }
         Ok(config)
     }
 
@@ -612,6 +663,23 @@ impl Raw {
             },
             callback_timeout: match seconds("CALLBACK_TIMEOUT_SECONDS", &self.callback_timeout_seconds, 10.0)? {
                 t if t.is_zero() => bail!("CALLBACK_TIMEOUT_SECONDS: must be more than 0"),
+                t => t,
+            },
+            projects: Default::default(),
+            projects_file: given(&self.projects_file).map(PathBuf::from),
+            workspace_root: given(&self.workspace_root)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(given(&self.data_dir).unwrap_or("./cligate-data")).join("workspaces")),
+            workspace_host_root: match given(&self.workspace_host_root) {
+                Some(p) if !p.starts_with('/') => bail!("WORKSPACE_HOST_ROOT: '{p}' is not an absolute path"),
+                p => p.map(PathBuf::from),
+            },
+            git_author: (
+                given(&self.git_author_name).unwrap_or("cligate").to_string(),
+                given(&self.git_author_email).unwrap_or("cligate@localhost").to_string(),
+            ),
+            git_timeout: match seconds("GIT_TIMEOUT_SECONDS", &self.git_timeout_seconds, 120.0)? {
+                t if t.is_zero() => bail!("GIT_TIMEOUT_SECONDS: must be more than 0"),
                 t => t,
             },
             search_path: self.path.map(OsString::from).unwrap_or_default(),

@@ -96,6 +96,7 @@ fn finished(at: i64, log_bytes: u64) -> Finish {
         stdout_bytes: 1,
         stderr_bytes: 2,
         log_bytes,
+        git: None,
     }
 }
 
@@ -123,6 +124,9 @@ async fn round_trip_keeps_every_field(ctx: Ctx) {
         detached: true,
         callback_url: Some("https://hooks.example/x?y=1".into()),
         callback: Some(json!({"status": "delivered", "attempts": 2})),
+        git: Some(
+            json!({"project": "p", "branch": "b", "head": null, "committed": false, "pushed": false, "error": "x"}),
+        ),
     };
     s.insert(&full).await.unwrap();
     assert_eq!(s.get("run-full").await.unwrap().as_ref(), Some(&full));

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod error;
 pub mod health;
+pub mod projects;
 pub mod run;
 pub mod runs;
 
@@ -46,6 +47,9 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/runs/{run_id}/events", true),
     ("GET", "/runs/{run_id}/stream", true),
     ("POST", "/runs/{run_id}/stop", true),
+    ("GET", "/projects", true),
+    ("GET", "/projects/{project_id}/tree", true),
+    ("GET", "/projects/{project_id}/file", true),
 ];
 
 /// Refusals written to the log per second at most.
@@ -110,7 +114,7 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
                 ApiError::Unauthorized | ApiError::Forbidden => "auth",
                 ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overload",
                 ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) => "not_found",
-                ApiError::Conflict(_) => "conflict",
+                ApiError::Conflict(_) | ApiError::Busy(_) => "conflict",
                 _ => "bad_request",
             };
             app.metrics.reject(cause);
@@ -145,6 +149,8 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         ["runs", id, "events"] if !id.is_empty() => ("/runs/{run_id}/events", true),
         ["runs", id, "stream"] if !id.is_empty() => ("/runs/{run_id}/stream", true),
         ["runs", id, "stop"] if !id.is_empty() => ("/runs/{run_id}/stop", true),
+        ["projects", id, "tree"] if !id.is_empty() => ("/projects/{project_id}/tree", true),
+        ["projects", id, "file"] if !id.is_empty() => ("/projects/{project_id}/file", true),
         _ => match ROUTES.iter().find(|(_, p, _)| *p == path) {
             Some((_, p, protected)) => (*p, *protected),
             None => return Err(ApiError::NotFound(format!("no route for {path}"))),
@@ -211,6 +217,13 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
             runs::stream(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
         }
         (Method::POST, "/runs/{run_id}/stop") => runs::stop(app, &caller, &percent_decode(segments[1])?)?,
+        (Method::GET, "/projects") => projects::list(app),
+        (Method::GET, "/projects/{project_id}/tree") => {
+            projects::tree(app, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
+        (Method::GET, "/projects/{project_id}/file") => {
+            projects::file(app, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
         _ => unreachable!("every route in ROUTES is handled"),
     })
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::request::RunSpec;
 use crate::config::{Config, DockerConfig, Mode};
+use crate::workspace::{CONTAINER_HOME, CONTAINER_WORKDIR, Place};
 
 /// Gateway settings a launched process must not inherit: they are the gateway's own secrets.
 pub const GATEWAY_SECRETS: &[&str] = &["AUTH_TOKENS", "AUTH_TOKENS_FILE"];
@@ -62,8 +63,12 @@ pub struct Launch {
     /// The model the run uses, when known (for logs and metrics).
     pub model: Option<String>,
     /// Variables of the gateway's environment the launched process must not inherit: the
-    /// gateway's credentials, when the request points the CLI at another server (local mode).
+    /// gateway's credentials, when the request points the CLI at another server, and the
+    /// projects' git credentials (local mode).
     pub env_remove: Vec<String>,
+    /// The working directory of the launched process (local mode: the branch's worktree); in
+    /// docker mode the worktree is mounted with `-v HOST:/workspace -w /workspace` instead.
+    pub cwd: Option<PathBuf>,
 }
 
 /// The model named by `--model X`, `-m X` or `--model=X` (the first of them).
@@ -113,19 +118,30 @@ pub fn plan(spec: &RunSpec, config: &Config, run_id: &str) -> Launch {
         Mode::Local => Launch {
             program: PathBuf::from(&spec.cli),
             args: spec.args.clone(),
-            env: spec.env.clone(),
+            env: {
+                let mut env = spec.env.clone();
+                if let Some(home) = &spec.place.home {
+                    env.extend(Place::home_env(&home.local.to_string_lossy()));
+                }
+                env
+            },
             container: None,
             model: model_from_args(&spec.args).map(String::from),
-            env_remove: if redirects(spec, config) {
-                config
-                    .gateway_credentials
-                    .iter()
-                    .filter(|key| !spec.env.contains_key(*key))
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
+            env_remove: {
+                let mut remove: Vec<String> = if redirects(spec, config) {
+                    config
+                        .gateway_credentials
+                        .iter()
+                        .filter(|key| !spec.env.contains_key(*key))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                remove.extend(config.projects.secret_variables());
+                remove
             },
+            cwd: spec.place.workdir.as_ref().map(|d| d.local.clone()),
         },
         Mode::Docker(docker) => plan_docker(spec, config, docker, run_id),
     }
@@ -169,6 +185,16 @@ fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &
     }
     args.extend(["--security-opt", "no-new-privileges"].map(String::from));
     args.extend(docker.run_options.iter().cloned());
+    if let Some(dir) = &spec.place.workdir {
+        args.push("-v".into());
+        args.push(format!("{}:{CONTAINER_WORKDIR}", dir.host.display()));
+        args.extend(["-w".into(), CONTAINER_WORKDIR.into()]);
+    }
+    if let Some(home) = &spec.place.home {
+        args.push("-v".into());
+        args.push(format!("{}:{CONTAINER_HOME}", home.host.display()));
+        env.extend(Place::home_env(CONTAINER_HOME));
+    }
     for key in env.keys() {
         args.push("-e".into());
         args.push(key.clone());
@@ -188,6 +214,7 @@ fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &
         container: Some(container),
         model,
         env_remove: Vec::new(),
+        cwd: None,
     }
 }
 
@@ -212,6 +239,9 @@ mod tests {
             stdin: String::new(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             session_id: "s-1".into(),
+            workspace: None,
+            state_key: None,
+            place: Place::default(),
         }
     }
 

@@ -242,6 +242,7 @@ fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Spawned,
         env,
         env_remove: &remove,
         cgroup_procs: scope.cgroup_procs(),
+        cwd: launch.cwd.as_deref(),
     };
     super::spawn::spawn(&spec).map_err(|e| match e {
         SpawnError::Cgroup(e) => (
