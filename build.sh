@@ -11,7 +11,9 @@
 #
 # The images build FROM debian:bookworm-slim; where no registry is reachable
 # it must exist locally (.ci/run makes one with debootstrap). Package installs
-# in the builds use `docker build --network host`.
+# in the builds use `docker build --network host`. The gateway image installs
+# Debian's docker-cli from DEBIAN_MIRROR: by default the mirror of this
+# machine's apt sources on a Debian host; on any other host (Ubuntu) set it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -20,27 +22,11 @@ CLI_ENV_IMAGE=${CLI_ENV_IMAGE:-cligate-cli-env:latest}
 TEST_CLI_IMAGE=${TEST_CLI_IMAGE:-cligate-test-cli:latest}
 BASE_IMAGE=debian:bookworm-slim
 
-say() { printf '==> build.sh: %s\n' "$*"; }
-die() {
-    printf 'build.sh: error: %s\n' "$*" >&2
-    exit 1
-}
+SCRIPT=build.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-
-# The Debian mirror apt uses on this machine (deb822 or one-line sources),
-# handed to the gateway build for its trixie docker-cli package.
-debian_mirror() {
-    local uri=
-    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-        uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [ -z "$uri" ] && [ -r /etc/apt/sources.list ]; then
-        uri=$(awk '$1 == "deb" && $2 !~ /security/ && $2 ~ /^http/ {print $2; exit}' /etc/apt/sources.list)
-    fi
-    [ -n "$uri" ] || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; the gateway image needs one (DEBIAN_MIRROR)"
-    printf '%s\n' "$uri"
-}
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 need_docker() {
     command -v docker >/dev/null || die "docker client not found"
@@ -60,9 +46,11 @@ build_binary() {
 build_gateway() {
     need_docker
     [ -x target/release/cligate ] || die "target/release/cligate missing (run ./build.sh binary)"
-    say "docker build $GATEWAY_IMAGE (docker/Dockerfile)"
+    local mirror
+    mirror=$(debian_mirror) || die "the gateway image installs Debian's docker-cli: $(debian_mirror_problem)"
+    say "docker build $GATEWAY_IMAGE (docker/Dockerfile, Debian mirror $mirror)"
     docker build --network host \
-        --build-arg "DEBIAN_MIRROR=$(debian_mirror)" \
+        --build-arg "DEBIAN_MIRROR=$mirror" \
         -f docker/Dockerfile -t "$GATEWAY_IMAGE" .
 }
 

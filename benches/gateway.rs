@@ -371,17 +371,15 @@ impl Env {
 }
 
 // ------------------------------------------------------------------------------------------
-// A lean HTTP/1.1 client: keep-alive, chunked decoding, NDJSON frame decoding
+// Runs through the gateway, with the tests' client (tests/common/client.rs): keep-alive
+// connections, frames decoded without an allocation per output frame
 // ------------------------------------------------------------------------------------------
 
-#[derive(Debug)]
-enum Ev<'a> {
-    Session,
-    Stdout(&'a [u8]),
-    Stderr(&'a [u8]),
-    Exit(i64, String),
-    Other,
-}
+#[path = "../tests/common/client.rs"]
+mod client;
+
+use client::{Conn, Decoded, Frame, Lines, Stream};
+use http_body_util::BodyExt;
 
 #[derive(Debug, Default)]
 struct RunResult {
@@ -396,177 +394,41 @@ struct RunResult {
     max_frame_data: usize,
     /// The `x-cligate-run-id` header, when there is one.
     run_id: String,
-    /// Raw mode: body bytes after de-chunking, and the last few of them.
+    /// Raw mode: body bytes, and the last few of them.
     body_bytes: u64,
     tail: Vec<u8>,
     /// A `Content-Length` body (small answers such as `/log`), kept whole.
     body: Vec<u8>,
 }
 
-/// Splits a de-chunked body into lines and decodes each frame, with a fast path for the
-/// gateway's own `{"type":"stdout","data":"…"}` shape and serde_json for everything else.
-#[derive(Default)]
-struct FrameSplitter {
-    partial: Vec<u8>,
-    scratch: Vec<u8>,
-}
-
-impl FrameSplitter {
-    fn feed(&mut self, mut data: &[u8], on: &mut (dyn FnMut(Ev<'_>) + Send)) -> Result<(), String> {
-        if !self.partial.is_empty() {
-            match memchr::memchr(b'\n', data) {
-                Some(i) => {
-                    let mut line = std::mem::take(&mut self.partial);
-                    line.extend_from_slice(&data[..i]);
-                    let r = decode_line(&line, &mut self.scratch, on);
-                    line.clear();
-                    self.partial = line;
-                    r?;
-                    data = &data[i + 1..];
-                }
-                None => {
-                    self.partial.extend_from_slice(data);
-                    return Ok(());
-                }
-            }
-        }
-        while let Some(i) = memchr::memchr(b'\n', data) {
-            decode_line(&data[..i], &mut self.scratch, on)?;
-            data = &data[i + 1..];
-        }
-        self.partial.extend_from_slice(data);
-        Ok(())
-    }
-}
-
-/// JSON string body (without quotes) → bytes, for the escapes the gateway produces for ASCII.
-/// False when it meets something it does not handle (then serde_json decodes the line).
-fn unescape(mut s: &[u8], out: &mut Vec<u8>) -> bool {
-    out.clear();
-    while let Some(i) = memchr::memchr2(b'\\', b'"', s) {
-        // A bare quote inside is not the gateway's shape: serde_json decides (and refuses it).
-        if s[i] == b'"' || i + 1 >= s.len() {
-            return false;
-        }
-        out.extend_from_slice(&s[..i]);
-        out.push(match s[i + 1] {
-            b'n' => b'\n',
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b't' => b'\t',
-            b'r' => b'\r',
-            b'/' => b'/',
-            _ => return false,
-        });
-        s = &s[i + 2..];
-    }
-    out.extend_from_slice(s);
-    true
-}
-
-fn decode_line(line: &[u8], scratch: &mut Vec<u8>, on: &mut (dyn FnMut(Ev<'_>) + Send)) -> Result<(), String> {
-    const OUT: &[u8] = br#"{"type":"stdout","data":""#;
-    const ERR: &[u8] = br#"{"type":"stderr","data":""#;
-    for (prefix, is_out) in [(OUT, true), (ERR, false)] {
-        if line.starts_with(prefix)
-            && line.ends_with(b"\"}")
-            && line.len() >= prefix.len() + 2
-            && unescape(&line[prefix.len()..line.len() - 2], scratch)
-        {
-            on(if is_out {
-                Ev::Stdout(scratch)
-            } else {
-                Ev::Stderr(scratch)
-            });
-            return Ok(());
-        }
-    }
-    let v: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| format!("frame is not JSON ({e}): {:?}", String::from_utf8_lossy(line)))?;
-    let data = || v["data"].as_str().unwrap_or("").as_bytes().to_vec();
-    match v["type"].as_str() {
-        Some("session") => on(Ev::Session),
-        Some("stdout") => {
-            let d = data();
-            on(Ev::Stdout(&d))
-        }
-        Some("stderr") => {
-            let d = data();
-            on(Ev::Stderr(&d))
-        }
-        Some("exit") => on(Ev::Exit(
-            v["code"].as_i64().unwrap_or(-1),
-            v["reason"].as_str().unwrap_or("").to_string(),
-        )),
-        _ => on(Ev::Other),
-    }
-    Ok(())
-}
-
+/// One keep-alive connection to the gateway, opened on first use and again after the server
+/// closed it.
 struct HttpConn {
     addr: SocketAddr,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-    lo: usize,
-    hi: usize,
-    splitter: FrameSplitter,
+    conn: Option<Conn>,
     /// Count the body's bytes without decoding frames (the cheapest possible reader).
     raw: bool,
     /// Told the run id as soon as the response headers are in.
     on_run_id: Option<tokio::sync::oneshot::Sender<String>>,
+    lines: Lines,
+    scratch: Vec<u8>,
 }
 
 impl HttpConn {
     fn new(addr: SocketAddr) -> HttpConn {
         HttpConn {
             addr,
-            stream: None,
-            buf: vec![0; 256 * 1024],
-            lo: 0,
-            hi: 0,
-            splitter: FrameSplitter::default(),
+            conn: None,
             raw: false,
             on_run_id: None,
+            lines: Lines::default(),
+            scratch: Vec::new(),
         }
     }
 
     /// `GET path`, reading the whole answer.
     async fn get(&mut self, path: &str) -> Result<RunResult, String> {
         self.request("GET", path, b"", &mut |_| {}).await
-    }
-
-    /// Reads more bytes; Err on EOF.
-    async fn fill(&mut self) -> Result<(), String> {
-        if self.lo == self.hi {
-            self.lo = 0;
-            self.hi = 0;
-        } else if self.hi == self.buf.len() {
-            self.buf.copy_within(self.lo..self.hi, 0);
-            self.hi -= self.lo;
-            self.lo = 0;
-            if self.hi == self.buf.len() {
-                self.buf.resize(self.buf.len() * 2, 0);
-            }
-        }
-        let s = self.stream.as_mut().ok_or("not connected")?;
-        let n = s.read(&mut self.buf[self.hi..]).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed by the server".into());
-        }
-        self.hi += n;
-        Ok(())
-    }
-
-    /// Position just after the next `\r\n` in the unread bytes, reading more as needed.
-    async fn line(&mut self) -> Result<(usize, usize), String> {
-        loop {
-            if let Some(i) = memchr::memmem::find(&self.buf[self.lo..self.hi], b"\r\n") {
-                let start = self.lo;
-                self.lo += i + 2;
-                return Ok((start, start + i));
-            }
-            self.fill().await?;
-        }
     }
 
     /// Sends `POST path` with `body` and reads the whole response, decoding frames. `on_stdout`
@@ -587,164 +449,98 @@ impl HttpConn {
         body: &[u8],
         on_stdout: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<RunResult, String> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
-            s.set_nodelay(true).ok();
-            self.stream = Some(s);
-            self.lo = 0;
-            self.hi = 0;
+        if self.conn.as_ref().is_none_or(Conn::is_closed) {
+            self.conn = Some(Conn::open(self.addr).await?);
         }
         let t0 = Instant::now();
-        let mut req = Vec::with_capacity(body.len() + 128);
-        if method == "GET" {
-            write!(req, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        } else {
-            write!(
-                req,
-                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .unwrap();
-        }
-        req.extend_from_slice(body);
-        let result = self.exchange(&req, t0, on_stdout).await;
+        let body = (method != "GET").then(|| body.to_vec());
+        let result = self.exchange(method, path, body, t0, on_stdout).await;
         if result.is_err() {
-            self.stream = None;
+            self.conn = None;
         }
         result
     }
 
     async fn exchange(
         &mut self,
-        req: &[u8],
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
         t0: Instant,
         on_stdout: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<RunResult, String> {
-        self.stream
-            .as_mut()
-            .unwrap()
-            .write_all(req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut r = RunResult::default();
-        // Status line and headers.
-        let (s, e) = self.line().await?;
-        let status_line = String::from_utf8_lossy(&self.buf[s..e]).to_string();
-        r.status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-        let (mut chunked, mut length, mut close) = (false, None::<usize>, false);
-        loop {
-            let (s, e) = self.line().await?;
-            if s == e {
-                break;
-            }
-            let h = String::from_utf8_lossy(&self.buf[s..e]).to_ascii_lowercase();
-            if let Some((name, value)) = h.split_once(':') {
-                match (name.trim(), value.trim()) {
-                    ("transfer-encoding", v) if v.contains("chunked") => chunked = true,
-                    ("content-length", v) => length = v.parse().ok(),
-                    ("connection", "close") => close = true,
-                    ("x-cligate-run-id", v) => r.run_id = v.to_string(),
-                    _ => {}
-                }
-            }
-        }
+        let conn = self.conn.as_mut().expect("connected");
+        let response = conn.send(method, path, body, &[]).await?;
+        let mut r = RunResult {
+            status: response.status().as_u16(),
+            ..RunResult::default()
+        };
+        let headers = response.headers();
+        r.run_id = headers
+            .get("x-cligate-run-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let streamed = headers.get("content-length").is_none();
         if let Some(tx) = self.on_run_id.take() {
             let _ = tx.send(r.run_id.clone());
         }
-        let raw = self.raw;
-        let (mut body_bytes, mut tail, mut whole) = (0u64, Vec::new(), Vec::new());
-        let mut splitter = std::mem::take(&mut self.splitter);
-        splitter.partial.clear();
-        let mut on = |ev: Ev<'_>| {
-            r.frames += 1;
-            if r.first_frame.is_none() {
-                r.first_frame = Some(t0.elapsed());
-            }
-            match ev {
-                Ev::Stdout(d) => {
-                    if r.first_output.is_none() {
-                        r.first_output = Some(t0.elapsed());
-                    }
-                    r.stdout_bytes += d.len() as u64;
-                    r.max_frame_data = r.max_frame_data.max(d.len());
-                    on_stdout(d);
-                }
-                Ev::Stderr(d) => r.max_frame_data = r.max_frame_data.max(d.len()),
-                Ev::Exit(code, reason) => {
-                    r.exit_code = Some(code);
-                    r.reason = reason;
-                }
-                Ev::Session | Ev::Other => {}
-            }
-        };
-        let outcome: Result<(), String> = async {
-            if chunked {
-                loop {
-                    let (s, e) = self.line().await?;
-                    let text = std::str::from_utf8(&self.buf[s..e]).map_err(|e| e.to_string())?;
-                    let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| format!("bad chunk size {text:?}"))?;
-                    if size == 0 {
-                        loop {
-                            let (s, e) = self.line().await?;
-                            if s == e {
-                                break;
-                            }
-                        }
-                        break;
-                    }
-                    let mut rem = size;
-                    while rem > 0 {
-                        if self.lo == self.hi {
-                            self.fill().await?;
-                        }
-                        let take = rem.min(self.hi - self.lo);
-                        let piece = &self.buf[self.lo..self.lo + take];
-                        if raw {
-                            body_bytes += take as u64;
-                            tail.extend_from_slice(&piece[piece.len().saturating_sub(512)..]);
-                            if tail.len() > 1024 {
-                                tail.drain(..tail.len() - 512);
-                            }
-                        } else {
-                            splitter.feed(piece, &mut on)?;
-                        }
-                        self.lo += take;
-                        rem -= take;
-                    }
-                    let (s, e) = self.line().await?;
-                    if s != e {
-                        return Err("chunk not followed by CRLF".into());
-                    }
+        let mut incoming = response.into_body();
+        let _ = self.lines.take_rest();
+        while let Some(piece) = incoming.frame().await {
+            let Ok(data) = piece.map_err(|e| e.to_string())?.into_data() else {
+                continue;
+            };
+            if !streamed {
+                r.body.extend_from_slice(&data);
+            } else if self.raw {
+                r.body_bytes += data.len() as u64;
+                r.tail.extend_from_slice(&data[data.len().saturating_sub(512)..]);
+                if r.tail.len() > 1024 {
+                    r.tail.drain(..r.tail.len() - 512);
                 }
             } else {
-                let mut rem = length.unwrap_or(0);
-                while rem > 0 {
-                    if self.lo == self.hi {
-                        self.fill().await?;
+                self.lines.push(&data);
+                while let Some(line) = self.lines.next_line() {
+                    r.frames += 1;
+                    if r.first_frame.is_none() {
+                        r.first_frame = Some(t0.elapsed());
                     }
-                    let take = rem.min(self.hi - self.lo);
-                    whole.extend_from_slice(&self.buf[self.lo..self.lo + take]);
-                    self.lo += take;
-                    rem -= take;
+                    match client::decode_output(&line, &mut self.scratch)? {
+                        Decoded::Output(Stream::Stdout, d) => {
+                            if r.first_output.is_none() {
+                                r.first_output = Some(t0.elapsed());
+                            }
+                            r.stdout_bytes += d.len() as u64;
+                            r.max_frame_data = r.max_frame_data.max(d.len());
+                            on_stdout(d);
+                        }
+                        Decoded::Output(Stream::Stderr, d) => r.max_frame_data = r.max_frame_data.max(d.len()),
+                        Decoded::Frame(Frame::Stdout { data }) => {
+                            if r.first_output.is_none() {
+                                r.first_output = Some(t0.elapsed());
+                            }
+                            r.stdout_bytes += data.len() as u64;
+                            r.max_frame_data = r.max_frame_data.max(data.len());
+                            on_stdout(data.as_bytes());
+                        }
+                        Decoded::Frame(Frame::Stderr { data }) => r.max_frame_data = r.max_frame_data.max(data.len()),
+                        Decoded::Frame(Frame::Exit { code, reason }) => {
+                            r.exit_code = Some(i64::from(code));
+                            r.reason = reason.as_str().to_string();
+                        }
+                        Decoded::Frame(Frame::Session { .. }) => {}
+                    }
                 }
             }
-            Ok(())
         }
-        .await;
-        self.splitter = splitter;
-        outcome?;
+        if !self.lines.rest().is_empty() {
+            return Err(format!(
+                "the stream ended inside a frame: {:?}",
+                String::from_utf8_lossy(self.lines.rest())
+            ));
+        }
         r.total = t0.elapsed();
-        r.body_bytes = body_bytes;
-        r.tail = tail;
-        r.body = whole;
-        if close {
-            self.stream = None;
-        }
         Ok(r)
     }
 }
@@ -1613,52 +1409,42 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
 }
 
 /// Opens a connection, sends `GET path` and returns the time from the request to the first
-/// whole frame of a chunked answer (or to the end of the headers plus `Content-Length` bytes)
-/// and that frame; the connection is then dropped.
+/// whole frame of a streamed answer (or to the whole of a `Content-Length` one) and that frame;
+/// the connection is then dropped.
 async fn first_frame(addr: SocketAddr, path: &str) -> Result<(Duration, Vec<u8>), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.set_nodelay(true).ok();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut conn = Conn::open(addr).await?;
     let t0 = Instant::now();
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(128 * 1024);
-    let mut tmp = vec![0u8; 64 * 1024];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut tmp))
-            .await
-            .map_err(|_| "no answer in 10 s")?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err(format!("closed early: {:?}", String::from_utf8_lossy(&buf)));
+    let answer = async {
+        let response = conn.send("GET", path, None, &[]).await?;
+        if response.status() != 200 {
+            return Err(format!("answer {}", response.status()));
         }
-        buf.extend_from_slice(&tmp[..n]);
-        let Some(h) = memchr::memmem::find(&buf, b"\r\n\r\n") else {
-            continue;
-        };
-        if !buf.starts_with(b"HTTP/1.1 200") {
-            return Err(format!("answer {:?}", String::from_utf8_lossy(&buf[..h])));
-        }
-        let rest = &buf[h + 4..];
-        if let Some(cl) = String::from_utf8_lossy(&buf[..h])
-            .to_ascii_lowercase()
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
-        {
-            let cl = cl.map_err(|e| e.to_string())?;
-            if rest.len() >= cl {
-                return Ok((t0.elapsed(), rest[..cl].to_vec()));
+        let streamed = response.headers().get("content-length").is_none();
+        let mut body = response.into_body();
+        let (mut lines, mut whole) = (Lines::default(), Vec::new());
+        while let Some(piece) = body.frame().await {
+            let Ok(data) = piece.map_err(|e| e.to_string())?.into_data() else {
+                continue;
+            };
+            if !streamed {
+                whole.extend_from_slice(&data);
+                continue;
             }
-            continue;
+            lines.push(&data);
+            if let Some(line) = lines.next_line() {
+                let mut frame = line.to_vec();
+                frame.push(b'\n');
+                return Ok((t0.elapsed(), frame));
+            }
         }
-        // Chunked: size line, then data up to the first newline = the first frame.
-        let Some(e) = memchr::memmem::find(rest, b"\r\n") else {
-            continue;
-        };
-        let data = &rest[e + 2..];
-        if let Some(i) = memchr::memchr(b'\n', data) {
-            return Ok((t0.elapsed(), data[..=i].to_vec()));
+        if streamed {
+            return Err("the stream ended before its first frame".to_string());
         }
-    }
+        Ok((t0.elapsed(), whole))
+    };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(|_| "no answer in 10 s".to_string())?
 }
 
 async fn bench_reattach(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
@@ -1762,18 +1548,10 @@ fn docker_available() -> bool {
 
 /// Builds `FROM scratch` + static busybox as /bin/true.
 fn build_busybox_image(env: &Env, tag: &str) -> Result<(), String> {
-    let busybox = Path::new("/bin/busybox");
-    let out = std::process::Command::new("file")
-        .arg("-L")
-        .arg(busybox)
-        .output()
-        .map_err(|e| format!("file(1): {e}"))?;
-    if !String::from_utf8_lossy(&out.stdout).contains("statically linked") {
-        return Err("/bin/busybox is missing or not static (install busybox-static)".into());
-    }
+    let busybox = client::static_busybox()?;
     let dir = env.work.join("docker-image");
     std::fs::create_dir_all(dir.join("bin")).map_err(|e| e.to_string())?;
-    std::fs::copy(busybox, dir.join("bin/true")).map_err(|e| e.to_string())?;
+    std::fs::copy(&busybox, dir.join("bin/true")).map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join("Dockerfile"),
         "FROM scratch\nCOPY bin/true /bin/true\nENV PATH=/bin\n",

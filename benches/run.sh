@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-say() { printf '==> benches/run.sh: %s\n' "$*"; }
+SCRIPT=benches/run.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 say "building the release binary"
 cargo build --release --bin cligate

@@ -1,283 +1,216 @@
-//! Settings: environment variables read once at start-up (with `envy`) into an immutable,
-//! validated [`Config`]. A bad value stops start-up with one line naming the variable.
+//! Settings: environment variables read once at start-up into an immutable, validated
+//! [`Config`]. Each variable is declared once, in the `settings!` table below (name, default,
+//! help, parser, and the executor it belongs to); `--help`, the README check and the parsing are
+//! made from that table. A bad value stops start-up with one line naming the variable.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use ipnet::IpNet;
-use serde::Deserialize;
 
-/// Every variable cligate reads: name, default, meaning. `--help` and the README are made from it.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("CLI_LIST", "codex", "comma-separated allow-list of CLI names"),
-    (
-        "MODEL_LIST",
-        "auto",
-        "comma-separated model ids returned by GET /models",
-    ),
-    ("CODEX_DOCKER_IMAGE", "", "image for docker mode; unset = local mode"),
-    (
-        "LITELLM_BASE_URL",
-        "",
-        "docker mode: passed into the container unless the request overrides it",
-    ),
-    (
-        "LITELLM_API_KEY",
-        "",
-        "docker mode: passed into the container unless the request sets its own key or its own base URL",
-    ),
-    (
-        "RUN_RESPONSE_TIMEOUT_SECONDS",
-        "",
-        "wall-clock limit of a run; empty or <= 0 disables it",
-    ),
-    (
-        "RUN_IDLE_TIMEOUT_SECONDS",
-        "",
-        "end a run that prints nothing for this long; empty or <= 0 disables it",
-    ),
-    (
-        "RUN_OUTPUT_LIMIT_BYTES",
-        "1073741824",
-        "end a run once it has printed this many bytes (its log is on disk); 0 disables it",
-    ),
-    ("LISTEN_ADDR", "0.0.0.0:8000", "address and port to listen on"),
-    (
-        "KILL_GRACE_SECONDS",
-        "5",
-        "time between SIGTERM and SIGKILL when a run is ended",
-    ),
-    (
-        "SHUTDOWN_GRACE_SECONDS",
-        "10",
-        "on SIGTERM/SIGINT, time running runs get to finish before they are ended",
-    ),
-    ("MAX_CONCURRENT_RUNS", "32", "runs executing at once"),
-    (
-        "MAX_QUEUED_RUNS",
-        "64",
-        "requests waiting for a run slot; more are refused with 503",
-    ),
-    (
-        "QUEUE_TIMEOUT_SECONDS",
-        "30",
-        "longest wait for a run slot before 503; 0 = no limit",
-    ),
-    (
-        "MAX_REQUEST_BYTES",
-        "16777216",
-        "largest accepted request body (413 above)",
-    ),
-    (
-        "AUTH_TOKENS",
-        "",
-        "comma-separated bearer tokens (or name:token); when set (or AUTH_TOKENS_FILE, ADMIN_TOKENS), every route but health needs one",
-    ),
-    (
-        "AUTH_TOKENS_FILE",
-        "",
-        "file with one bearer token (or name:token) per line",
-    ),
-    (
-        "ADMIN_TOKENS",
-        "",
-        "comma-separated bearer tokens (or name:token) that see and stop every run; also accepted where AUTH_TOKENS are",
-    ),
-    (
-        "RUN_ENV_ALLOW",
-        "",
-        "comma-separated env keys a request may set (names, or PREFIX_* patterns); unset = every key but the refused families",
-    ),
-    (
-        "REQUEST_READ_TIMEOUT_SECONDS",
-        "30",
-        "longest time to receive a request's headers and body (408 after)",
-    ),
-    (
-        "MAX_CONNECTIONS",
-        "1024",
-        "open client connections at most (lowered to fit RLIMIT_NOFILE); further connections wait in the listen backlog",
-    ),
-    (
-        "ALLOWED_CLIENTS",
-        "",
-        "comma-separated client IPs/CIDRs allowed to connect; empty = everyone",
-    ),
-    ("DOCKER_BIN", "docker", "docker client used in docker mode"),
-    (
-        "DOCKER_NETWORK",
-        "",
-        "docker mode: --network for run containers (default: the engine's default)",
-    ),
-    ("DOCKER_MEMORY", "", "docker mode: --memory for run containers"),
-    ("DOCKER_CPUS", "", "docker mode: --cpus for run containers"),
-    (
-        "DOCKER_PIDS_LIMIT",
-        "1024",
-        "docker mode: --pids-limit for run containers; 0 = none",
-    ),
-    ("DOCKER_USER", "", "docker mode: --user for run containers"),
-    (
-        "DOCKER_EXTRA_ARGS",
-        "",
-        "docker mode: JSON array of further `docker run` options (operator only)",
-    ),
-    (
-        "CLIGATE_INSTANCE",
-        "cligate",
-        "names this gateway's containers and run cgroups/processes (leftovers are cleaned at start-up)",
-    ),
-    (
-        "DOCKER_JANITOR_SECONDS",
-        "60",
-        "docker mode: how often containers of this instance that belong to no run are removed",
-    ),
-    (
-        "DATA_DIR",
-        "./cligate-data",
-        "directory of the run store (SQLite) and run logs; created when missing",
-    ),
-    (
-        "DATABASE_URL",
-        "",
-        "postgres:// or postgresql:// URL of the run store; unset = SQLite in DATA_DIR",
-    ),
-    (
-        "RUN_RETENTION_DAYS",
-        "30",
-        "ended runs (records and logs) older than this are deleted; 0 = keep forever",
-    ),
-    (
-        "RUN_RETENTION_BYTES",
-        "",
-        "the oldest ended runs are deleted while their logs exceed this many bytes; unset = no bound",
-    ),
-    (
-        "DATA_DIR_MIN_FREE_BYTES",
-        "1073741824",
-        "new runs are refused while DATA_DIR has less free space than this; 0 = no check",
-    ),
-    (
-        "DATABASE_CONNECT_TIMEOUT_SECONDS",
-        "30",
-        "how long start-up waits for PostgreSQL to answer before it gives up",
-    ),
-    (
-        "RUN_LOG_IN_MEMORY",
-        "false",
-        "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)",
-    ),
-    (
-        "CALLBACK_ALLOWED_URLS",
-        "",
-        "comma-separated http(s) URL prefixes a detached run's callback_url must start with; empty = callbacks refused",
-    ),
-    (
-        "CALLBACK_SECRET",
-        "",
-        "HMAC-SHA256 key of the X-Cligate-Signature header of callbacks; required with CALLBACK_ALLOWED_URLS",
-    ),
-    (
-        "CALLBACK_RETRY_SECONDS",
-        "3600",
-        "how long a callback is retried after its run ended before it is given up as failed",
-    ),
-    (
-        "CALLBACK_TIMEOUT_SECONDS",
-        "10",
-        "limit of one callback attempt (connect, send, response head)",
-    ),
-    (
-        "PROJECTS_FILE",
-        "",
-        "TOML (or .json) file of the operator's git projects runs may work on; unset = no workspaces",
-    ),
-    (
-        "WORKSPACE_ROOT",
-        "$DATA_DIR/workspaces",
-        "where each project's repository and its branches' worktrees live",
-    ),
-    (
-        "WORKSPACE_HOST_ROOT",
-        "",
-        "docker mode, gateway in a container: WORKSPACE_ROOT as the engine's host sees it",
-    ),
-    (
-        "GIT_AUTHOR_NAME",
-        "cligate",
-        "author and committer name of the commits after runs",
-    ),
-    (
-        "GIT_AUTHOR_EMAIL",
-        "cligate@localhost",
-        "author and committer e-mail of the commits after runs",
-    ),
-    (
-        "GIT_TIMEOUT_SECONDS",
-        "120",
-        "limit of each git step (fetch, push, commit, preview); the step is killed after it",
-    ),
-    ("LOG_FORMAT", "text", "text or json"),
-    ("RUST_LOG", "info", "log filter"),
-];
+/// Whom a setting belongs to: the gateway itself, or one way of launching runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Gateway,
+    /// Read only in docker mode (`CODEX_DOCKER_IMAGE` set), though checked in every mode.
+    Docker,
+}
 
-/// The raw strings, exactly as found in the environment. Everything is a string here so that
-/// validation can name the variable and the value it did not like.
-#[derive(Debug, Default, Deserialize)]
-struct Raw {
-    cli_list: Option<String>,
-    model_list: Option<String>,
-    codex_docker_image: Option<String>,
-    litellm_base_url: Option<String>,
-    litellm_api_key: Option<String>,
-    run_response_timeout_seconds: Option<String>,
-    run_idle_timeout_seconds: Option<String>,
-    run_output_limit_bytes: Option<String>,
-    listen_addr: Option<String>,
-    kill_grace_seconds: Option<String>,
-    shutdown_grace_seconds: Option<String>,
-    max_concurrent_runs: Option<String>,
-    max_queued_runs: Option<String>,
-    queue_timeout_seconds: Option<String>,
-    max_request_bytes: Option<String>,
-    auth_tokens: Option<String>,
-    auth_tokens_file: Option<String>,
-    admin_tokens: Option<String>,
-    run_env_allow: Option<String>,
-    request_read_timeout_seconds: Option<String>,
-    max_connections: Option<String>,
-    allowed_clients: Option<String>,
-    docker_bin: Option<String>,
-    docker_network: Option<String>,
-    docker_memory: Option<String>,
-    docker_cpus: Option<String>,
-    docker_pids_limit: Option<String>,
-    docker_user: Option<String>,
-    docker_extra_args: Option<String>,
-    cligate_instance: Option<String>,
-    docker_janitor_seconds: Option<String>,
-    log_format: Option<String>,
-    data_dir: Option<String>,
-    database_url: Option<String>,
-    run_retention_days: Option<String>,
-    run_retention_bytes: Option<String>,
-    data_dir_min_free_bytes: Option<String>,
-    run_log_in_memory: Option<String>,
-    database_connect_timeout_seconds: Option<String>,
-    callback_allowed_urls: Option<String>,
-    callback_secret: Option<String>,
-    callback_retry_seconds: Option<String>,
-    callback_timeout_seconds: Option<String>,
-    projects_file: Option<String>,
-    workspace_root: Option<String>,
-    workspace_host_root: Option<String>,
-    git_author_name: Option<String>,
-    git_author_email: Option<String>,
-    git_timeout_seconds: Option<String>,
-    path: Option<String>,
+impl Section {
+    pub const ALL: [Section; 2] = [Section::Gateway, Section::Docker];
+
+    /// The heading of this section in `--help`.
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::Gateway => "Gateway",
+            Section::Docker => "Docker executor (docker mode: CODEX_DOCKER_IMAGE set)",
+        }
+    }
+}
+
+/// One environment variable cligate reads, as `--help` and the README show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    /// The value used when the variable is unset (or blank); empty = "unset", no value.
+    pub default: &'static str,
+    pub help: &'static str,
+    pub section: Section,
+}
+
+/// What the environment says about one variable; its parser decides what a blank value means.
+#[derive(Clone, Copy)]
+struct Value<'a> {
+    /// Exactly as set; `None` when unset.
+    set: Option<&'a str>,
+    default: &'static str,
+}
+
+impl<'a> Value<'a> {
+    /// The trimmed value, or the default when unset or blank.
+    fn text(self) -> &'a str {
+        self.set
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(self.default)
+    }
+
+    /// The value as set (a blank value stays blank), or the default when unset.
+    fn raw(self) -> &'a str {
+        self.set.unwrap_or(self.default)
+    }
+
+    /// [`Value::text`] unless that is empty (unset or blank, and no default).
+    fn given(self) -> Option<&'a str> {
+        Some(self.text()).filter(|s| !s.is_empty())
+    }
+}
+
+/// A setting's parser; its error is prefixed with the variable's name.
+type Parser<T> = fn(Value) -> Result<T, String>;
+
+/// Declares every setting once: `NAME => field: Type = "default", parser, "help";`, grouped by
+/// [`Section`]. Makes [`VARIABLES`] and [`Values`], whose `read` runs each parser on its value.
+macro_rules! settings {
+    ($( $section:ident { $( $name:ident => $field:ident: $ty:ty = $default:literal, $parse:expr, $help:literal; )* } )*) => {
+        /// Every variable cligate reads, in `--help` and README order.
+        pub const VARIABLES: &[Variable] = &[$($(
+            Variable { name: stringify!($name), default: $default, help: $help, section: Section::$section },
+        )*)*];
+
+        /// Each setting parsed on its own, before the checks that span several.
+        struct Values {
+            $($( $field: $ty, )*)*
+        }
+
+        impl Values {
+            fn read(env: &HashMap<String, String>) -> Result<Values> {
+                Ok(Values {
+                    $($( $field: parse(env, stringify!($name), $default, $parse)?, )*)*
+                })
+            }
+        }
+    };
+}
+
+settings! {
+    Gateway {
+        CLI_LIST => clis: Vec<String> = "codex", cli_list,
+            "comma-separated allow-list of CLI names";
+        MODEL_LIST => models: Vec<String> = "auto", |v| Ok(list(v.raw())),
+            "comma-separated model ids returned by GET /models";
+        RUN_RESPONSE_TIMEOUT_SECONDS => timeout: Option<Duration> = "", optional_seconds,
+            "wall-clock limit of a run; empty or <= 0 disables it";
+        RUN_IDLE_TIMEOUT_SECONDS => idle_timeout: Option<Duration> = "", optional_seconds,
+            "end a run that prints nothing for this long; empty or <= 0 disables it";
+        RUN_OUTPUT_LIMIT_BYTES => output_limit: Option<u64> = "1073741824", zero_is_off,
+            "end a run once it has printed this many bytes (its log is on disk); 0 disables it";
+        LISTEN_ADDR => listen_addr: SocketAddr = "0.0.0.0:8000", socket_addr,
+            "address and port to listen on";
+        KILL_GRACE_SECONDS => kill_grace: Duration = "5", seconds,
+            "time between SIGTERM and SIGKILL when a run is ended";
+        SHUTDOWN_GRACE_SECONDS => shutdown_grace: Duration = "10", seconds,
+            "on SIGTERM/SIGINT, time running runs get to finish before they are ended";
+        MAX_CONCURRENT_RUNS => max_concurrent: usize = "32", at_least_one,
+            "runs executing at once";
+        MAX_QUEUED_RUNS => max_queued: usize = "64", |v| Ok(whole(v)? as usize),
+            "requests waiting for a run slot; more are refused with 503";
+        QUEUE_TIMEOUT_SECONDS => queue_timeout: Option<Duration> = "30", optional_seconds,
+            "longest wait for a run slot before 503; 0 = no limit";
+        MAX_REQUEST_BYTES => max_request_bytes: usize = "16777216", request_bytes,
+            "largest accepted request body (413 above)";
+        AUTH_TOKENS => auth_tokens: Vec<Token> = "", |v| tokens(list(v.raw()), false),
+            "comma-separated bearer tokens (or name:token); when set (or AUTH_TOKENS_FILE, ADMIN_TOKENS), every route but health needs one";
+        AUTH_TOKENS_FILE => file_tokens: Vec<Token> = "", tokens_file,
+            "file with one bearer token (or name:token) per line";
+        ADMIN_TOKENS => admin_tokens: Vec<Token> = "", |v| tokens(list(v.raw()), true),
+            "comma-separated bearer tokens (or name:token) that see and stop every run; also accepted where AUTH_TOKENS are";
+        RUN_ENV_ALLOW => env_allow: Vec<String> = "", env_allow,
+            "comma-separated env keys a request may set (names, or PREFIX_* patterns); unset = every key but the refused families";
+        REQUEST_READ_TIMEOUT_SECONDS => request_read_timeout: Duration = "30", positive_seconds,
+            "longest time to receive a request's headers and body (408 after)";
+        MAX_CONNECTIONS => max_connections: usize = "1024", at_least_one,
+            "open client connections at most (lowered to fit RLIMIT_NOFILE); further connections wait in the listen backlog";
+        ALLOWED_CLIENTS => allowed_clients: Vec<IpNet> = "", allowed_clients,
+            "comma-separated client IPs/CIDRs allowed to connect; empty = everyone";
+        CLIGATE_INSTANCE => instance: String = "cligate", instance,
+            "names this gateway's containers and run cgroups/processes (leftovers are cleaned at start-up)";
+        DATA_DIR => data_dir: PathBuf = "./cligate-data", |v| Ok(PathBuf::from(v.text())),
+            "directory of the run store (SQLite) and run logs; created when missing";
+        DATABASE_URL => database_url: Option<DatabaseUrl> = "", database_url,
+            "postgres:// or postgresql:// URL of the run store; unset = SQLite in DATA_DIR";
+        RUN_RETENTION_DAYS => run_retention: Option<Duration> = "30", retention_days,
+            "ended runs (records and logs) older than this are deleted; 0 = keep forever";
+        RUN_RETENTION_BYTES => run_retention_bytes: Option<u64> = "", retention_bytes,
+            "the oldest ended runs are deleted while their logs exceed this many bytes; unset = no bound";
+        DATA_DIR_MIN_FREE_BYTES => data_dir_min_free_bytes: u64 = "1073741824", whole,
+            "new runs are refused while DATA_DIR has less free space than this; 0 = no check";
+        DATABASE_CONNECT_TIMEOUT_SECONDS => database_connect_timeout: Duration = "30", positive_seconds,
+            "how long start-up waits for PostgreSQL to answer before it gives up";
+        RUN_LOG_IN_MEMORY => run_log_in_memory: bool = "false", boolean,
+            "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)";
+        CALLBACK_ALLOWED_URLS => callback_allowed_urls: Vec<url::Url> = "", callback_prefixes,
+            "comma-separated http(s) URL prefixes a detached run's callback_url must start with; empty = callbacks refused";
+        CALLBACK_SECRET => callback_secret: Option<Secret> = "", callback_secret,
+            "HMAC-SHA256 key of the X-Cligate-Signature header of callbacks; required with CALLBACK_ALLOWED_URLS";
+        CALLBACK_RETRY_SECONDS => callback_retry: Duration = "3600", positive_seconds,
+            "how long a callback is retried after its run ended before it is given up as failed";
+        CALLBACK_TIMEOUT_SECONDS => callback_timeout: Duration = "10", positive_seconds,
+            "limit of one callback attempt (connect, send, response head)";
+        PROJECTS_FILE => projects_file: Option<PathBuf> = "", |v| Ok(v.given().map(PathBuf::from)),
+            "TOML (or .json) file of the operator's git projects runs may work on; unset = no workspaces";
+        WORKSPACE_ROOT => workspace_root: Option<PathBuf> = "$DATA_DIR/workspaces", workspace_root,
+            "where each project's repository and its branches' worktrees live";
+        WORKSPACE_HOST_ROOT => workspace_host_root: Option<PathBuf> = "", absolute_path,
+            "docker mode, gateway in a container: WORKSPACE_ROOT as the engine's host sees it";
+        GIT_AUTHOR_NAME => git_author_name: String = "cligate", |v| Ok(v.text().to_string()),
+            "author and committer name of the commits after runs";
+        GIT_AUTHOR_EMAIL => git_author_email: String = "cligate@localhost", |v| Ok(v.text().to_string()),
+            "author and committer e-mail of the commits after runs";
+        GIT_TIMEOUT_SECONDS => git_timeout: Duration = "120", positive_seconds,
+            "limit of each git step (fetch, push, commit, preview); the step is killed after it";
+        LOG_FORMAT => log_json: bool = "text", log_format,
+            "text or json";
+        RUST_LOG => _rust_log: () = "info", |_| Ok(()),
+            "log filter (read by the logger itself)";
+    }
+    Docker {
+        CODEX_DOCKER_IMAGE => docker_image: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "image for docker mode; unset = local mode";
+        LITELLM_BASE_URL => litellm_base_url: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "passed into the container unless the request overrides it";
+        LITELLM_API_KEY => litellm_api_key: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "passed into the container unless the request sets its own key or its own base URL";
+        DOCKER_BIN => docker_bin: String = "docker", |v| Ok(v.text().to_string()),
+            "docker client used in docker mode";
+        DOCKER_NETWORK => docker_network: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "--network for run containers (default: the engine's default)";
+        DOCKER_MEMORY => docker_memory: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "--memory for run containers";
+        DOCKER_CPUS => docker_cpus: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "--cpus for run containers";
+        DOCKER_PIDS_LIMIT => docker_pids_limit: u64 = "1024", whole,
+            "--pids-limit for run containers; 0 = none";
+        DOCKER_USER => docker_user: Option<String> = "", |v| Ok(v.given().map(String::from)),
+            "--user for run containers";
+        DOCKER_EXTRA_ARGS => docker_extra_args: Vec<String> = "", json_args,
+            "JSON array of further `docker run` options (operator only)";
+        DOCKER_JANITOR_SECONDS => docker_janitor_interval: Duration = "60", positive_seconds,
+            "how often containers of this instance that belong to no run are removed";
+    }
+}
+
+/// Runs one setting's parser on its value (or default) and names the variable in its error.
+fn parse<T>(env: &HashMap<String, String>, name: &str, default: &'static str, parser: Parser<T>) -> Result<T> {
+    let value = Value {
+        set: env.get(name).map(String::as_str),
+        default,
+    };
+    parser(value).map_err(|why| anyhow!("{name}: {why}"))
 }
 
 /// How runs are launched.
@@ -449,21 +382,19 @@ impl Config {
 
     /// Reads and validates the given variables (tests pass their own).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut credentials: Vec<String> = vars
-            .iter()
-            .map(|(key, _)| key)
+        let env: HashMap<String, String> = vars.into_iter().collect();
+        let mut credentials: Vec<String> = env
+            .keys()
             .filter(|key| crate::run::plan::is_credential(key))
             .cloned()
             .collect();
         credentials.sort();
-        credentials.dedup();
-        let lookup: std::collections::HashMap<String, String> = vars.iter().cloned().collect();
-        let raw: Raw = envy::from_iter(vars).map_err(|e| anyhow!("reading the environment: {e}"))?;
-        let mut config = raw.validate()?;
+        let search_path = env.get("PATH").map(OsString::from).unwrap_or_default();
+        let mut config = Values::read(&env)?.validate(search_path)?;
         config.gateway_credentials = credentials;
         if let Some(file) = &config.projects_file {
-            config.projects = crate::workspace::projects::load(file, |k| lookup.get(k).cloned())?;
+            // The credentials it names are read from the same environment.
+            config.projects = crate::workspace::projects::load(file, |k| env.get(k).cloned())?;
         }
         Ok(config)
     }
@@ -476,287 +407,119 @@ impl Config {
     }
 }
 
-/// Trims and drops blanks of a comma-separated list.
-fn list(value: Option<&str>) -> Vec<String> {
-    value
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// A value that is present and not blank.
-fn given(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-/// Seconds as a float; empty, unset or `<= 0` mean "off".
-fn optional_seconds(name: &str, value: &Option<String>) -> Result<Option<Duration>> {
-    let Some(text) = given(value) else {
-        return Ok(None);
-    };
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| anyhow!("{name}: '{text}' is not a number of seconds"))?;
-    if !secs.is_finite() {
-        bail!("{name}: '{text}' is not a finite number of seconds");
-    }
-    if secs <= 0.0 {
-        return Ok(None);
-    }
-    Duration::try_from_secs_f64(secs)
-        .map(Some)
-        .map_err(|_| anyhow!("{name}: '{text}' is too large"))
-}
-
-fn seconds(name: &str, value: &Option<String>, default: f64) -> Result<Duration> {
-    match given(value) {
-        None => Ok(Duration::from_secs_f64(default)),
-        Some(_) => Ok(optional_seconds(name, value)?.unwrap_or(Duration::ZERO)),
-    }
-}
-
-fn number(name: &str, value: &Option<String>, default: u64) -> Result<u64> {
-    match given(value) {
-        None => Ok(default),
-        Some(text) => text
-            .parse()
-            .map_err(|_| anyhow!("{name}: '{text}' is not a whole number")),
-    }
-}
-
-/// A CLI name is a plain file name: never a path, never an option.
-fn valid_cli_name(name: &str) -> bool {
-    !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
-        && name != "."
-        && name != ".."
-}
-
-impl Raw {
-    fn validate(self) -> Result<Config> {
-        let mut clis = match &self.cli_list {
-            None => vec!["codex".to_string()],
-            Some(v) => list(Some(v)),
-        };
-        if clis.is_empty() {
-            bail!("CLI_LIST: the allow-list is empty; name at least one CLI");
+impl Values {
+    /// The checks that span several settings, then the [`Config`] the rest of the code reads.
+    fn validate(self, search_path: OsString) -> Result<Config> {
+        if self.callback_secret.is_none() && !self.callback_allowed_urls.is_empty() {
+            bail!("CALLBACK_SECRET: must be set when CALLBACK_ALLOWED_URLS is (callbacks are signed with it)");
         }
-        if let Some(bad) = clis.iter().find(|c| !valid_cli_name(c)) {
-            bail!("CLI_LIST: '{bad}' is not a plain program name (letters, digits, . _ - +; no paths)");
+        let docker = self.docker_image.is_some();
+        for entry in &self.env_allow {
+            if let Some((pattern, family)) = crate::run::env_rule::floor_conflict(entry, docker) {
+                bail!(
+                    "RUN_ENV_ALLOW: '{entry}' would let requests set {pattern}, which no request may set in {} mode ({}: {})",
+                    if docker { "docker" } else { "local" },
+                    family.name,
+                    family.why
+                );
+            }
         }
-        clis.sort();
-        clis.dedup();
-
-        let models = match &self.model_list {
-            None => vec!["auto".to_string()],
-            Some(v) => list(Some(v)),
-        };
-
-        let listen_text = given(&self.listen_addr).unwrap_or("0.0.0.0:8000");
-        let listen_addr: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| anyhow!("LISTEN_ADDR: '{listen_text}' is not an address like 0.0.0.0:8000"))?;
-
-        let output_limit = match number("RUN_OUTPUT_LIMIT_BYTES", &self.run_output_limit_bytes, 1 << 30)? {
-            0 => None,
-            n => Some(n),
-        };
-        let max_concurrent = number("MAX_CONCURRENT_RUNS", &self.max_concurrent_runs, 32)?;
-        if max_concurrent == 0 {
-            bail!("MAX_CONCURRENT_RUNS: must be at least 1");
-        }
-        let max_request_bytes = number("MAX_REQUEST_BYTES", &self.max_request_bytes, 16 << 20)?;
-        if max_request_bytes < 64 {
-            bail!("MAX_REQUEST_BYTES: {max_request_bytes} is too small to hold a request");
-        }
-
-        let access = Access {
-            tokens: self.tokens()?,
-            allowed: self.allowed_clients()?,
-        };
-
-        let log_json = match given(&self.log_format).unwrap_or("text") {
-            "text" => false,
-            "json" => true,
-            other => bail!("LOG_FORMAT: '{other}' is neither 'text' nor 'json'"),
-        };
-
-        let mode = match given(&self.codex_docker_image) {
+        let tokens = distinct_names([
+            ("AUTH_TOKENS", &self.auth_tokens),
+            ("AUTH_TOKENS_FILE", &self.file_tokens),
+            ("ADMIN_TOKENS", &self.admin_tokens),
+        ])?;
+        let mode = match &self.docker_image {
             None => Mode::Local,
-            Some(image) => Mode::Docker(self.docker(image)?),
+            Some(image) => Mode::Docker(DockerConfig {
+                image: image.clone(),
+                bin: resolve_program(&self.docker_bin, &search_path).ok_or_else(|| {
+                    anyhow!(
+                        "DOCKER_BIN: '{}' not found on PATH (docker mode needs the docker client)",
+                        self.docker_bin
+                    )
+                })?,
+                run_options: self.docker_run_options(),
+                instance: self.instance.clone(),
+                janitor_interval: self.docker_janitor_interval,
+            }),
         };
-
+        let workspace_root = self
+            .workspace_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("workspaces"));
         Ok(Config {
-            clis,
-            models,
+            clis: self.clis,
+            models: self.models,
             mode,
-            litellm_base_url: given(&self.litellm_base_url).map(String::from),
-            litellm_api_key: given(&self.litellm_api_key).map(String::from),
-            timeout: optional_seconds("RUN_RESPONSE_TIMEOUT_SECONDS", &self.run_response_timeout_seconds)?,
-            idle_timeout: optional_seconds("RUN_IDLE_TIMEOUT_SECONDS", &self.run_idle_timeout_seconds)?,
-            output_limit,
-            listen_addr,
-            kill_grace: seconds("KILL_GRACE_SECONDS", &self.kill_grace_seconds, 5.0)?,
-            shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", &self.shutdown_grace_seconds, 10.0)?,
-            max_concurrent: max_concurrent as usize,
-            max_queued: number("MAX_QUEUED_RUNS", &self.max_queued_runs, 64)? as usize,
-            queue_timeout: match given(&self.queue_timeout_seconds) {
-                None => Some(Duration::from_secs(30)),
-                Some(_) => optional_seconds("QUEUE_TIMEOUT_SECONDS", &self.queue_timeout_seconds)?,
+            litellm_base_url: self.litellm_base_url,
+            litellm_api_key: self.litellm_api_key,
+            timeout: self.timeout,
+            idle_timeout: self.idle_timeout,
+            output_limit: self.output_limit,
+            listen_addr: self.listen_addr,
+            kill_grace: self.kill_grace,
+            shutdown_grace: self.shutdown_grace,
+            max_concurrent: self.max_concurrent,
+            max_queued: self.max_queued,
+            queue_timeout: self.queue_timeout,
+            max_request_bytes: self.max_request_bytes,
+            request_read_timeout: self.request_read_timeout,
+            max_connections: self.max_connections,
+            env_allow: self.env_allow,
+            access: Access {
+                tokens,
+                allowed: self.allowed_clients,
             },
-            max_request_bytes: max_request_bytes as usize,
-            request_read_timeout: {
-                let t = seconds("REQUEST_READ_TIMEOUT_SECONDS", &self.request_read_timeout_seconds, 30.0)?;
-                if t.is_zero() {
-                    bail!("REQUEST_READ_TIMEOUT_SECONDS: must be more than 0");
-                }
-                t
-            },
-            max_connections: match number("MAX_CONNECTIONS", &self.max_connections, 1024)? {
-                0 => bail!("MAX_CONNECTIONS: must be at least 1"),
-                n => n as usize,
-            },
-            env_allow: self.env_allow()?,
-            access,
-            log_json,
-            instance: self.instance()?.to_string(),
-            data_dir: PathBuf::from(given(&self.data_dir).unwrap_or("./cligate-data")),
-            database_url: self.database_url()?,
-            run_retention: match number("RUN_RETENTION_DAYS", &self.run_retention_days, 30)? {
-                0 => None,
-                days => Some(Duration::from_secs(
-                    days.checked_mul(86_400)
-                        .ok_or_else(|| anyhow!("RUN_RETENTION_DAYS: {days} days is too long"))?,
-                )),
-            },
-            run_retention_bytes: match given(&self.run_retention_bytes) {
-                None => None,
-                Some(_) => match number("RUN_RETENTION_BYTES", &self.run_retention_bytes, 0)? {
-                    0 => bail!("RUN_RETENTION_BYTES: must be more than 0 (unset it for no bound)"),
-                    n => Some(n),
-                },
-            },
-            data_dir_min_free_bytes: number("DATA_DIR_MIN_FREE_BYTES", &self.data_dir_min_free_bytes, 1 << 30)?,
-            run_log_in_memory: match given(&self.run_log_in_memory).unwrap_or("false") {
-                "false" | "0" => false,
-                "true" | "1" => true,
-                other => bail!("RUN_LOG_IN_MEMORY: '{other}' is neither true nor false"),
-            },
-            database_connect_timeout: match seconds(
-                "DATABASE_CONNECT_TIMEOUT_SECONDS",
-                &self.database_connect_timeout_seconds,
-                30.0,
-            )? {
-                t if t.is_zero() => bail!("DATABASE_CONNECT_TIMEOUT_SECONDS: must be more than 0"),
-                t => t,
-            },
-            callback_allowed_urls: self.callback_allowed_urls()?,
-            callback_secret: self.callback_secret()?,
-            callback_retry: match seconds("CALLBACK_RETRY_SECONDS", &self.callback_retry_seconds, 3600.0)? {
-                t if t.is_zero() => bail!("CALLBACK_RETRY_SECONDS: must be more than 0"),
-                t => t,
-            },
-            callback_timeout: match seconds("CALLBACK_TIMEOUT_SECONDS", &self.callback_timeout_seconds, 10.0)? {
-                t if t.is_zero() => bail!("CALLBACK_TIMEOUT_SECONDS: must be more than 0"),
-                t => t,
-            },
-            projects: Default::default(),
-            projects_file: given(&self.projects_file).map(PathBuf::from),
-            workspace_root: given(&self.workspace_root)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(given(&self.data_dir).unwrap_or("./cligate-data")).join("workspaces")),
-            workspace_host_root: match given(&self.workspace_host_root) {
-                Some(p) if !p.starts_with('/') => bail!("WORKSPACE_HOST_ROOT: '{p}' is not an absolute path"),
-                p => p.map(PathBuf::from),
-            },
-            git_author: (
-                given(&self.git_author_name).unwrap_or("cligate").to_string(),
-                given(&self.git_author_email).unwrap_or("cligate@localhost").to_string(),
-            ),
-            git_timeout: match seconds("GIT_TIMEOUT_SECONDS", &self.git_timeout_seconds, 120.0)? {
-                t if t.is_zero() => bail!("GIT_TIMEOUT_SECONDS: must be more than 0"),
-                t => t,
-            },
-            search_path: self.path.map(OsString::from).unwrap_or_default(),
+            log_json: self.log_json,
+            search_path,
             gateway_credentials: Vec::new(),
+            instance: self.instance,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            run_retention: self.run_retention,
+            run_retention_bytes: self.run_retention_bytes,
+            data_dir_min_free_bytes: self.data_dir_min_free_bytes,
+            run_log_in_memory: self.run_log_in_memory,
+            database_connect_timeout: self.database_connect_timeout,
+            callback_allowed_urls: self.callback_allowed_urls,
+            callback_secret: self.callback_secret,
+            callback_retry: self.callback_retry,
+            callback_timeout: self.callback_timeout,
+            projects: Default::default(),
+            projects_file: self.projects_file,
+            workspace_root,
+            workspace_host_root: self.workspace_host_root,
+            git_author: (self.git_author_name, self.git_author_email),
+            git_timeout: self.git_timeout,
         })
     }
 
-    /// Each prefix must be an absolute http(s) URL without user info, query or fragment.
-    fn callback_allowed_urls(&self) -> Result<Vec<url::Url>> {
-        list(self.callback_allowed_urls.as_deref())
-            .iter()
-            .map(|entry| crate::callbacks::parse_prefix(entry).map_err(|why| anyhow!("CALLBACK_ALLOWED_URLS: {why}")))
+    /// `docker run` options from the DOCKER_* settings, in a fixed order, extra arguments last.
+    fn docker_run_options(&self) -> Vec<String> {
+        let flags = [
+            ("network", self.docker_network.clone()),
+            ("memory", self.docker_memory.clone()),
+            ("cpus", self.docker_cpus.clone()),
+            ("user", self.docker_user.clone()),
+            (
+                "pids-limit",
+                Some(self.docker_pids_limit).filter(|&n| n > 0).map(|n| n.to_string()),
+            ),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| format!("--{name}={v}")))
+            .chain(self.docker_extra_args.iter().cloned())
             .collect()
     }
+}
 
-    /// Required when prefixes are set; never printed, not even in the error.
-    fn callback_secret(&self) -> Result<Option<Secret>> {
-        let secret = self.callback_secret.as_deref().filter(|s| !s.is_empty());
-        let prefixes = !list(self.callback_allowed_urls.as_deref()).is_empty();
-        match secret {
-            None if prefixes => {
-                bail!("CALLBACK_SECRET: must be set when CALLBACK_ALLOWED_URLS is (callbacks are signed with it)")
-            }
-            Some(s) if s.len() < 16 => bail!(
-                "CALLBACK_SECRET: a key of {} bytes is too short to be a secret (16 at least)",
-                s.len()
-            ),
-            s => Ok(s.map(Secret::new)),
-        }
-    }
-
-    fn database_url(&self) -> Result<Option<DatabaseUrl>> {
-        let Some(url) = given(&self.database_url) else {
-            return Ok(None);
-        };
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            bail!(
-                "DATABASE_URL: '{}' is not a postgres:// or postgresql:// URL (unset it for SQLite in DATA_DIR)",
-                crate::store::redact(url)
-            );
-        }
-        Ok(Some(DatabaseUrl(url.to_string())))
-    }
-
-    fn tokens(&self) -> Result<Vec<Token>> {
-        let mut entries: Vec<(&str, String, bool)> = list(self.auth_tokens.as_deref())
-            .into_iter()
-            .map(|t| ("AUTH_TOKENS", t, false))
-            .collect();
-        if let Some(file) = given(&self.auth_tokens_file) {
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("AUTH_TOKENS_FILE: cannot read '{file}'"))?;
-            let before = entries.len();
-            entries.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(|t| ("AUTH_TOKENS_FILE", t.to_string(), false)),
-            );
-            if entries.len() == before {
-                bail!("AUTH_TOKENS_FILE: '{file}' holds no token");
-            }
-        }
-        entries.extend(
-            list(self.admin_tokens.as_deref())
-                .into_iter()
-                .map(|t| ("ADMIN_TOKENS", t, true)),
-        );
-        let mut tokens: Vec<Token> = Vec::with_capacity(entries.len());
-        for (variable, entry, admin) in entries {
-            let token = Token::parse(&entry, admin);
-            if token.secret.len() < 16 {
-                bail!(
-                    "{variable}: a token of {} characters is too short to be a secret (16 at least)",
-                    token.secret.len()
-                );
-            }
+/// All tokens in order; one name may not stand for two different secrets.
+fn distinct_names(sources: [(&str, &Vec<Token>); 3]) -> Result<Vec<Token>> {
+    let mut tokens: Vec<Token> = Vec::new();
+    for (variable, entries) in sources {
+        for token in entries.iter().cloned() {
             if let Some(other) = tokens.iter().find(|t| t.name == token.name && t.secret != token.secret) {
                 bail!(
                     "{variable}: the name '{}' is given to two different tokens{}",
@@ -770,90 +533,267 @@ impl Raw {
             }
             tokens.push(token);
         }
-        Ok(tokens)
     }
+    Ok(tokens)
+}
 
-    fn env_allow(&self) -> Result<Vec<String>> {
-        let entries = list(self.run_env_allow.as_deref());
-        let docker = given(&self.codex_docker_image).is_some();
-        for entry in &entries {
-            let name = entry.strip_suffix('*').unwrap_or(entry);
-            let ok = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !name.as_bytes()[0].is_ascii_digit();
-            if !ok {
-                bail!("RUN_ENV_ALLOW: '{entry}' is neither a variable name nor a PREFIX_* pattern");
-            }
-            if let Some((pattern, family)) = crate::run::env_rule::floor_conflict(entry, docker) {
-                bail!(
-                    "RUN_ENV_ALLOW: '{entry}' would let requests set {pattern}, which no request may set in {} mode ({}: {})",
-                    if docker { "docker" } else { "local" },
-                    family.name,
-                    family.why
-                );
-            }
-        }
-        Ok(entries)
+// Parsers: each gets its variable's value and answers the setting or why the value is wrong.
+
+/// Trims and drops blanks of a comma-separated list.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `WORKSPACE_ROOT`: `None` for the default (under `DATA_DIR`, known only once it is read).
+fn workspace_root(value: Value) -> Result<Option<PathBuf>, String> {
+    Ok(Some(value.text()).filter(|t| *t != value.default).map(PathBuf::from))
+}
+
+/// An absolute path, or `None` when unset.
+fn absolute_path(value: Value) -> Result<Option<PathBuf>, String> {
+    match value.given() {
+        Some(p) if !p.starts_with('/') => Err(format!("'{p}' is not an absolute path")),
+        p => Ok(p.map(PathBuf::from)),
     }
+}
 
-    fn allowed_clients(&self) -> Result<Vec<IpNet>> {
-        list(self.allowed_clients.as_deref())
-            .iter()
-            .map(|entry| {
-                entry
-                    .parse::<IpNet>()
-                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| anyhow!("ALLOWED_CLIENTS: '{entry}' is not an IP address or CIDR"))
-            })
-            .collect()
+/// Seconds as a float; empty or `<= 0` mean "off".
+fn optional_seconds(value: Value) -> Result<Option<Duration>, String> {
+    let Some(text) = value.given() else {
+        return Ok(None);
+    };
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !secs.is_finite() {
+        return Err(format!("'{text}' is not a finite number of seconds"));
     }
+    if secs <= 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| format!("'{text}' is too large"))
+}
 
-    fn instance(&self) -> Result<&str> {
-        let instance = given(&self.cligate_instance).unwrap_or("cligate");
-        if !instance
+/// Seconds; `<= 0` is zero.
+fn seconds(value: Value) -> Result<Duration, String> {
+    Ok(optional_seconds(value)?.unwrap_or(Duration::ZERO))
+}
+
+fn positive_seconds(value: Value) -> Result<Duration, String> {
+    match seconds(value)? {
+        t if t.is_zero() => Err("must be more than 0".to_string()),
+        t => Ok(t),
+    }
+}
+
+fn whole(value: Value) -> Result<u64, String> {
+    let text = value.text();
+    text.parse().map_err(|_| format!("'{text}' is not a whole number"))
+}
+
+fn zero_is_off(value: Value) -> Result<Option<u64>, String> {
+    Ok(Some(whole(value)?).filter(|&n| n > 0))
+}
+
+fn at_least_one(value: Value) -> Result<usize, String> {
+    match whole(value)? {
+        0 => Err("must be at least 1".to_string()),
+        n => Ok(n as usize),
+    }
+}
+
+fn boolean(value: Value) -> Result<bool, String> {
+    match value.text() {
+        "false" | "0" => Ok(false),
+        "true" | "1" => Ok(true),
+        other => Err(format!("'{other}' is neither true nor false")),
+    }
+}
+
+fn socket_addr(value: Value) -> Result<SocketAddr, String> {
+    let text = value.text();
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an address like 0.0.0.0:8000"))
+}
+
+fn request_bytes(value: Value) -> Result<usize, String> {
+    match whole(value)? {
+        n if n < 64 => Err(format!("{n} is too small to hold a request")),
+        n => Ok(n as usize),
+    }
+}
+
+fn log_format(value: Value) -> Result<bool, String> {
+    match value.text() {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        other => Err(format!("'{other}' is neither 'text' nor 'json'")),
+    }
+}
+
+/// Sorted and de-duplicated; a name set but blank is an empty allow-list, refused.
+fn cli_list(value: Value) -> Result<Vec<String>, String> {
+    let mut clis = list(value.raw());
+    if clis.is_empty() {
+        return Err("the allow-list is empty; name at least one CLI".to_string());
+    }
+    if let Some(bad) = clis.iter().find(|c| !valid_cli_name(c)) {
+        return Err(format!(
+            "'{bad}' is not a plain program name (letters, digits, . _ - +; no paths)"
+        ));
+    }
+    clis.sort();
+    clis.dedup();
+    Ok(clis)
+}
+
+/// A CLI name is a plain file name: never a path, never an option.
+fn valid_cli_name(name: &str) -> bool {
+    !name.starts_with('-')
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            bail!("CLIGATE_INSTANCE: '{instance}' may hold only letters, digits, '.', '_' and '-'");
-        }
-        Ok(instance)
-    }
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+        && name != "."
+        && name != ".."
+}
 
-    fn docker(&self, image: &str) -> Result<DockerConfig> {
-        let bin = given(&self.docker_bin).unwrap_or("docker");
-        let bin = resolve_program(bin, self.path.as_deref().unwrap_or("").as_ref())
-            .ok_or_else(|| anyhow!("DOCKER_BIN: '{bin}' not found on PATH (docker mode needs the docker client)"))?;
-        let instance = self.instance()?;
-        let mut run_options = Vec::new();
-        let mut flag = |name: &str, value: Option<&str>| {
-            if let Some(v) = value {
-                run_options.push(format!("--{name}={v}"));
+/// Names and `PREFIX_*` patterns; what the floor refuses is checked with the mode, later.
+fn env_allow(value: Value) -> Result<Vec<String>, String> {
+    let entries = list(value.raw());
+    for entry in &entries {
+        let name = entry.strip_suffix('*').unwrap_or(entry);
+        let ok = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !ok {
+            return Err(format!("'{entry}' is neither a variable name nor a PREFIX_* pattern"));
+        }
+    }
+    Ok(entries)
+}
+
+fn tokens(entries: Vec<String>, admin: bool) -> Result<Vec<Token>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let token = Token::parse(entry, admin);
+            if token.secret.len() < 16 {
+                return Err(format!(
+                    "a token of {} characters is too short to be a secret (16 at least)",
+                    token.secret.len()
+                ));
             }
-        };
-        flag("network", given(&self.docker_network));
-        flag("memory", given(&self.docker_memory));
-        flag("cpus", given(&self.docker_cpus));
-        flag("user", given(&self.docker_user));
-        let pids = number("DOCKER_PIDS_LIMIT", &self.docker_pids_limit, 1024)?;
-        if pids > 0 {
-            run_options.push(format!("--pids-limit={pids}"));
-        }
-        if let Some(extra) = given(&self.docker_extra_args) {
-            let extra: Vec<String> = serde_json::from_str(extra)
-                .map_err(|_| anyhow!("DOCKER_EXTRA_ARGS: not a JSON array of strings: {extra}"))?;
-            run_options.extend(extra);
-        }
-        let janitor_interval = seconds("DOCKER_JANITOR_SECONDS", &self.docker_janitor_seconds, 60.0)?;
-        if janitor_interval.is_zero() {
-            bail!("DOCKER_JANITOR_SECONDS: must be more than 0");
-        }
-        Ok(DockerConfig {
-            image: image.to_string(),
-            bin,
-            run_options,
-            instance: instance.to_string(),
-            janitor_interval,
+            Ok(token)
         })
+        .collect()
+}
+
+/// One token per line; blank lines and `#` comments skipped; a file without a token is refused.
+fn tokens_file(value: Value) -> Result<Vec<Token>, String> {
+    let Some(file) = value.given() else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read '{file}': {e}"))?;
+    let entries: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if entries.is_empty() {
+        return Err(format!("'{file}' holds no token"));
+    }
+    tokens(entries, false)
+}
+
+fn allowed_clients(value: Value) -> Result<Vec<IpNet>, String> {
+    list(value.raw())
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("'{entry}' is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+fn instance(value: Value) -> Result<String, String> {
+    let instance = value.text();
+    if !instance
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!("'{instance}' may hold only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(instance.to_string())
+}
+
+fn database_url(value: Value) -> Result<Option<DatabaseUrl>, String> {
+    let Some(url) = value.given() else {
+        return Ok(None);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "'{}' is not a postgres:// or postgresql:// URL (unset it for SQLite in DATA_DIR)",
+            crate::store::redact(url)
+        ));
+    }
+    Ok(Some(DatabaseUrl(url.to_string())))
+}
+
+fn retention_days(value: Value) -> Result<Option<Duration>, String> {
+    match whole(value)? {
+        0 => Ok(None),
+        days => days
+            .checked_mul(86_400)
+            .map(|secs| Some(Duration::from_secs(secs)))
+            .ok_or_else(|| format!("{days} days is too long")),
+    }
+}
+
+/// Unset = no bound; set, it must be more than 0.
+fn retention_bytes(value: Value) -> Result<Option<u64>, String> {
+    if value.given().is_none() {
+        return Ok(None);
+    }
+    match whole(value)? {
+        0 => Err("must be more than 0 (unset it for no bound)".to_string()),
+        n => Ok(Some(n)),
+    }
+}
+
+/// Each prefix must be an absolute http(s) URL without user info, query or fragment.
+fn callback_prefixes(value: Value) -> Result<Vec<url::Url>, String> {
+    list(value.raw())
+        .iter()
+        .map(|entry| crate::callbacks::parse_prefix(entry))
+        .collect()
+}
+
+/// Never printed, not even in the error; taken as set (not trimmed).
+fn callback_secret(value: Value) -> Result<Option<Secret>, String> {
+    match value.raw() {
+        "" => Ok(None),
+        s if s.len() < 16 => Err(format!(
+            "a key of {} bytes is too short to be a secret (16 at least)",
+            s.len()
+        )),
+        s => Ok(Some(Secret::new(s))),
+    }
+}
+
+fn json_args(value: Value) -> Result<Vec<String>, String> {
+    match value.given() {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text).map_err(|_| format!("not a JSON array of strings: {text}")),
     }
 }
 
@@ -1000,20 +940,101 @@ mod tests {
         );
     }
 
-    #[test]
-    fn readme_documents_every_variable_with_its_default() {
+    /// The README's settings tables, one per [`Section`] in order: each row's name and text.
+    fn readme_tables() -> Vec<Vec<(String, String)>> {
         let readme = include_str!("../README.md");
-        for (name, default, _) in VARIABLES {
-            let row = readme
-                .lines()
-                .find(|l| l.starts_with(&format!("| `{name}` |")))
-                .unwrap_or_else(|| panic!("README has no row for {name}"));
-            if !default.is_empty() {
-                assert!(
-                    row.contains(&format!("`{default}`")),
-                    "README row of {name} lacks its default: {row}"
-                );
+        let start = readme
+            .find("\n## Configuration\n")
+            .expect("README has a Configuration section");
+        let end = readme[start + 1..]
+            .find("\n## ")
+            .map_or(readme.len(), |i| start + 1 + i);
+        let mut tables: Vec<Vec<(String, String)>> = Vec::new();
+        let mut in_table = false;
+        for line in readme[start..end].lines() {
+            let row = line.starts_with('|');
+            if row && !in_table {
+                tables.push(Vec::new());
             }
+            in_table = row;
+            if let Some((name, _)) = line.strip_prefix("| `").and_then(|rest| rest.split_once("` |")) {
+                tables.last_mut().unwrap().push((name.to_string(), line.to_string()));
+            }
+        }
+        tables.retain(|t| !t.is_empty());
+        tables
+    }
+
+    #[test]
+    fn readme_documents_every_variable_with_its_default_in_its_section() {
+        let tables = readme_tables();
+        assert_eq!(
+            tables.len(),
+            Section::ALL.len(),
+            "one README table per section: {tables:?}"
+        );
+        for (section, table) in Section::ALL.iter().zip(&tables) {
+            let documented: Vec<&str> = table.iter().map(|(name, _)| name.as_str()).collect();
+            let declared: Vec<&str> = VARIABLES
+                .iter()
+                .filter(|v| v.section == *section)
+                .map(|v| v.name)
+                .collect();
+            assert_eq!(
+                documented, declared,
+                "README table of {section:?}, in the order of the table"
+            );
+        }
+        for v in VARIABLES.iter().filter(|v| !v.default.is_empty()) {
+            let (_, row) = tables.iter().flatten().find(|(name, _)| name == v.name).unwrap();
+            assert!(
+                row.contains(&format!("`{}`", v.default)),
+                "README row of {} lacks its default: {row}",
+                v.name
+            );
+        }
+    }
+
+    #[test]
+    fn each_default_is_the_value_used_when_the_variable_is_unset() {
+        // Compared as Debug text; which credential names are set is not a setting.
+        let shown = |vars: &[(&str, &str)]| {
+            let mut c = config(vars).unwrap();
+            c.gateway_credentials.clear();
+            format!("{c:?}")
+        };
+        let explicit: Vec<(&str, &str)> = VARIABLES
+            .iter()
+            .filter(|v| !v.default.is_empty())
+            .map(|v| (v.name, v.default))
+            .collect();
+        assert_eq!(shown(&explicit), shown(&[]));
+        // Blank is the default too, but for the lists, where blank is an empty list, and the
+        // secret, taken exactly as set.
+        let blank: Vec<(&str, &str)> = VARIABLES
+            .iter()
+            .filter(|v| !matches!(v.name, "CLI_LIST" | "MODEL_LIST" | "CALLBACK_SECRET"))
+            .map(|v| (v.name, " "))
+            .collect();
+        assert_eq!(shown(&blank), shown(&[]));
+        assert!(config(&[("MODEL_LIST", "")]).unwrap().models.is_empty());
+        let err = config(&[("CLI_LIST", "")]).unwrap_err().to_string();
+        assert!(err.starts_with("CLI_LIST: the allow-list is empty"), "{err}");
+    }
+
+    #[test]
+    fn names_are_unique_and_docker_settings_are_checked_in_local_mode_too() {
+        let mut names: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), VARIABLES.len());
+        for (name, value) in [
+            ("DOCKER_PIDS_LIMIT", "many"),
+            ("DOCKER_JANITOR_SECONDS", "0"),
+            ("DOCKER_EXTRA_ARGS", "--read-only"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{name}={value}: {err}");
         }
     }
 

@@ -7,12 +7,15 @@
 //! - [`server`]: accept loop, connections, graceful shutdown.
 //! - [`api`]: routes, access control ([`auth`]), errors; `POST /run` in [`api::run`].
 //! - [`admission`]: may the run start now, wait, or be refused.
-//! - [`run::request`] → [`run::plan`]: validate the request, then build the exact launch (pure).
-//! - [`run::supervisor`]: spawn, stream, enforce limits, end the process tree or container.
+//! - [`runs`]: the run service: submit, admit, start, stop, finish; the only place runs are made.
+//! - [`run::request`] → [`exec`]: validate the request, then the executor (local process or
+//!   docker container) plans the exact launch (pure) and starts it.
+//! - [`run::supervisor`]: drives one execution: streams, enforces limits, ends it.
 //! - [`run::output`] and [`run::frame`]: bytes → UTF-8 lines → NDJSON frames.
 //! - [`run::registry`]: running sessions, for stop and duplicate checks.
-//! - [`config`], [`metrics`], [`docker`], [`body`]: settings, Prometheus, engine calls, bodies.
-//! - [`store`]: durable run records (SQLite or PostgreSQL); not yet called by the server.
+//! - [`runlog`]: each run's append-only log, read from byte offsets by every stream.
+//! - [`config`], [`metrics`], [`body`]: settings, Prometheus, bodies.
+//! - [`store`]: durable run records (SQLite or PostgreSQL).
 //! - [`callbacks`]: POSTs a detached run's final record to its `callback_url`, signed, retried,
 //!   resumed after a restart; called by [`runs`] when such a run ends.
 
@@ -22,7 +25,7 @@ pub mod auth;
 pub mod body;
 pub mod callbacks;
 pub mod config;
-pub mod docker;
+pub mod exec;
 pub mod metrics;
 pub mod run;
 pub mod runlog;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cligate::config::{Config, VARIABLES};
+use cligate::config::{Config, Section, VARIABLES};
 use cligate::run::containment::{WATCHDOG_FLAG, watchdog_main};
 use cligate::{server, telemetry};
 
@@ -15,13 +15,16 @@ fn help() -> String {
          Usage: cligate [--help | --version]\n\nConfiguration (environment variables):\n",
         env!("CARGO_PKG_VERSION")
     );
-    for (name, default, meaning) in VARIABLES {
-        let default = if default.is_empty() {
-            "unset".to_string()
-        } else {
-            format!("default {default}")
-        };
-        out.push_str(&format!("  {name:<30} {meaning} ({default})\n"));
+    for section in Section::ALL {
+        out.push_str(&format!("\n{}:\n", section.title()));
+        for v in VARIABLES.iter().filter(|v| v.section == section) {
+            let default = if v.default.is_empty() {
+                "unset".to_string()
+            } else {
+                format!("default {}", v.default)
+            };
+            out.push_str(&format!("  {:<32} {} ({default})\n", v.name, v.help));
+        }
     }
     out
 }

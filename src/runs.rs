@@ -13,10 +13,10 @@ use crate::admission::{Admission, Refused, Reservation};
 use crate::auth::Caller;
 use crate::callbacks::{self, Callbacks};
 use crate::config::Config;
+use crate::exec::{Executor, Launch};
 use crate::metrics::{CleanupLabels, CliLabels, CodeLabels, FinishLabels, Metrics, StreamLabels};
 use crate::run::containment::Containment;
 use crate::run::frame::{EndReason, Frame};
-use crate::run::plan::{Launch, plan};
 use crate::run::registry::{Registration, Registry};
 use crate::run::request::RunSpec;
 use crate::run::supervisor::{Limits, Outcome, supervise};
@@ -87,8 +87,10 @@ pub struct Runs {
     pub registry: Arc<Registry>,
     /// Every run's supervising task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// How a local run's processes are kept together and ended (cgroup or `/proc` marker).
+    /// How a run's processes are kept together and ended (cgroup or `/proc` marker).
     pub containment: Arc<Containment>,
+    /// Where CLIs run: local processes or docker containers.
+    pub executor: Arc<dyn Executor>,
     /// Delivers detached runs' callbacks once they end (see [`crate::callbacks`]).
     pub callbacks: Callbacks,
     /// Branches, worktrees and state homes (see [`crate::workspace`]).
@@ -102,6 +104,7 @@ impl Runs {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         containment: Arc<Containment>,
+        executor: Arc<dyn Executor>,
     ) -> anyhow::Result<Runs> {
         let store = Store::open_within(
             config.database_url.as_ref().map(|u| u.as_str()),
@@ -138,6 +141,7 @@ impl Runs {
             registry: Arc::new(Registry::default()),
             tasks: TaskTracker::new(),
             containment,
+            executor,
             config,
         };
         runs.recover().await?;
@@ -396,9 +400,9 @@ impl Runs {
         let mut record = RunRecord::queued(&run.id, &run.session_id, &run.cli, self.instance(), now);
         record.args = spec.args.clone();
         record.env_keys = spec.env.keys().cloned().collect();
-        let launch = plan(spec, &self.config, &run.id);
+        let launch = self.executor.plan(spec, &run.id);
         record.model = launch.model.clone();
-        record.mode = if self.config.docker().is_some() {
+        record.mode = if self.executor.name() == "docker" {
             RunMode::Docker
         } else {
             RunMode::Local
@@ -510,9 +514,9 @@ impl Runs {
                     let outcome = supervise(
                         &run,
                         &service.containment,
+                        service.executor.as_ref(),
                         launch,
                         spec.stdin,
-                        &service.config.search_path,
                         &limits,
                         log.clone(),
                     )

@@ -15,7 +15,6 @@
 //!   process may open ([`ConnectionCap`]); the binary first raises its soft `RLIMIT_NOFILE` to
 //!   the hard limit ([`raise_fd_limit`]).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,10 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, App};
 use crate::config::Config;
-use crate::docker;
+use crate::exec;
 use crate::metrics::CleanupLabels;
 use crate::run::containment::Containment;
-use crate::run::plan::container_name;
 
 /// The listen backlog asked for; Linux clamps it to `net.core.somaxconn` (4096 by default since
 /// 5.4). The standard library's 128 lost connections of a burst of 2000; the backlog is also
@@ -44,8 +42,8 @@ use crate::run::plan::container_name;
 /// file descriptor.
 const LISTEN_BACKLOG: u32 = 4096;
 /// File descriptors kept aside for everything but connections and running runs: stdio, the
-/// listener, the runtime's epoll and wake-up descriptors, engine calls (`docker version`, the
-/// janitor), and runs being spawned (std's spawn briefly holds 8 pipe ends per child).
+/// listener, the runtime's epoll and wake-up descriptors, engine API connections (readiness,
+/// the janitor), and runs being spawned (std's spawn briefly holds 8 pipe ends per child).
 const FD_RESERVE: u64 = 64;
 /// File descriptors a running run holds: its stdin, stdout and stderr pipes and tokio's pidfd.
 const FDS_PER_RUN: u64 = 4;
@@ -56,33 +54,34 @@ const MAX_BUF: usize = 64 * 1024;
 /// Longest wait for connections to finish writing after every run has ended.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
-/// Prepares the gateway: in docker mode checks the engine; chooses how runs are contained and
-/// ends the processes a crashed predecessor of this instance left; in docker mode removes the
-/// containers it left. Fails with a one-line reason.
+/// Prepares the gateway: the executor checks it can work (in docker mode: the engine answers)
+/// and removes what a crashed predecessor of this instance left (its containers); the
+/// containment is chosen and ends the processes such a predecessor left. Fails with a one-line
+/// reason.
 pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
-    let engine = match config.docker() {
-        Some(d) => Some(docker::engine_version(&d.bin).await.map_err(|e| {
-            anyhow::anyhow!("CODEX_DOCKER_IMAGE: docker mode needs a Docker engine, but it does not answer: {e:#}")
-        })?),
-        None => None,
-    };
+    let executor = exec::for_config(&config)?;
+    let prepared = executor.prepare().await?;
     let (containment, swept) = contain(&config).await?;
-    let app = Arc::new(App::new(config.clone(), containment.clone()).await?);
+    let app = Arc::new(App::new(config.clone(), containment.clone(), executor.clone()).await?);
     tracing::info!(
         containment = containment.mechanism(),
         path = %containment.location(),
         swept,
         "process containment"
     );
-    if let (Some(d), Some(version)) = (config.docker(), engine) {
-        let removed = docker::clean_instance(&d.bin, &d.instance).await?;
-        if removed > 0 {
-            app.metrics
-                .container_cleanups
-                .get_or_create(&CleanupLabels { when: "startup" })
-                .inc_by(removed as u64);
-        }
-        tracing::info!(engine = version, image = d.image, removed, "docker mode");
+    if prepared.removed > 0 {
+        app.metrics
+            .container_cleanups
+            .get_or_create(&CleanupLabels { when: "startup" })
+            .inc_by(prepared.removed as u64);
+    }
+    if let Some(engine) = prepared.engine {
+        tracing::info!(
+            executor = executor.name(),
+            engine,
+            removed = prepared.removed,
+            "executor"
+        );
     }
     Ok(app)
 }
@@ -98,36 +97,34 @@ async fn contain(config: &Config) -> Result<(Arc<Containment>, usize)> {
     Ok((containment, swept))
 }
 
-/// Removes, every `janitor_interval`, containers of this instance that belong to no registered
-/// run: one whose `docker run` client died between creating and starting it escapes the run's own
-/// clean-up, and would otherwise wait for the next start-up.
+/// Lets the executor remove, every `janitor_interval`, what belongs to no registered run: a
+/// container whose `docker run` client died between creating and starting it escapes the run's
+/// own clean-up, and would otherwise wait for the next start-up.
 async fn janitor(app: Arc<App>, stop: CancellationToken) {
-    let Some(d) = app.config.docker() else { return };
+    let executor = app.runs.executor.clone();
+    let Some(interval) = executor.janitor_interval() else {
+        return;
+    };
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(d.janitor_interval) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = stop.cancelled() => return,
         }
-        // List first, then look at the registry: a container listed belongs to a run that was
-        // registered before the listing, so a run still registered now is still its owner.
-        let Ok(names) = docker::list_instance(&d.bin, &d.instance).await else {
-            continue;
-        };
-        let owned: HashSet<String> = app
-            .runs
-            .registry
-            .run_ids()
-            .iter()
-            .map(|id| container_name(id))
-            .collect();
-        for name in names.into_iter().filter(|n| !owned.contains(n)) {
-            if docker::remove(&d.bin, &name).await {
-                tracing::info!(container = name, "removed a container that belongs to no run");
+        // The executor lists first, then asks the registry: a container listed belongs to a run
+        // that was registered before the listing, so a run still registered then is its owner.
+        let registry = app.runs.registry.clone();
+        match executor
+            .clean_leftovers(&|run_id| registry.by_run_id(run_id).is_some())
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => {
                 app.metrics
                     .container_cleanups
                     .get_or_create(&CleanupLabels { when: "janitor" })
-                    .inc();
+                    .inc_by(removed as u64);
             }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "janitor"),
         }
     }
 }

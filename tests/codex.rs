@@ -190,7 +190,7 @@ async fn answer(
 
 /// `CODEX_HOME/config.toml`: the fake provider, no retries, a short idle timeout, and the
 /// features that reach the network on their own (plugin sync runs `git ls-remote` against
-/// github.com) or start helpers turned off.
+/// its plugin repository) or start helpers turned off.
 fn codex_config(api: SocketAddr) -> String {
     format!(
         r#"model = "{MODEL}"

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, RunStream, assert_gone};
+use common::client::has_interpreter;
+use common::{Frame, FrameFields, Gateway, RunStream, assert_gone, static_busybox};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -78,39 +78,6 @@ fn build_image() -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// A statically linked busybox (Debian's busybox-static): it runs in a `FROM scratch` image.
-fn static_busybox() -> Result<PathBuf, String> {
-    let hint = "docker-mode tests need a static busybox at /bin/busybox: `apt-get install busybox-static`";
-    let path = ["/bin/busybox", "/usr/bin/busybox"]
-        .map(PathBuf::from)
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("no busybox found; {hint}"))?;
-    let elf = std::fs::read(&path).map_err(|e| format!("reading {}: {e}; {hint}", path.display()))?;
-    if has_interpreter(&elf) {
-        return Err(format!("{} is dynamically linked; {hint}", path.display()));
-    }
-    Ok(path)
-}
-
-/// Whether an ELF64 little-endian file asks for a dynamic loader (has a PT_INTERP header).
-fn has_interpreter(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
-    if !elf.starts_with(b"\x7fELF\x02\x01") {
-        return true; // Not what we expect: treat as unusable.
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return true;
-    };
-    const PT_INTERP: u32 = 3;
-    (0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(PT_INTERP))
 }
 
 /// Removes whatever containers its instance label still has when dropped (a failed test's
@@ -256,34 +223,36 @@ async fn open(gw: &Gateway, body: Value) -> RunStream {
         .next_within(Duration::from_secs(10))
         .await
         .expect("a session frame");
-    assert_eq!(first["type"], "session");
-    assert_eq!(first["id"], sid.as_str());
-    assert_eq!(first["run_id"], stream.headers["x-cligate-run-id"].to_str().unwrap());
+    assert_eq!(
+        first,
+        Frame::Session {
+            id: sid.clone(),
+            run_id: stream.headers["x-cligate-run-id"].to_str().unwrap().to_string()
+        }
+    );
     stream
 }
 
 /// Reads the rest of a stream that has had its session frame read: `(frames, code, reason)`.
-async fn finish(stream: RunStream, limit: Duration) -> (Vec<Value>, i64, String) {
+async fn finish(stream: RunStream, limit: Duration) -> (Vec<Frame>, i64, String) {
     let frames = tokio::time::timeout(limit, stream.collect())
         .await
         .expect("the run ends in time")
         .0;
-    let last = frames.last().unwrap_or_else(|| panic!("no exit frame"));
-    assert_eq!(last["type"], "exit", "{frames:?}");
-    assert_eq!(frames.iter().filter(|f| f["type"] == "exit").count(), 1, "{frames:?}");
-    assert!(!frames.iter().any(|f| f["type"] == "session"), "{frames:?}");
-    let (code, reason) = (
-        last["code"].as_i64().unwrap(),
-        last["reason"].as_str().unwrap().to_string(),
-    );
+    assert_eq!(frames.iter().filter(|f| f.kind() == "exit").count(), 1, "{frames:?}");
+    assert!(!frames.iter().any(|f| f.kind() == "session"), "{frames:?}");
+    let Some(Frame::Exit { code, reason }) = frames.last() else {
+        panic!("the last frame is not the exit: {frames:?}");
+    };
+    let (code, reason) = (i64::from(*code), reason.as_str().to_string());
     (frames, code, reason)
 }
 
-fn text(frames: &[Value], kind: &str) -> String {
+fn text(frames: &[Frame], kind: &str) -> String {
     frames
         .iter()
-        .filter(|f| f["type"] == kind)
-        .map(|f| f["data"].as_str().unwrap())
+        .filter(|f| f.kind() == kind)
+        .filter_map(|f| f.data())
         .collect()
 }
 
@@ -480,7 +449,9 @@ async fn timeout_ends_the_container_not_just_the_client() {
     assert_eq!((code, reason.as_str()), (124, "timeout"), "{frames:?}");
     assert_eq!(
         frames[frames.len() - 2],
-        json!({"type": "stderr", "data": "Request timed out while waiting for CLI response (1s)."}),
+        Frame::Stderr {
+            data: "Request timed out while waiting for CLI response (1s).".into()
+        },
         "{frames:?}"
     );
     assert_no_containers(&session_label(&sid), GONE_WITHIN).await;
@@ -554,7 +525,7 @@ async fn client_disconnect_removes_the_container() {
     let sid = session("disconnect");
     let mut stream = open(&gw, stubborn_run(&sid)).await;
     let first = stream.until("stdout").await;
-    assert!(first["data"].as_str().unwrap().starts_with("pid "), "{first}");
+    assert!(first.data().unwrap().starts_with("pid "), "{first:?}");
     let pid = client_pid(&gw, &sid).await;
     assert_eq!(containers(&session_label(&sid)).await.len(), 1);
     stream.disconnect();
@@ -672,18 +643,32 @@ async fn the_janitor_removes_containers_that_belong_to_no_run_and_spares_running
         "300",
     ])
     .await;
-    let stray = docker(&[
-        "run",
-        "-d",
-        "--label",
-        &label,
-        "--network",
-        "none",
-        image(),
-        "sleep",
-        "300",
-    ])
-    .await;
+    // The janitor may remove it between `docker run`'s create and start (it is doing its job
+    // then); try again until one runs.
+    let mut stray = String::new();
+    for _ in 0..20 {
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--label",
+                &label,
+                "--network",
+                "none",
+                image(),
+                "sleep",
+                "300",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("running docker");
+        if out.status.success() {
+            stray = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+    }
+    assert!(!stray.is_empty(), "no stray container could be started");
     for id in [created.trim(), stray.trim()] {
         let start = Instant::now();
         while !docker(&["ps", "-a", "-q", "--filter", &format!("id={id}")])
@@ -727,30 +712,33 @@ async fn readiness_follows_the_image_and_an_unreachable_engine_stops_start_up() 
     let body = gw.get("/readyz").await.assert_error(503);
     assert!(body["detail"].as_str().unwrap().contains(&missing), "{body}");
 
+    // An engine that is not there. The gateway finds the engine as the docker client does
+    // (DOCKER_HOST, read from its environment), so this is the real binary.
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("docker");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
+    let nowhere = format!("unix://{}/docker.sock", dir.path().display());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_cligate"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", dir.path())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("CODEX_DOCKER_IMAGE", image())
+            .env("DOCKER_HOST", &nowhere)
+            .env("CLIGATE_INSTANCE", inst.0.as_str())
+            .stdin(Stdio::null())
+            .output(),
     )
-    .unwrap();
-    set_executable(&fake);
-    let err = match Gateway::try_start(&[
-        ("CODEX_DOCKER_IMAGE", image()),
-        ("DOCKER_BIN", fake.to_str().unwrap()),
-        ("CLIGATE_INSTANCE", inst.0.as_str()),
-    ])
     .await
-    {
-        Ok(_) => panic!("a gateway without a reachable engine started"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(err.starts_with("CODEX_DOCKER_IMAGE"), "{err}");
-}
-
-fn set_executable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("a gateway without an engine stops at once")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a gateway without a reachable engine started: {err}"
+    );
+    assert!(err.starts_with("cligate: CODEX_DOCKER_IMAGE"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[tokio::test]
@@ -776,7 +764,7 @@ async fn a_partial_line_arrives_long_before_the_container_ends() {
     let started = Instant::now();
     let first = stream.until("stdout").await;
     let prompt_at = started.elapsed();
-    assert_eq!(first["data"], "prompt> ", "the prompt is a frame of its own");
+    assert_eq!(first.data(), Some("prompt> "), "the prompt is a frame of its own");
     let (frames, code, reason) = finish(stream, Duration::from_secs(30)).await;
     let end_at = started.elapsed();
     assert_eq!((code, reason.as_str()), (0, "exited"), "{frames:?}");

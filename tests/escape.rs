@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, alive, assert_gone, fixtures, pids_in};
+use common::{EndReason, Frame, FrameFields, Gateway, alive, assert_gone, fixtures, pids_in};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -89,7 +89,7 @@ async fn stop_ends_an_escaped_tree() {
     assert!(pids.iter().all(|p| alive(*p)));
     assert_eq!(gw.post("/sessions/escape-stop/stop", "").await.status, 200);
     let frames = stream.collect().await;
-    assert_eq!(frames.0.last().unwrap()["reason"], "stopped");
+    assert_eq!(frames.0.last().unwrap().reason(), Some(EndReason::Stopped));
     assert_gone(&pids, GONE).await;
 }
 
@@ -102,7 +102,10 @@ async fn timeout_ends_an_escaped_tree() {
     let frames = stream.collect().await;
     assert_eq!(
         frames.0.last().unwrap(),
-        &json!({"type": "exit", "code": 124, "reason": "timeout"})
+        &Frame::Exit {
+            code: 124,
+            reason: EndReason::Timeout
+        }
     );
     assert_gone(&pids, GONE).await;
 }

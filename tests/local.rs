@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gateway, RunStream, alive, assert_gone, pids_in, request};
+use common::{EndReason, Frame, FrameFields, Gateway, RunStream, alive, assert_gone, pids_in, request};
 use serde_json::json;
 
 const GONE: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ async fn stdin_is_written_while_output_is_read() {
     assert_eq!(frames.exit(), (0, "exited".into()));
     assert_eq!(frames.stdout(), prompt);
     // One frame per line.
-    assert_eq!(frames.0.iter().filter(|f| f["type"] == "stdout").count(), 16384);
+    assert_eq!(frames.0.iter().filter(|f| f.kind() == "stdout").count(), 16384);
 }
 
 #[tokio::test]
@@ -157,8 +157,13 @@ async fn timeout_ends_the_whole_tree_even_when_sigterm_is_ignored() {
     assert_eq!(
         last_two,
         [
-            json!({"type": "stderr", "data": "Request timed out while waiting for CLI response (1s)."}),
-            json!({"type": "exit", "code": 124, "reason": "timeout"}),
+            Frame::Stderr {
+                data: "Request timed out while waiting for CLI response (1s).".into()
+            },
+            Frame::Exit {
+                code: 124,
+                reason: EndReason::Timeout
+            },
         ]
     );
     assert_gone(&pids, GONE).await;
@@ -180,8 +185,14 @@ async fn stop_ends_the_tree_and_reports_stopped() {
     assert_eq!(reply.json(), json!({"session_id": "stop-me", "status": "stopped"}));
     let frames = stream.collect().await;
     let exit = frames.0.last().unwrap();
-    assert_eq!(exit["reason"], "stopped");
-    assert_eq!(exit["code"], 143, "SIGTERM ended it: {exit}");
+    assert_eq!(
+        exit,
+        &Frame::Exit {
+            code: 143,
+            reason: EndReason::Stopped
+        },
+        "SIGTERM ended it"
+    );
     assert_gone(&pids, GONE).await;
 
     gw.post("/sessions/stop-me/stop", "").await.assert_error(404);
@@ -202,7 +213,7 @@ async fn a_running_session_id_cannot_be_reused() {
     let mut first = gw
         .run(json!({"cli": "sleep", "args": ["30"], "session_id": "dup"}))
         .await;
-    assert_eq!(first.next().await.unwrap()["id"], "dup");
+    assert!(matches!(first.next().await.unwrap(), Frame::Session { id, .. } if id == "dup"));
     let mut second = gw.run(json!({"cli": "args", "session_id": "dup"})).await;
     assert_eq!(second.status, 409);
     let body: serde_json::Value = serde_json::from_str(&second.error_body().await).unwrap();
@@ -243,7 +254,10 @@ async fn shutdown_ends_running_runs_with_reason_shutdown() {
     let frames = stream.collect().await;
     assert_eq!(
         frames.0.last().unwrap(),
-        &json!({"type": "exit", "code": 137, "reason": "shutdown"}),
+        &Frame::Exit {
+            code: 137,
+            reason: EndReason::Shutdown
+        },
         "SIGTERM was ignored, so SIGKILL ended it"
     );
     assert!(frames.stderr().contains("shutting down"));
@@ -264,7 +278,10 @@ async fn runs_that_finish_within_the_grace_period_complete_normally_on_shutdown(
     let frames = stream.collect().await;
     assert_eq!(
         frames.0.last().unwrap(),
-        &json!({"type": "exit", "code": 0, "reason": "exited"})
+        &Frame::Exit {
+            code: 0,
+            reason: EndReason::Exited
+        }
     );
     assert!(frames.stdout().contains("end"));
     server.await.unwrap().unwrap();
@@ -274,11 +291,16 @@ async fn runs_that_finish_within_the_grace_period_complete_normally_on_shutdown(
 async fn partial_lines_reach_the_client_long_before_the_process_ends() {
     let gw = Gateway::start(&[]).await;
     let mut stream = gw.run(json!({"cli": "slow-partial"})).await;
-    assert_eq!(stream.next().await.unwrap()["type"], "session");
+    assert_eq!(stream.next().await.unwrap().kind(), "session");
     let started = Instant::now();
     // The script sleeps 5 s after the prompt; holding the partial line would take that long.
     let frame = stream.next_within(Duration::from_secs(2)).await.unwrap();
-    assert_eq!(frame, json!({"type": "stdout", "data": "prompt> "}));
+    assert_eq!(
+        frame,
+        Frame::Stdout {
+            data: "prompt> ".into()
+        }
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(stream);
 }
@@ -291,8 +313,8 @@ async fn a_character_split_across_writes_comes_out_whole() {
     let pieces: Vec<&str> = frames
         .0
         .iter()
-        .filter(|f| f["type"] == "stdout")
-        .map(|f| f["data"].as_str().unwrap())
+        .filter(|f| f.kind() == "stdout")
+        .filter_map(|f| f.data())
         .collect();
     // The partial "caf" is flushed while the script sleeps; "é" is never cut in two.
     assert_eq!(pieces, ["caf", "é\n"]);
@@ -315,8 +337,8 @@ async fn an_enormous_line_is_sent_in_bounded_pieces() {
     let pieces: Vec<&str> = frames
         .0
         .iter()
-        .filter(|f| f["type"] == "stdout")
-        .map(|f| f["data"].as_str().unwrap())
+        .filter(|f| f.kind() == "stdout")
+        .filter_map(|f| f.data())
         .collect();
     assert!(
         pieces.len() >= n / cligate::run::output::MAX_FRAME_BYTES,
@@ -359,10 +381,10 @@ async fn a_slow_reader_costs_a_fixed_buffer_and_never_slows_the_child() {
     // Reading again delivers every byte.
     let mut bytes = 0usize;
     while let Some(frame) = stream.next().await {
-        if frame["type"] == "stdout" {
-            bytes += frame["data"].as_str().unwrap().len();
-        } else if frame["type"] == "exit" {
-            assert_eq!(frame["code"], 0);
+        match frame {
+            Frame::Stdout { data } => bytes += data.len(),
+            Frame::Exit { code, .. } => assert_eq!(code, 0),
+            _ => {}
         }
     }
     // The first stdout frame was consumed above (at most one read's worth).

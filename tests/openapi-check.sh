@@ -18,11 +18,9 @@ SCHEMATHESIS_VERSION=4.32.5
 VENV=target/venv
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-300}
 
-say() { printf '==> openapi-check: %s\n' "$*"; }
-die() {
-    printf 'openapi-check: FAIL: %s\n' "$*" >&2
-    exit 1
-}
+SCRIPT=openapi-check
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 bin=${1:-}
 if [ -z "$bin" ]; then
@@ -41,7 +39,7 @@ if [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, versi
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 url=http://127.0.0.1:$port
 work=$PWD/target/schemathesis
 rm -rf "$work/report"

@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -546,7 +545,7 @@ fn error_responses_use_the_error_schema_and_name_every_kind() {
     }
 }
 
-/// A directory for this test's scripts, removed on drop.
+/// A scratch directory for this test, removed on drop.
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -555,13 +554,6 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
-    }
-
-    fn script(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
     }
 }
 
@@ -673,14 +665,15 @@ impl Probe<'_> {
         stream
     }
 
-    /// Reads a run to its end, checking every frame against the Frame schema; returns the frames.
+    /// Reads a run to its end, checking every frame as sent against the Frame schema (and that
+    /// it is the gateway's own `Frame`); returns the frames as JSON.
     async fn finish_run(&self, stream: RunStream) -> Vec<Value> {
-        let frames = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+        let frames = tokio::time::timeout(Duration::from_secs(30), stream.collect_json())
             .await
-            .expect("run ends")
-            .0;
+            .expect("run ends");
         for frame in &frames {
             self.spec.assert_valid(self.spec.schema("Frame"), frame, "frame");
+            serde_json::from_value::<common::Frame>(frame.clone()).unwrap_or_else(|e| panic!("{e}: {frame}"));
         }
         assert_eq!(frames[0]["type"], "session", "{frames:?}");
         assert_eq!(frames.last().unwrap()["type"], "exit", "{frames:?}");
@@ -981,15 +974,11 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     drop(busy);
     drop(gw);
 
-    // Docker mode whose engine answers but lacks the image: not ready.
-    let engine = Scratch::new("engine");
-    let docker = engine.script(
-        "docker",
-        "#!/bin/sh\ncase \"$1\" in\n  version) echo 99.0.0 ;;\n  ps) ;;\n  *) echo \"Error: No such image\" >&2; exit 1 ;;\nesac\n",
-    );
+    // Docker mode whose engine (the real one) answers but lacks the image: not ready.
+    let instance = format!("cligate-openapi-{}", std::process::id());
     let gw = Gateway::start(&[
         ("CODEX_DOCKER_IMAGE", "cligate-openapi-missing:latest"),
-        ("DOCKER_BIN", docker.to_str().unwrap()),
+        ("CLIGATE_INSTANCE", &instance),
     ])
     .await;
     let reply = probe.call(gw.addr, "GET", "/readyz", "/readyz", None, &[]).await;

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
@@ -295,17 +294,28 @@ async fn help_lists_every_variable_with_its_default() {
     let out = run_binary(&["--help"], &[]).await;
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for (name, default, _) in cligate::config::VARIABLES {
+    for v in cligate::config::VARIABLES {
         let line = help
             .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} is not in --help:\n{help}"));
-        let shown = if default.is_empty() {
+            .find(|l| l.split_whitespace().next() == Some(v.name))
+            .unwrap_or_else(|| panic!("{} is not in --help:\n{help}", v.name));
+        let shown = if v.default.is_empty() {
             "(unset)".to_string()
         } else {
-            format!("(default {default})")
+            format!("(default {})", v.default)
         };
-        assert!(line.ends_with(&shown), "{name}: {line:?} does not end with {shown:?}");
+        assert!(
+            line.ends_with(&shown),
+            "{}: {line:?} does not end with {shown:?}",
+            v.name
+        );
+        // Under its section's heading: the nearest heading above the line.
+        let heading = help
+            .lines()
+            .take_while(|l| *l != line)
+            .filter(|l| l.ends_with(':') && !l.starts_with(' '))
+            .last();
+        assert_eq!(heading, Some(format!("{}:", v.section.title()).as_str()), "{}", v.name);
     }
 }
 
@@ -329,13 +339,6 @@ impl Scratch {
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
-
-    fn script(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path.to_str().unwrap().to_string()
-    }
 }
 
 impl Drop for Scratch {
@@ -349,11 +352,8 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     let scratch = Scratch::new("engine");
-    // An engine that is never there, and says so on two lines.
-    let docker = scratch.script(
-        "docker",
-        "#!/bin/sh\necho 'Cannot connect to the Docker daemon.' >&2\necho 'Is the docker daemon running?' >&2\nexit 1\n",
-    );
+    // An engine that is never there.
+    let docker_host = format!("unix://{}/docker.sock", scratch.0.display());
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         (
             "RUN_RESPONSE_TIMEOUT_SECONDS",
@@ -367,7 +367,7 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
             vec![
                 ("LISTEN_ADDR", "127.0.0.1:0"),
                 ("CODEX_DOCKER_IMAGE", "cligate-ops:none"),
-                ("DOCKER_BIN", &docker),
+                ("DOCKER_HOST", &docker_host),
             ],
         ),
     ];

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Db, Gateway, RunStream, request};
+use common::{Db, EndReason, FrameFields, Gateway, RunStream, request};
 use serde_json::{Value, json};
 
 /// A CLI printing `n` numbered lines on stdout and every tenth on stderr, `pause` seconds apart.
@@ -184,7 +184,7 @@ async fn a_stream_reader_leaving_never_ends_the_run_and_stop_by_run_id_does(db: 
     assert_eq!(stop.status, 200);
     assert_eq!(stop.json(), json!({"run_id": run_id, "status": "stopped"}));
     let exit = attached.until("exit").await;
-    assert_eq!(exit["reason"], "stopped");
+    assert_eq!(exit.reason(), Some(EndReason::Stopped));
     assert!(attached.next().await.is_none());
     let record = get_json(&gw, &format!("/runs/{run_id}")).await;
     assert_eq!(record["state"], "finished");

@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, RunStream, fixtures, request};
+use common::{EndReason, FrameFields, Gateway, RunStream, fixtures, request};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -109,7 +109,7 @@ async fn a_run_is_seen_and_stopped_only_by_its_token_and_admins() {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let frames = stream.collect().await;
-    assert_eq!(frames.0.last().unwrap()["reason"], "stopped");
+    assert_eq!(frames.0.last().unwrap().reason(), Some(EndReason::Stopped));
 }
 
 #[tokio::test]
@@ -142,7 +142,10 @@ async fn the_owner_stops_its_own_run_and_a_nameless_token_is_named_by_its_hash()
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(stream.collect().await.0.last().unwrap()["reason"], "stopped");
+    assert_eq!(
+        stream.collect().await.0.last().unwrap().reason(),
+        Some(EndReason::Stopped)
+    );
 }
 
 #[tokio::test]

@@ -384,21 +384,26 @@ fn branch_run(branch: &str, script: &str, push: bool) -> Value {
     })
 }
 
+/// The frames as their JSON objects.
+fn values(frames: &common::Frames) -> Vec<Value> {
+    frames.0.iter().map(|f| serde_json::to_value(f).unwrap()).collect()
+}
+
 fn git_frame(frames: &common::Frames) -> Value {
-    let git: Vec<&Value> = frames.0.iter().filter(|f| f["type"] == "git").collect();
-    assert_eq!(git.len(), 1, "{:?}", frames.0);
-    let n = frames.0.len();
+    let all = values(frames);
+    let git: Vec<&Value> = all.iter().filter(|f| f["type"] == "git").collect();
+    assert_eq!(git.len(), 1, "{all:?}");
     assert_eq!(
-        frames.0[n - 2]["type"],
+        all[all.len() - 2]["type"],
         "git",
-        "the git frame comes just before exit: {:?}",
-        frames.0
+        "the git frame comes just before exit: {all:?}"
     );
     git[0].clone()
 }
 
 async fn record(gw: &Gateway, frames: &common::Frames) -> Value {
-    let run_id = frames.0[0]["run_id"].as_str().unwrap();
+    let first = values(frames).remove(0);
+    let run_id = first["run_id"].as_str().unwrap();
     let reply = gw.get(&format!("/runs/{run_id}")).await;
     assert_eq!(reply.status, 200);
     reply.json()
@@ -595,7 +600,7 @@ async fn a_branch_that_moved_on_the_remote_is_fast_forwarded_and_a_diverged_one_
     assert!(
         git_frame(&frames)["error"].as_str().unwrap().contains("diverged"),
         "{:?}",
-        frames.0
+        values(&frames)
     );
     let tree = s.gw.get("/projects/demo/tree?ref=ff").await.json();
     assert_eq!(tree["commit"], local.as_str(), "the local branch keeps its commit");
@@ -657,14 +662,14 @@ async fn two_branches_run_at_once_and_a_busy_branch_or_state_key_is_409() {
 
     std::fs::write(flags.path().join("a"), "").unwrap();
     std::fs::write(flags.path().join("b"), "").unwrap();
-    let git_a = a.until("git").await;
-    assert_eq!(a.until("exit").await["code"], 0);
-    let b = b.collect().await;
+    let git_a = serde_json::to_value(a.until("git").await).unwrap();
+    assert_eq!(serde_json::to_value(a.until("exit").await).unwrap()["code"], 0);
+    let b = values(&b.collect().await);
     assert_eq!(
-        b.0.last().unwrap(),
+        b.last().unwrap(),
         &json!({"type": "exit", "code": 0, "reason": "exited"})
     );
-    let git_b = b.0.iter().find(|f| f["type"] == "git").unwrap().clone();
+    let git_b = b.iter().find(|f| f["type"] == "git").unwrap().clone();
     for (git, branch) in [(git_a, "feature/a"), (git_b, "feature/b")] {
         assert_eq!(
             (git["committed"].clone(), git["pushed"].clone()),
@@ -926,7 +931,7 @@ async fn credentials_reach_git_only_through_askpass() {
     assert!(
         git_frame(&frames)["error"].as_str().unwrap().contains("cannot fetch"),
         "{:?}",
-        frames.0
+        values(&frames)
     );
 
     // Nowhere on disk: not in the logs, the records, the repositories' config or any file of

@@ -2,7 +2,6 @@
 //! answers, `DATA_DIR` is writable, and in docker mode the engine answers and the image exists).
 
 use crate::api::App;
-use crate::docker;
 
 /// Ok, or what is wrong.
 pub async fn ready(app: &App, shutting_down: bool) -> Result<serde_json::Value, String> {
@@ -21,19 +20,12 @@ pub async fn ready(app: &App, shutting_down: bool) -> Result<serde_json::Value, 
     std::fs::write(&probe, b"ok")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| format!("DATA_DIR is not writable ({}): {e}", app.runs.logs.root().display()))?;
-    let store = app.runs.store.backend().name();
-    let config = &app.config;
-    let Some(d) = config.docker() else {
-        return Ok(serde_json::json!({ "status": "ready", "mode": "local", "store": store, "store_ms": store_ms }));
-    };
-    let engine = docker::engine_version(&d.bin)
-        .await
-        .map_err(|e| format!("docker engine not reachable: {e:#}"))?;
-    docker::image_exists(&d.bin, &d.image)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    Ok(serde_json::json!({
-        "status": "ready", "mode": "docker", "engine": engine, "image": d.image,
-        "store": store, "store_ms": store_ms,
-    }))
+    let executor = &app.runs.executor;
+    let mut body = serde_json::Map::new();
+    body.insert("status".into(), "ready".into());
+    body.insert("mode".into(), executor.name().into());
+    body.extend(executor.ready().await?);
+    body.insert("store".into(), app.runs.store.backend().name().into());
+    body.insert("store_ms".into(), store_ms.into());
+    Ok(body.into())
 }

@@ -20,6 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
+use crate::exec::Executor;
 use crate::metrics::Metrics;
 use crate::run::containment::Containment;
 use crate::runs::Runs;
@@ -73,9 +74,13 @@ pub struct App {
 
 impl App {
     /// Opens the run service (store, logs, recovery of a crashed predecessor's runs).
-    pub async fn new(config: Arc<Config>, containment: Arc<Containment>) -> anyhow::Result<App> {
+    pub async fn new(
+        config: Arc<Config>,
+        containment: Arc<Containment>,
+        executor: Arc<dyn Executor>,
+    ) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
-        let runs = Arc::new(Runs::open(config.clone(), metrics.clone(), containment.clone()).await?);
+        let runs = Arc::new(Runs::open(config.clone(), metrics.clone(), containment.clone(), executor).await?);
         Ok(App {
             config,
             runs,

@@ -9,7 +9,6 @@ pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod request;
-pub mod spawn;
 pub mod supervisor;
 
 use std::sync::{Arc, OnceLock};

@@ -1,13 +1,10 @@
-//! Pure planning: a validated [`RunSpec`] plus the [`Config`] become a [`Launch`] — the exact
-//! program, argv and environment to start. Every rule of the contract about argv and env lives
-//! here, where it is unit-tested without spawning anything.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! The contract's rules about a run's argv and environment that hold whatever executes it:
+//! which variables are credentials, when a request points a CLI at another server (and so gets
+//! none of the operator's), how the model is inferred. Each executor's `plan` builds its
+//! [`Launch`](crate::exec::Launch) from these; the tests below check the plans of both.
 
 use super::request::RunSpec;
-use crate::config::{Config, DockerConfig, Mode};
-use crate::workspace::{CONTAINER_HOME, CONTAINER_WORKDIR, Place};
+use crate::config::Config;
 
 /// Gateway settings a launched process must not inherit: they are the gateway's own secrets.
 pub const GATEWAY_SECRETS: &[&str] = &["AUTH_TOKENS", "AUTH_TOKENS_FILE"];
@@ -28,7 +25,7 @@ pub fn is_credential(key: &str) -> bool {
 /// Whether the request points the CLI at a server other than the operator's: a
 /// `LITELLM_BASE_URL` other than the operator's, or any other base-URL-like variable. Such a
 /// run brings its own credentials or gets none: the operator's must never travel to it.
-fn redirects(spec: &RunSpec, config: &Config) -> bool {
+pub fn redirects(spec: &RunSpec, config: &Config) -> bool {
     spec.env.iter().any(|(key, value)| {
         if key == "LITELLM_BASE_URL" {
             return config.litellm_base_url.as_deref() != Some(value.as_str());
@@ -36,39 +33,6 @@ fn redirects(spec: &RunSpec, config: &Config) -> bool {
         let upper = key.to_ascii_uppercase();
         BASE_URL_SUFFIXES.iter().any(|s| upper.ends_with(s))
     })
-}
-
-/// Labels put on every container, so the gateway can find its own again after a crash.
-pub const LABEL_INSTANCE: &str = "cligate.instance";
-pub const LABEL_SESSION: &str = "cligate.session";
-pub const LABEL_RUN: &str = "cligate.run";
-
-/// The name of a run's container.
-pub fn container_name(run_id: &str) -> String {
-    format!("cligate-{run_id}")
-}
-
-/// What to start, and how.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Launch {
-    /// A bare name (looked up on the gateway's `PATH` when spawning) or a path.
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    /// Set on the launched process over the gateway's environment. In docker mode these are
-    /// the container's variables: the argv names them (`-e KEY`) and the `docker` client reads
-    /// their values from its own environment, so no value is ever on a command line.
-    pub env: BTreeMap<String, String>,
-    /// The container that runs the CLI (docker mode), to be ended through the engine.
-    pub container: Option<String>,
-    /// The model the run uses, when known (for logs and metrics).
-    pub model: Option<String>,
-    /// Variables of the gateway's environment the launched process must not inherit: the
-    /// gateway's credentials, when the request points the CLI at another server, and the
-    /// projects' git credentials (local mode).
-    pub env_remove: Vec<String>,
-    /// The working directory of the launched process (local mode: the branch's worktree); in
-    /// docker mode the worktree is mounted with `-v HOST:/workspace -w /workspace` instead.
-    pub cwd: Option<PathBuf>,
 }
 
 /// The model named by `--model X`, `-m X` or `--model=X` (the first of them).
@@ -86,7 +50,7 @@ pub fn model_from_args(args: &[String]) -> Option<&str> {
 }
 
 /// `args` without any model flag or its value.
-fn strip_model_flags(args: &[String]) -> Vec<String> {
+pub fn strip_model_flags(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -101,7 +65,7 @@ fn strip_model_flags(args: &[String]) -> Vec<String> {
 
 /// `auto` (any case) means the first configured model that is not `auto`; `None` when there is
 /// no such model.
-fn resolve_auto<'a>(model: &'a str, models: &'a [String]) -> Option<&'a str> {
+pub fn resolve_auto<'a>(model: &'a str, models: &'a [String]) -> Option<&'a str> {
     if model.eq_ignore_ascii_case("auto") {
         models
             .iter()
@@ -112,115 +76,20 @@ fn resolve_auto<'a>(model: &'a str, models: &'a [String]) -> Option<&'a str> {
     }
 }
 
-/// Builds the launch for `spec`. `run_id` names the container.
-pub fn plan(spec: &RunSpec, config: &Config, run_id: &str) -> Launch {
-    match &config.mode {
-        Mode::Local => Launch {
-            program: PathBuf::from(&spec.cli),
-            args: spec.args.clone(),
-            env: {
-                let mut env = spec.env.clone();
-                if let Some(home) = &spec.place.home {
-                    env.extend(Place::home_env(&home.local.to_string_lossy()));
-                }
-                env
-            },
-            container: None,
-            model: model_from_args(&spec.args).map(String::from),
-            env_remove: {
-                let mut remove: Vec<String> = if redirects(spec, config) {
-                    config
-                        .gateway_credentials
-                        .iter()
-                        .filter(|key| !spec.env.contains_key(*key))
-                        .cloned()
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                remove.extend(config.projects.secret_variables());
-                remove
-            },
-            cwd: spec.place.workdir.as_ref().map(|d| d.local.clone()),
-        },
-        Mode::Docker(docker) => plan_docker(spec, config, docker, run_id),
-    }
-}
-
-fn plan_docker(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &str) -> Launch {
-    let mut env = BTreeMap::new();
-    if let Some(url) = &config.litellm_base_url {
-        env.insert("LITELLM_BASE_URL".to_string(), url.clone());
-    }
-    // The operator's key goes only with the operator's base URL.
-    if let Some(key) = config.litellm_api_key.as_ref().filter(|_| !redirects(spec, config)) {
-        env.insert("LITELLM_API_KEY".to_string(), key.clone());
-    }
-    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.insert("CLI_PROVIDER_NAME".to_string(), spec.cli.clone());
-    let requested = spec
-        .env
-        .get("LITELLM_MODEL")
-        .map(String::as_str)
-        .filter(|m| !m.is_empty())
-        .or_else(|| model_from_args(&spec.args));
-    let model = requested
-        .and_then(|m| resolve_auto(m, &config.models))
-        .map(String::from);
-    match &model {
-        Some(m) => env.insert("LITELLM_MODEL".to_string(), m.clone()),
-        None => env.remove("LITELLM_MODEL"),
-    };
-
-    let container = container_name(run_id);
-    let mut args: Vec<String> = ["run", "--rm", "-i", "--init", "--name"].map(String::from).into();
-    args.push(container.clone());
-    for (label, value) in [
-        (LABEL_INSTANCE, docker.instance.as_str()),
-        (LABEL_SESSION, spec.session_id.as_str()),
-        (LABEL_RUN, run_id),
-    ] {
-        args.push("--label".into());
-        args.push(format!("{label}={value}"));
-    }
-    args.extend(["--security-opt", "no-new-privileges"].map(String::from));
-    args.extend(docker.run_options.iter().cloned());
-    if let Some(dir) = &spec.place.workdir {
-        args.push("-v".into());
-        args.push(format!("{}:{CONTAINER_WORKDIR}", dir.host.display()));
-        args.extend(["-w".into(), CONTAINER_WORKDIR.into()]);
-    }
-    if let Some(home) = &spec.place.home {
-        args.push("-v".into());
-        args.push(format!("{}:{CONTAINER_HOME}", home.host.display()));
-        env.extend(Place::home_env(CONTAINER_HOME));
-    }
-    for key in env.keys() {
-        args.push("-e".into());
-        args.push(key.clone());
-    }
-    args.push(docker.image.clone());
-    args.push(spec.cli.clone());
-    if spec.cli == "opencode" {
-        args.extend(strip_model_flags(&spec.args));
-    } else {
-        args.extend(spec.args.iter().cloned());
-    }
-
-    Launch {
-        program: docker.bin.clone(),
-        args,
-        env,
-        container: Some(container),
-        model,
-        env_remove: Vec::new(),
-        cwd: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::exec::Launch;
+
+    /// The launch the configured executor plans.
+    fn plan(spec: &RunSpec, config: &Config, run_id: &str) -> Launch {
+        crate::exec::for_config(&Arc::new(config.clone()))
+            .expect("an executor")
+            .plan(spec, run_id)
+    }
 
     fn config(extra: &[(&str, &str)]) -> Config {
         let mut vars: Vec<(String, String)> = vec![
@@ -241,7 +110,7 @@ mod tests {
             session_id: "s-1".into(),
             workspace: None,
             state_key: None,
-            place: Place::default(),
+            place: Default::default(),
         }
     }
 

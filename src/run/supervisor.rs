@@ -1,23 +1,19 @@
-//! Drives one launch to its end. The child gets its own process group; stdin is written while
-//! stdout and stderr are read, so no pipe can deadlock; the child is raced against the deadline,
-//! the idle timer, the output cap, a stop request and the client going away; whatever ends the
-//! run, the whole process tree (and in docker mode the container, through the engine) is ended
-//! and reaped before the supervisor returns. Frames go to the run's log at the child's pace; no
-//! reader can slow the child (readers follow the log), only the disk can.
+//! Drives one execution to its end, whatever executor started it. Stdin is written while stdout
+//! and stderr are read, so no pipe can deadlock; the execution is raced against the deadline,
+//! the idle timer, the output cap and a stop request; whatever ends the run, the executor ends
+//! and reaps all of it (process tree, container) before the supervisor returns. Frames go to the
+//! run's log at the child's pace; no reader can slow the child (readers follow the log), only
+//! the disk can.
 //! Processes that left the group (a new session, a detached child) are ended through the run's
 //! [`Scope`] (see [`super::containment`]).
 
-use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,11 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::containment::{Containment, Scope};
 use super::frame::{EndReason, Stream};
 use super::output::LineFramer;
-use super::plan::{GATEWAY_SECRETS, Launch};
-use super::spawn::{SpawnError, SpawnSpec, Spawned};
 use super::{End, Run, RunState};
-use crate::config::resolve_program;
-use crate::docker;
+use crate::exec::{Execution, Executor, Launch, StartFailure, Stdio};
 use crate::runlog::RunLog;
 
 /// Bytes read from a pipe at once.
@@ -111,54 +104,14 @@ impl Meter {
     }
 }
 
-/// The run's process group. Dropping it while armed kills the group: whatever happens to the
-/// supervising task (a panic, the runtime going down), nothing of the run is left running.
-struct ProcessGroup {
-    pgid: Pid,
-    armed: bool,
-}
-
-impl ProcessGroup {
-    fn signal(&self, signal: Signal) {
-        // ESRCH (the group is already empty) is the normal case at the end of a run.
-        let _ = killpg(self.pgid, signal);
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if self.armed {
-            self.signal(Signal::SIGKILL);
-        }
-    }
-}
-
-/// The run's container. Dropping it while armed removes it through the engine.
-struct Container {
-    docker: PathBuf,
-    name: String,
-    armed: bool,
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if self.armed {
-            let (docker, name) = (self.docker.clone(), std::mem::take(&mut self.name));
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { docker::remove(&docker, &name).await });
-            }
-        }
-    }
-}
-
 /// Runs `launch` to its end, appending its output frames (and the gateway's own stderr lines)
 /// to `sink`. The session and exit frames are the caller's: it records the end first.
 pub async fn supervise(
     run: &Run,
     containment: &Containment,
+    executor: &dyn Executor,
     launch: Launch,
     stdin: String,
-    search_path: &OsStr,
     limits: &Limits,
     sink: FrameSink,
 ) -> Outcome {
@@ -172,18 +125,21 @@ pub async fn supervise(
         log_broken: CancellationToken::new(),
     });
     let spawned = match containment.scope(&run.id) {
-        Ok(scope) => match spawn(&launch, search_path, &scope) {
-            Ok(child) => Ok((child, scope)),
+        Ok(scope) => match executor.start(&launch, &scope) {
+            Ok(execution) => Ok((execution, scope)),
             Err(failed) => {
                 scope.end().await;
                 Err(failed)
             }
         },
-        Err(e) => Err((1, format!("cligate: cannot create the run's cgroup: {e}\n"))),
+        Err(e) => Err(StartFailure {
+            code: 1,
+            message: format!("cligate: cannot create the run's cgroup: {e}\n"),
+        }),
     };
     let end = match spawned {
-        Ok((child, scope)) => drive(run, &launch, child, scope, stdin, limits, &meter, &sink).await,
-        Err((code, message)) => {
+        Ok((execution, scope)) => drive(run, execution, scope, stdin, limits, &meter, &sink).await,
+        Err(StartFailure { code, message }) => {
             send_text(&sink, Stream::Stderr, &message).await;
             End {
                 code,
@@ -199,93 +155,24 @@ pub async fn supervise(
     }
 }
 
-/// The gateway's own secrets that are set in its environment, read once (the environment does
-/// not change while the gateway serves). Only these are removed from a child's environment: any
-/// change to it makes std copy the whole environment on every spawn.
-fn inherited_secrets() -> &'static [&'static str] {
-    static PRESENT: OnceLock<Vec<&'static str>> = OnceLock::new();
-    PRESENT.get_or_init(|| {
-        GATEWAY_SECRETS
-            .iter()
-            .copied()
-            .filter(|key| std::env::var_os(key).is_some())
-            .collect()
-    })
-}
-
-/// Starts the process in a new process group inside the run's scope (see [`super::spawn`]: no
-/// fork), or says why it could not be started.
-fn spawn(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Spawned, (i32, String)> {
-    let shown = launch.program.display();
-    let program = launch
-        .program
-        .to_str()
-        .and_then(|p| resolve_program(p, search_path))
-        .ok_or_else(|| (127, format!("cligate: '{shown}' was not found on PATH\n")))?;
-    let mut remove: Vec<&str> = inherited_secrets().to_vec();
-    remove.extend(launch.env_remove.iter().map(String::as_str));
-    let marked;
-    let env = match scope.marker() {
-        Some((key, value)) => {
-            marked = {
-                let mut env = launch.env.clone();
-                env.insert(key.to_string(), value.to_string());
-                env
-            };
-            &marked
-        }
-        None => &launch.env,
-    };
-    let spec = SpawnSpec {
-        program: &program,
-        args: &launch.args,
-        env,
-        env_remove: &remove,
-        cgroup_procs: scope.cgroup_procs(),
-        cwd: launch.cwd.as_deref(),
-    };
-    super::spawn::spawn(&spec).map_err(|e| match e {
-        SpawnError::Cgroup(e) => (
-            1,
-            format!("cligate: cannot move '{shown}' into the run's cgroup: {e}\n"),
-        ),
-        SpawnError::Start(e) => {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => 127,
-                std::io::ErrorKind::PermissionDenied => 126,
-                _ => 1,
-            };
-            (code, format!("cligate: cannot start '{shown}': {e}\n"))
-        }
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
 async fn drive(
     run: &Run,
-    launch: &Launch,
-    mut child: Spawned,
+    mut execution: Box<dyn Execution>,
     scope: Scope,
     stdin: String,
     limits: &Limits,
     meter: &Arc<Meter>,
     sink: &FrameSink,
 ) -> End {
-    let pid = child.id();
-    let mut group = ProcessGroup {
-        pgid: Pid::from_raw(pid as i32),
-        armed: true,
-    };
-    let mut container = launch.container.as_ref().map(|name| Container {
-        docker: launch.program.clone(),
-        name: name.clone(),
-        armed: true,
-    });
-    run.set_state(RunState::Running { pid });
+    run.set_state(RunState::Running { pid: execution.pid() });
+    let Stdio {
+        stdin: mut stdin_pipe,
+        stdout,
+        stderr,
+    } = execution.stdio().expect("a started execution has its pipes");
 
     // Written concurrently with reading: a child that echoes its input cannot deadlock, and one
     // that never reads it (a closed pipe) is not an error.
-    let mut stdin_pipe = child.stdin.take().expect("stdin is piped");
     // An empty stdin needs no task: dropping the pipe closes it.
     let writer = (!stdin.is_empty()).then(|| {
         tokio::spawn(async move {
@@ -295,27 +182,15 @@ async fn drive(
     });
     let ended = CancellationToken::new();
     let pumps = [
-        tokio::spawn(pump(
-            child.stdout.take().expect("stdout is piped"),
-            Stream::Stdout,
-            sink.clone(),
-            meter.clone(),
-            ended.clone(),
-        )),
-        tokio::spawn(pump(
-            child.stderr.take().expect("stderr is piped"),
-            Stream::Stderr,
-            sink.clone(),
-            meter.clone(),
-            ended.clone(),
-        )),
+        tokio::spawn(pump(stdout, Stream::Stdout, sink.clone(), meter.clone(), ended.clone())),
+        tokio::spawn(pump(stderr, Stream::Stderr, sink.clone(), meter.clone(), ended.clone())),
     ];
 
     let deadline = limits.timeout.map(|t| tokio::time::Instant::from_std(meter.start + t));
     let mut exited: Option<ExitStatus> = None;
     let reason = tokio::select! {
-        status = child.wait() => {
-            exited = status.ok();
+        status = execution.wait() => {
+            exited = Some(status);
             EndReason::Exited
         }
         reason = run.stop_requested() => reason,
@@ -327,22 +202,14 @@ async fn drive(
 
     let status = match exited {
         Some(status) => status,
-        None => terminate(&mut child, &group, container.as_ref(), limits.kill_grace).await,
+        None => execution.terminate(limits.kill_grace).await,
     };
     // Anything still in the group is a leftover of this run; so is anything that left the group.
     // Once the scope is empty, no pipe of the run is held open any more.
-    group.signal(Signal::SIGKILL);
-    group.armed = false;
+    execution.finish(reason == EndReason::Exited).await;
     let escaped = scope.end().await;
     if escaped > 0 {
         tracing::debug!(run_id = run.id, processes = escaped, "ended what was left of the run");
-    }
-    if let Some(c) = container.as_mut() {
-        if reason != EndReason::Exited {
-            // The client may have died between creating and starting the container.
-            docker::remove(&c.docker, &c.name).await;
-        }
-        c.armed = false;
     }
     if let Some(writer) = writer {
         writer.abort();
@@ -359,36 +226,6 @@ async fn drive(
         send_text(sink, Stream::Stderr, &text).await;
     }
     End { code, reason }
-}
-
-/// Ends the run's process tree: SIGTERM, the grace period, then SIGKILL. In docker mode the
-/// signals go to the container through the engine; killing only the `docker` client would leave
-/// the container running.
-async fn terminate(
-    child: &mut Spawned,
-    group: &ProcessGroup,
-    container: Option<&Container>,
-    grace: Duration,
-) -> ExitStatus {
-    match container {
-        Some(c) => {
-            if let Err(e) = docker::kill(&c.docker, &c.name, "TERM").await {
-                tracing::debug!(container = %c.name, error = %e, "docker kill");
-            }
-        }
-        None => group.signal(Signal::SIGTERM),
-    }
-    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
-        return status;
-    }
-    if let Some(c) = container {
-        docker::remove(&c.docker, &c.name).await;
-    }
-    group.signal(Signal::SIGKILL);
-    match child.wait().await {
-        Ok(status) => status,
-        Err(_) => ExitStatus::from_raw(Signal::SIGKILL as i32),
-    }
 }
 
 /// Waits for both pumps to deliver what the pipes still hold. A slow client is waited for; a

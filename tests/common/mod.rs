@@ -1,21 +1,21 @@
 //! Shared test helpers: start the real gateway on a free loopback port, talk to it over a real
-//! socket, read NDJSON frames, and check that processes are really gone.
+//! socket with the one client ([`client`], shared with the benches), and check that processes
+//! are really gone.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod pg;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use client::{Conn, EndReason, Frame, FrameFields, Frames, Reply, RunStream, pids_in, request, static_busybox};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -151,297 +151,6 @@ pub async fn run_to_end(addr: SocketAddr, body: Value) -> Frames {
     stream.collect().await
 }
 
-/// A complete response.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    /// Asserts the gateway's error shape and status.
-    pub fn assert_error(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "body: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
-        let body = self.json();
-        assert_eq!(body["code"], status, "{body}");
-        assert!(
-            body["error"].is_string() && body["message"].is_string() && body["detail"].is_string(),
-            "{body}"
-        );
-        body
-    }
-}
-
-async fn connect(addr: SocketAddr) -> (hyper::client::conn::http1::SendRequest<Full<Bytes>>, JoinHandle<()>) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (sender, task)
-}
-
-fn build(method: &str, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "cligate.test");
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap()
-}
-
-/// One request on a fresh connection, read to the end.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let (mut sender, task) = connect(addr).await;
-    let response = sender
-        .send_request(build(method, path, body, headers))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    task.abort();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-/// An open `POST /run` response, read frame by frame. Dropping it closes the connection.
-pub struct RunStream {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    body: Incoming,
-    buf: Vec<u8>,
-    conn: JoinHandle<()>,
-}
-
-impl RunStream {
-    pub async fn open(addr: SocketAddr, body: Vec<u8>, headers: &[(&str, &str)]) -> RunStream {
-        RunStream::request(addr, "POST", "/run", Some(body), headers).await
-    }
-
-    /// Any streamed answer, e.g. `GET /runs/{id}/stream?offset=N`.
-    pub async fn request(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(&str, &str)],
-    ) -> RunStream {
-        let (mut sender, conn) = connect(addr).await;
-        let response = sender
-            .send_request(build(method, path, body, headers))
-            .await
-            .expect("response");
-        let (parts, body) = response.into_parts();
-        RunStream {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            buf: Vec::new(),
-            conn,
-        }
-    }
-
-    /// The next piece of the body exactly as received (`None` at its end).
-    pub async fn next_bytes(&mut self) -> Option<Bytes> {
-        self.try_next_bytes()
-            .await
-            .unwrap_or_else(|e| panic!("stream broke: {e}"))
-    }
-
-    /// The next piece of the body, `Ok(None)` at its end, `Err` when the connection broke.
-    pub async fn try_next_bytes(&mut self) -> Result<Option<Bytes>, String> {
-        if !self.buf.is_empty() {
-            return Ok(Some(Bytes::from(std::mem::take(&mut self.buf))));
-        }
-        loop {
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        return Ok(Some(data));
-                    }
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Ok(None),
-            }
-        }
-    }
-
-    /// The rest of the body, exactly as received.
-    pub async fn raw_to_end(mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(piece) = self.next_bytes().await {
-            out.extend_from_slice(&piece);
-        }
-        out
-    }
-
-    /// The rest of the body as text (for refused runs).
-    pub async fn error_body(&mut self) -> String {
-        let mut out = std::mem::take(&mut self.buf);
-        while let Some(Ok(frame)) = self.body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                out.extend_from_slice(&data);
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    /// The next frame, or `None` at the end of the stream.
-    pub async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return Some(
-                    serde_json::from_slice(&line)
-                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {:?}", String::from_utf8_lossy(&line))),
-                );
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => panic!("stream broke: {e}"),
-                None => {
-                    assert!(self.buf.is_empty(), "stream ended inside a frame: {:?}", self.buf);
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// The next frame within `limit`.
-    pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
-        tokio::time::timeout(limit, self.next()).await.expect("a frame in time")
-    }
-
-    /// Reads frames until one of type `kind` arrives, returning it.
-    pub async fn until(&mut self, kind: &str) -> Value {
-        loop {
-            let frame = self
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("stream ended before a {kind} frame"));
-            if frame["type"] == kind {
-                return frame;
-            }
-        }
-    }
-
-    /// Reads stdout frames until their text contains `needle`; returns all stdout text read.
-    pub async fn stdout_until(&mut self, needle: &str) -> String {
-        let mut text = String::new();
-        while !text.contains(needle) {
-            let frame = self
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("ended before {needle:?}; got {text:?}"));
-            if frame["type"] == "stdout" {
-                text.push_str(frame["data"].as_str().unwrap());
-            }
-        }
-        text
-    }
-
-    /// Reads stdout until `n` pids (`pid <n>` lines, as the fixtures print them) have arrived.
-    pub async fn pids(&mut self, n: usize) -> Vec<u32> {
-        let mut text = String::new();
-        while pids_in(&text).len() < n {
-            text.push_str(&self.stdout_until("\n").await);
-        }
-        pids_in(&text)
-    }
-
-    /// Every remaining frame.
-    pub async fn collect(mut self) -> Frames {
-        let mut frames = Vec::new();
-        while let Some(f) = self.next().await {
-            frames.push(f);
-        }
-        Frames(frames)
-    }
-
-    /// Closes the connection without reading further (the client goes away).
-    pub fn disconnect(self) {
-        self.conn.abort();
-    }
-}
-
-impl Drop for RunStream {
-    fn drop(&mut self) {
-        self.conn.abort();
-    }
-}
-
-/// The frames of a finished run.
-#[derive(Debug)]
-pub struct Frames(pub Vec<Value>);
-
-impl Frames {
-    pub fn text(&self, kind: &str) -> String {
-        self.0
-            .iter()
-            .filter(|f| f["type"] == kind)
-            .map(|f| f["data"].as_str().unwrap())
-            .collect()
-    }
-
-    pub fn stdout(&self) -> String {
-        self.text("stdout")
-    }
-
-    pub fn stderr(&self) -> String {
-        self.text("stderr")
-    }
-
-    /// Checks the stream's shape (session first, exactly one exit last) and returns the exit.
-    pub fn exit(&self) -> (i64, String) {
-        let frames = &self.0;
-        assert!(frames.len() >= 2, "{frames:?}");
-        assert_eq!(frames[0]["type"], "session", "{frames:?}");
-        let last = frames.last().unwrap();
-        assert_eq!(last["type"], "exit", "{frames:?}");
-        assert_eq!(frames.iter().filter(|f| f["type"] == "exit").count(), 1, "{frames:?}");
-        (
-            last["code"].as_i64().unwrap(),
-            last["reason"].as_str().unwrap().to_string(),
-        )
-    }
-
-    pub fn session(&self) -> String {
-        self.0[0]["id"].as_str().unwrap().to_string()
-    }
-}
-
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -466,14 +175,6 @@ pub async fn assert_gone(pids: &[u32], limit: Duration) {
         assert!(start.elapsed() < limit, "still running after {limit:?}: {pids:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Pids announced by the `spawn-tree` fixture (`pid <n>` lines).
-pub fn pids_in(text: &str) -> Vec<u32> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("pid "))
-        .map(|p| p.trim().parse().unwrap())
-        .collect()
 }
 
 /// The resident set size of this process, in KiB.
