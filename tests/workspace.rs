@@ -982,3 +982,76 @@ async fn a_state_key_gives_the_cli_a_home_that_outlives_its_run() {
         .await;
     assert!(other.stdout().contains("none"), "{}", other.stdout());
 }
+
+/// A "remote" that accepts connections and never answers; the URL of a repository on it.
+async fn silent_remote() -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/silent.git", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (url, task)
+}
+
+/// Waits until no process's command line names `needle`; panics after 10 s.
+async fn assert_no_process_naming(needle: &str) {
+    for _ in 0..200 {
+        if command_lines_holding(needle).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still running: {:?}", command_lines_holding(needle));
+}
+
+#[tokio::test]
+async fn a_remote_that_never_answers_is_bounded_by_the_git_timeout_and_by_a_stop() {
+    let (url, _remote) = silent_remote().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = projects_file(dir.path(), &[("slow", &url, "")]).display().to_string();
+    let run = |sid: &str| {
+        json!({"cli": "sh", "args": ["-c", "echo ran"], "session_id": sid,
+            "workspace": {"project": "slow", "branch": "b"}})
+    };
+
+    let gw = Gateway::start(&[("PROJECTS_FILE", &file), ("GIT_TIMEOUT_SECONDS", "1")]).await;
+    let frames = gw.run_to_end(run("slow-1")).await;
+    assert_eq!(frames.exit(), (1, "workspace".into()));
+    assert!(!frames.stdout().contains("ran"));
+    let error = git_frame(&frames)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("cannot fetch") && error.contains("GIT_TIMEOUT_SECONDS"),
+        "{error}"
+    );
+    assert_no_process_naming(&url).await;
+    drop(gw);
+
+    // A stop while the fetch hangs ends the run at once, and git with it.
+    let gw = Gateway::start(&[("PROJECTS_FILE", &file), ("GIT_TIMEOUT_SECONDS", "600")]).await;
+    let mut stream = RunStream::open(gw.addr, run("slow-2").to_string().into_bytes(), &[]).await;
+    assert_eq!(stream.status, 200);
+    loop {
+        let frame = serde_json::to_value(stream.next().await.expect("a frame")).unwrap();
+        if frame["data"].as_str().is_some_and(|d| d.contains("git fetch origin")) {
+            break;
+        }
+    }
+    let stopped = gw.post("/sessions/slow-2/stop", "").await;
+    assert_eq!(stopped.status, 200, "{:?}", stopped.body);
+    let rest = values(&stream.collect().await);
+    assert_eq!(
+        rest.last().unwrap(),
+        &json!({"type": "exit", "code": 143, "reason": "stopped"})
+    );
+    let git = &rest[rest.len() - 2];
+    assert!(git["error"].as_str().unwrap().contains("stopped"), "{git}");
+    assert_no_process_naming(&url).await;
+    // The branch is free again (a detached run on it is taken, then stopped).
+    let again = gw.post("/runs", &run("slow-3").to_string()).await;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    let run_id = again.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(gw.post(&format!("/runs/{run_id}/stop"), "").await.status, 200);
+}

@@ -194,7 +194,9 @@ impl Git {
                 .env_remove("CLIGATE_GIT_PASSWORD"),
         };
         let mut child = cmd.spawn().map_err(Failure::Spawn)?;
-        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        // Whatever ends this step early (the timeout, a stopped run dropping it), git and its
+        // helpers (`git-remote-http`, `ssh`) go with it.
+        let mut group = Group(child.id().map(|p| Pid::from_raw(p as i32)));
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let work = async {
@@ -204,13 +206,10 @@ impl Git {
         };
         let ((stdout, truncated), (stderr, _), status) = match tokio::time::timeout(self.timeout, work).await {
             Ok(done) => done,
-            Err(_) => {
-                if let Some(pgid) = pgid {
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                return Err(Failure::Timeout(self.timeout));
-            }
+            Err(_) => return Err(Failure::Timeout(self.timeout)),
         };
+        // Reaped: its number may be reused, so the group is no longer ours to signal.
+        group.0 = None;
         let status = status.map_err(Failure::Spawn)?;
         let stderr = redact(&String::from_utf8_lossy(&stderr), credential);
         Ok(Output {
@@ -235,6 +234,17 @@ impl Git {
             if message.is_empty() { "" } else { ": " },
             message
         )))
+    }
+}
+
+/// A running step's process group, killed when dropped.
+struct Group(Option<Pid>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
     }
 }
 
