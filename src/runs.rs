@@ -113,13 +113,13 @@ impl Runs {
         )
         .await?;
         let logs = LogDir::open(config.data_dir.join("logs"))
+            .and_then(|logs| logs.in_memory(config.run_log_in_memory).keep_spares())
             .map_err(|e| {
                 anyhow::anyhow!(
                     "DATA_DIR: cannot create '{}': {e}",
                     config.data_dir.join("logs").display()
                 )
-            })?
-            .in_memory(config.run_log_in_memory);
+            })?;
         let callbacks = Callbacks::new(
             callbacks::Settings::from_config(&config),
             store.clone(),
