@@ -606,3 +606,86 @@ fn short(sha: &str) -> &str {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worktrees_map_to_the_host_root_and_homes_are_per_owner() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::from_vars([
+            ("DATA_DIR".to_string(), tmp.path().display().to_string()),
+            ("WORKSPACE_HOST_ROOT".to_string(), "/srv/cligate/ws".to_string()),
+        ])
+        .unwrap();
+        let ws = Workspaces::open(&config).unwrap();
+        let w = WorkspaceSpec {
+            project: "p".into(),
+            branch: "codex/1".into(),
+            base: "dev".into(),
+            commit: true,
+            commit_message: None,
+            push: false,
+        };
+        let alice = ws.place(Some(&w), Some("k"), Some("alice")).unwrap();
+        let workdir = alice.workdir.unwrap();
+        assert_eq!(workdir.host, Path::new("/srv/cligate/ws/p/trees/codex%2F1"));
+        assert_eq!(workdir.local, tmp.path().join("workspaces/p/trees/codex%2F1"));
+        let home = alice.home.unwrap();
+        assert!(home.local.starts_with(tmp.path().join("state")) && home.local.ends_with("k"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&home.local).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let bob = ws.place(None, Some("k"), Some("bob")).unwrap();
+        assert!(bob.workdir.is_none());
+        assert_ne!(
+            bob.home.unwrap().local,
+            home.local,
+            "one token cannot use another's home"
+        );
+        let open = ws.place(None, Some("k"), None).unwrap();
+        assert_eq!(open.home.unwrap().local, tmp.path().join("state/_/k"));
+    }
+
+    #[test]
+    fn a_branch_and_a_state_key_are_held_until_the_claim_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::from_vars([("DATA_DIR".to_string(), tmp.path().display().to_string())]).unwrap();
+        let ws = Workspaces::open(&config).unwrap();
+        let w = WorkspaceSpec {
+            project: "p".into(),
+            branch: "b".into(),
+            base: "dev".into(),
+            commit: true,
+            commit_message: None,
+            push: false,
+        };
+        let claim = ws.claim(Some(&w), Some("k"), None).unwrap();
+        assert!(
+            ws.claim(Some(&w), None, None)
+                .unwrap_err()
+                .0
+                .contains("branch 'b' of project 'p' is busy")
+        );
+        assert!(
+            ws.claim(None, Some("k"), None)
+                .unwrap_err()
+                .0
+                .contains("state_key 'k' is busy")
+        );
+        // Another token's key of the same name is another home.
+        assert!(ws.claim(None, Some("k"), Some("alice")).is_ok());
+        // A refused claim takes nothing.
+        let other = WorkspaceSpec {
+            branch: "c".into(),
+            ..w.clone()
+        };
+        assert!(ws.claim(Some(&other), Some("k"), None).is_err());
+        drop(claim);
+        let _both = ws.claim(Some(&other), Some("k"), None).unwrap();
+        assert!(ws.claim(Some(&w), None, None).is_ok());
+    }
+}
