@@ -149,9 +149,21 @@ async fn round_trip_keeps_every_field(ctx: Ctx) {
     );
     assert_eq!(api["detached"], true);
     let fields: Vec<&str> = api.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(fields.len(), 21, "{fields:?}");
+    assert_eq!(fields.len(), 22, "{fields:?}");
+    assert_eq!(api["git"]["error"], "x");
     let api = serde_json::to_value(s.get("run-bare").await.unwrap()).unwrap();
     assert!(api["finished_at"].is_null() && api["callback"].is_null() && api["model"].is_null());
+    assert!(api["git"].is_null());
+    // A run on a branch gets its git outcome when it ends.
+    s.insert(&record("run-git", "s", T0)).await.unwrap();
+    let git = json!({"project": "p", "branch": "b", "head": "abc", "committed": true, "pushed": false,
+        "error": "push failed"});
+    let end = Finish {
+        git: Some(git.clone()),
+        ..finished(T0 + 1, 10)
+    };
+    assert!(s.finish("run-git", &end).await.unwrap());
+    assert_eq!(s.get("run-git").await.unwrap().unwrap().git, Some(git));
 }
 
 async fn final_records_never_change(ctx: Ctx) {
