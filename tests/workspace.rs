@@ -1055,3 +1055,34 @@ async fn a_remote_that_never_answers_is_bounded_by_the_git_timeout_and_by_a_stop
     let run_id = again.json()["run_id"].as_str().unwrap().to_string();
     assert_eq!(gw.post(&format!("/runs/{run_id}/stop"), "").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_cli_that_repoints_the_worktrees_git_link_cannot_make_the_gateways_git_run_its_code() {
+    let s = setup(&[]).await;
+    let evil = tempfile::tempdir().unwrap();
+    let marker = evil.path().join("filter-ran");
+    // The CLI makes a repository whose config defines a filter, points the worktree's `.git`
+    // at it and asks for the filter on every file: a gateway that read that `.git` would run it
+    // on `git add`.
+    let script = format!(
+        "git init -q {dir}/r && git -C {dir}/r config filter.evil.clean 'touch {marker}; cat' && \
+         printf 'gitdir: {dir}/r/.git\\n' > .git && printf '* filter=evil\\n' > .gitattributes && \
+         printf 'x\\n' > x.txt",
+        dir = evil.path().display(),
+        marker = marker.display(),
+    );
+    let frames = s.gw.run_to_end(branch_run("evil", &script, true)).await;
+    assert_eq!(frames.exit(), (0, "exited".into()), "{}", frames.stderr());
+    let git = git_frame(&frames);
+    assert_eq!(
+        (git["committed"].clone(), git["pushed"].clone(), git["error"].clone()),
+        (json!(true), json!(true), Value::Null)
+    );
+    assert!(!marker.exists(), "the gateway's git ran the CLI's filter");
+    let head = s.remote.head("evil").unwrap();
+    assert_eq!(git_in(&s.remote.bare(), &["show", &format!("{head}:x.txt")]), "x");
+    // The next run on the branch is set up as usual.
+    let frames = s.gw.run_to_end(branch_run("evil", "cat x.txt", false)).await;
+    assert_eq!(frames.stdout(), "x\n", "{}", frames.stderr());
+    assert!(!marker.exists());
+}

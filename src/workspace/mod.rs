@@ -36,7 +36,8 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::run::frame::{Stream, encode_output};
 use crate::runlog::RunLog;
-use git::{Failure, Git};
+use git::{Failure, Git, Output};
+use projects::Credential;
 use projects::{Project, Projects};
 
 /// Where the worktree is mounted in a container, and its working directory.
@@ -127,6 +128,14 @@ impl Drop for Claim {
             }
         }
     }
+}
+
+/// A branch's worktree and the options that point git at it (see [`Workspaces::worktree`]).
+#[derive(Debug)]
+struct Tree {
+    dir: PathBuf,
+    git_dir: String,
+    work_tree: String,
 }
 
 /// Per project: the lock its network and ref steps take turns on, and when a preview of a ref
@@ -345,6 +354,56 @@ impl Workspaces {
         Ok(out.ok().then(|| out.text()).filter(|s| !s.is_empty()))
     }
 
+    /// The branch's worktree, with its git directory found from the repository's side: the
+    /// `worktrees/*/gitdir` file (which the CLI cannot reach in docker mode) that names the
+    /// worktree. Git is then always pointed at that directory explicitly and never reads the
+    /// worktree's own `.git` file, which a container can rewrite to point git at a
+    /// configuration of its choosing (a `filter` that `git add` would run here, an `insteadOf`
+    /// that would send the credential elsewhere).
+    fn worktree(&self, project: &str, branch_name: &str) -> Result<Tree, Failure> {
+        let dir = self.tree_dir(project, branch_name);
+        let missing = || {
+            Failure::Failed(format!(
+                "the worktree of branch '{branch_name}' is not registered in the repository"
+            ))
+        };
+        let real = std::fs::canonicalize(&dir).map_err(|_| missing())?;
+        let registered = std::fs::read_dir(self.repo_dir(project).join("worktrees")).map_err(|_| missing())?;
+        for entry in registered.flatten() {
+            let Ok(named) = std::fs::read_to_string(entry.path().join("gitdir")) else {
+                continue;
+            };
+            let names_it = Path::new(named.trim())
+                .parent()
+                .and_then(|p| std::fs::canonicalize(p).ok())
+                .is_some_and(|p| p == real);
+            if names_it {
+                return Ok(Tree {
+                    git_dir: format!("--git-dir={}", entry.path().display()),
+                    work_tree: format!("--work-tree={}", dir.display()),
+                    dir,
+                });
+            }
+        }
+        Err(missing())
+    }
+
+    /// `git --git-dir=… --work-tree=… <args>` in the worktree.
+    async fn in_tree(&self, tree: &Tree, args: &[&str], credential: Option<&Credential>) -> Result<Output, Failure> {
+        let mut all = vec![tree.git_dir.as_str(), tree.work_tree.as_str()];
+        all.extend_from_slice(args);
+        self.git.check(&tree.dir, &all, credential).await
+    }
+
+    /// [`Workspaces::resolve`] in the worktree.
+    async fn resolve_in(&self, tree: &Tree, reference: &str) -> Result<Option<String>, Failure> {
+        let spec = format!("{reference}^{{commit}}");
+        let mut all = vec![tree.git_dir.as_str(), tree.work_tree.as_str()];
+        all.extend_from_slice(&["rev-parse", "--verify", "--quiet", "--end-of-options", &spec]);
+        let out = self.git.run(&tree.dir, &all, None).await?;
+        Ok(out.ok().then(|| out.text()).filter(|s| !s.is_empty()))
+    }
+
     /// Before the CLI: fetch; create the branch from `origin/<base>` when it is new (or from
     /// `origin/<branch>` when only the remote has it); check out its worktree, cleaned of
     /// whatever an interrupted run left uncommitted; fast-forward to the remote. Local commits
@@ -353,7 +412,7 @@ impl Workspaces {
     /// is said in the run's log. Returns the message to refuse the run with.
     pub async fn prepare(&self, w: &WorkspaceSpec, log: &RunLog) -> Result<(), String> {
         let project = self.project(&w.project)?;
-        let tree = self.tree_dir(&w.project, &w.branch);
+        let tree_path = self.tree_dir(&w.project, &w.branch);
         let remote_ref = format!("refs/remotes/origin/{}", w.branch);
         let lock = self.lock(&project.id);
         let failed = |what: &str, e: Failure| format!("{what}: {e}");
@@ -403,15 +462,15 @@ impl Workspaces {
                     .await
                     .map_err(|e| failed("cannot create the branch", e))?;
             }
-            if !tree.join(".git").exists() {
-                if tree.exists() {
-                    std::fs::remove_dir_all(&tree).map_err(|e| format!("cannot remove a broken worktree: {e}"))?;
+            if !tree_path.join(".git").exists() {
+                if tree_path.exists() {
+                    std::fs::remove_dir_all(&tree_path).map_err(|e| format!("cannot remove a broken worktree: {e}"))?;
                 }
                 self.git
                     .check(&repo, &["worktree", "prune"], None)
                     .await
                     .map_err(|e| failed("git", e))?;
-                let tree_arg = tree.to_string_lossy().to_string();
+                let tree_arg = tree_path.to_string_lossy().to_string();
                 say(log, &format!("git worktree add for '{}'", w.branch));
                 self.git
                     .check(&repo, &["worktree", "add", "--quiet", &tree_arg, &w.branch], None)
@@ -419,16 +478,18 @@ impl Workspaces {
                     .map_err(|e| failed("cannot create the branch's worktree", e))?;
             }
         }
+        let tree = self.worktree(&w.project, &w.branch).map_err(|e| failed("git", e))?;
         // What an interrupted run left uncommitted is not this run's to commit.
-        self.git
-            .check(&tree, &["reset", "--quiet", "--hard", "HEAD"], None)
+        self.in_tree(&tree, &["reset", "--quiet", "--hard", "HEAD"], None)
             .await
             .map_err(|e| failed("cannot clean the worktree", e))?;
-        self.git
-            .check(&tree, &["clean", "-ffdq"], None)
+        self.in_tree(&tree, &["clean", "-ffdq"], None)
             .await
             .map_err(|e| failed("cannot clean the worktree", e))?;
-        let remote = self.resolve(&tree, &remote_ref).await.map_err(|e| failed("git", e))?;
+        let remote = self
+            .resolve_in(&tree, &remote_ref)
+            .await
+            .map_err(|e| failed("git", e))?;
         let range = remote.as_ref().map(|r| format!("HEAD...{r}"));
         let args: &[&str] = match &range {
             // Commits only here, and commits only on the remote.
@@ -437,8 +498,7 @@ impl Workspaces {
             None => &["rev-list", "--count", "HEAD", "--not", "--remotes=origin"],
         };
         let counts = self
-            .git
-            .check(&tree, args, None)
+            .in_tree(&tree, args, None)
             .await
             .map_err(|e| failed("git", e))?
             .text();
@@ -452,8 +512,7 @@ impl Workspaces {
                     log,
                     &format!("fast-forwarding to origin/{} ({})", w.branch, short(&remote)),
                 );
-                self.git
-                    .check(&tree, &["merge", "--quiet", "--ff-only", &remote], None)
+                self.in_tree(&tree, &["merge", "--quiet", "--ff-only", &remote], None)
                     .await
                     .map_err(|e| failed("cannot fast-forward to the remote", e))?;
             }
@@ -515,32 +574,36 @@ impl Workspaces {
             report.error = Some(format!("project '{}' is not configured", w.project));
             return report;
         };
-        let tree = self.tree_dir(&w.project, &w.branch);
+        let tree = match self.worktree(&w.project, &w.branch) {
+            Ok(tree) => tree,
+            Err(e) => {
+                report.error = Some(format!("cannot commit: {e}"));
+                return report;
+            }
+        };
         let step = async {
             let status = self
-                .git
-                .check(&tree, &["status", "--porcelain", "--untracked-files=all"], None)
+                .in_tree(&tree, &["status", "--porcelain", "--untracked-files=all"], None)
                 .await?;
             let changed = status.text().lines().count();
             if changed == 0 {
                 say(log, "nothing to commit");
             } else if w.commit {
-                self.git.check(&tree, &["add", "--all"], None).await?;
+                self.in_tree(&tree, &["add", "--all"], None).await?;
                 let message = w.commit_message.as_deref().unwrap_or(default_message);
-                self.git
-                    .check(
-                        &tree,
-                        &[
-                            "commit",
-                            "--quiet",
-                            "--no-verify",
-                            "--allow-empty-message",
-                            "-m",
-                            message,
-                        ],
-                        None,
-                    )
-                    .await?;
+                self.in_tree(
+                    &tree,
+                    &[
+                        "commit",
+                        "--quiet",
+                        "--no-verify",
+                        "--allow-empty-message",
+                        "-m",
+                        message,
+                    ],
+                    None,
+                )
+                .await?;
                 report.committed = true;
             } else {
                 say(
@@ -553,7 +616,7 @@ impl Workspaces {
         if let Err(e) = step.await {
             report.error = Some(format!("cannot commit: {e}"));
         }
-        report.head = self.resolve(&tree, "HEAD").await.ok().flatten();
+        report.head = self.resolve_in(&tree, "HEAD").await.ok().flatten();
         if let (true, Some(head)) = (report.committed, &report.head) {
             say(log, &format!("committed {}", short(head)));
         }
