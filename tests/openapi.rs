@@ -1022,8 +1022,9 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     std::fs::write(
         &projects,
         format!(
-            "[projects.myproj]\nurl = \"{}\"\nbase = \"dev\"\n",
-            repo.0.join("origin.git").display()
+            "[projects.myproj]\nurl = \"{}\"\nbase = \"dev\"\n[projects.gone]\nurl = \"{}\"\n",
+            repo.0.join("origin.git").display(),
+            repo.0.join("no-such-repo.git").display()
         ),
     )
     .unwrap();
@@ -1039,6 +1040,8 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
         }
     }
     for (pattern, path, status) in [
+        ("/projects/{project_id}/tree", "/projects/gone/tree", 503),
+        ("/projects/{project_id}/file", "/projects/gone/file?path=x", 503),
         ("/projects/{project_id}/tree", "/projects/myproj/tree?path=../x", 400),
         ("/projects/{project_id}/tree", "/projects/myproj/tree?ref=nope", 404),
         (
