@@ -487,59 +487,68 @@ impl HttpConn {
         }
         let mut incoming = response.into_body();
         let _ = self.lines.take_rest();
-        while let Some(piece) = incoming.frame().await {
-            let Ok(data) = piece.map_err(|e| e.to_string())?.into_data() else {
-                continue;
-            };
-            if !streamed {
-                r.body.extend_from_slice(&data);
-            } else if self.raw {
-                r.body_bytes += data.len() as u64;
-                r.tail.extend_from_slice(&data[data.len().saturating_sub(512)..]);
-                if r.tail.len() > 1024 {
-                    r.tail.drain(..r.tail.len() - 512);
-                }
-            } else {
-                self.lines.push(&data);
-                while let Some(line) = self.lines.next_line() {
-                    r.frames += 1;
-                    if r.first_frame.is_none() {
-                        r.first_frame = Some(t0.elapsed());
+        let (mut lines, mut scratch) = (std::mem::take(&mut self.lines), std::mem::take(&mut self.scratch));
+        let outcome = async {
+            while let Some(piece) = incoming.frame().await {
+                let Ok(data) = piece.map_err(|e| e.to_string())?.into_data() else {
+                    continue;
+                };
+                if !streamed {
+                    r.body.extend_from_slice(&data);
+                } else if self.raw {
+                    r.body_bytes += data.len() as u64;
+                    r.tail.extend_from_slice(&data[data.len().saturating_sub(512)..]);
+                    if r.tail.len() > 1024 {
+                        r.tail.drain(..r.tail.len() - 512);
                     }
-                    match client::decode_output(&line, &mut self.scratch)? {
-                        Decoded::Output(Stream::Stdout, d) => {
-                            if r.first_output.is_none() {
-                                r.first_output = Some(t0.elapsed());
+                } else {
+                    lines.feed(&data, |line| {
+                        r.frames += 1;
+                        if r.first_frame.is_none() {
+                            r.first_frame = Some(t0.elapsed());
+                        }
+                        match client::decode_output(line, &mut scratch)? {
+                            Decoded::Output(Stream::Stdout, d) => {
+                                if r.first_output.is_none() {
+                                    r.first_output = Some(t0.elapsed());
+                                }
+                                r.stdout_bytes += d.len() as u64;
+                                r.max_frame_data = r.max_frame_data.max(d.len());
+                                on_stdout(d);
                             }
-                            r.stdout_bytes += d.len() as u64;
-                            r.max_frame_data = r.max_frame_data.max(d.len());
-                            on_stdout(d);
-                        }
-                        Decoded::Output(Stream::Stderr, d) => r.max_frame_data = r.max_frame_data.max(d.len()),
-                        Decoded::Frame(Frame::Stdout { data }) => {
-                            if r.first_output.is_none() {
-                                r.first_output = Some(t0.elapsed());
+                            Decoded::Output(Stream::Stderr, d) => r.max_frame_data = r.max_frame_data.max(d.len()),
+                            Decoded::Frame(Frame::Stdout { data }) => {
+                                if r.first_output.is_none() {
+                                    r.first_output = Some(t0.elapsed());
+                                }
+                                r.stdout_bytes += data.len() as u64;
+                                r.max_frame_data = r.max_frame_data.max(data.len());
+                                on_stdout(data.as_bytes());
                             }
-                            r.stdout_bytes += data.len() as u64;
-                            r.max_frame_data = r.max_frame_data.max(data.len());
-                            on_stdout(data.as_bytes());
+                            Decoded::Frame(Frame::Stderr { data }) => {
+                                r.max_frame_data = r.max_frame_data.max(data.len())
+                            }
+                            Decoded::Frame(Frame::Exit { code, reason }) => {
+                                r.exit_code = Some(i64::from(code));
+                                r.reason = reason.as_str().to_string();
+                            }
+                            Decoded::Frame(Frame::Session { .. } | Frame::Git(_)) => {}
                         }
-                        Decoded::Frame(Frame::Stderr { data }) => r.max_frame_data = r.max_frame_data.max(data.len()),
-                        Decoded::Frame(Frame::Exit { code, reason }) => {
-                            r.exit_code = Some(i64::from(code));
-                            r.reason = reason.as_str().to_string();
-                        }
-                        Decoded::Frame(Frame::Session { .. } | Frame::Git(_)) => {}
-                    }
+                        Ok::<(), String>(())
+                    })?;
                 }
             }
+            if !lines.rest().is_empty() {
+                return Err(format!(
+                    "the stream ended inside a frame: {:?}",
+                    String::from_utf8_lossy(lines.rest())
+                ));
+            }
+            Ok(())
         }
-        if !self.lines.rest().is_empty() {
-            return Err(format!(
-                "the stream ended inside a frame: {:?}",
-                String::from_utf8_lossy(self.lines.rest())
-            ));
-        }
+        .await;
+        (self.lines, self.scratch) = (lines, scratch);
+        outcome?;
         r.total = t0.elapsed();
         Ok(r)
     }
@@ -819,6 +828,123 @@ async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result
         "Spawn rate: median of 3 interleaved 1 s rounds per side; client = this driver's own HTTP/1.1 client (tokio, raw socket, keep-alive, one connection per worker); {}.",
         client_notes.join("; ")
     ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Several replicas on one PostgreSQL
+// ------------------------------------------------------------------------------------------
+
+/// The test suite's throw-away PostgreSQL cluster (one per process, started on first use).
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+/// Two replicas' spawn rate at concurrency 16 (8 connections each) against one replica's (16
+/// connections), both on PostgreSQL; and the latency of `POST /runs/{id}/stop` sent to the
+/// replica that does not execute the run, against the same stop sent to its owner.
+async fn bench_replicas(env: &Env, report: &mut Report) -> Result<(), String> {
+    println!("== replicas on one PostgreSQL (spawn rate at c=16; stop through a non-owner)");
+    let db = match tokio::spawn(pg::fresh_database()).await {
+        Ok(url) => url,
+        Err(_) => {
+            report
+                .note("Replica rows skipped: PostgreSQL (initdb, postgres) is not installed or did not start.".into());
+            return Ok(());
+        }
+    };
+    let one_db = tokio::spawn(pg::fresh_database()).await.map_err(|e| e.to_string())?;
+    let secret = "bench-replica-secret-0123456789";
+    let vars = |url: &'static str, name: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DATABASE_URL", url),
+            ("CLIGATE_INSTANCE", name),
+            ("REPLICA_SECRET", secret),
+            ("CLI_LIST", "true,sleep"),
+        ]
+    };
+    let db: &'static str = Box::leak(db.into_boxed_str());
+    let one_db: &'static str = Box::leak(one_db.into_boxed_str());
+    let one = env.start_gateway("replica-one", &vars(one_db, "bench-one"));
+    let a = env.start_gateway("replica-a", &vars(db, "bench-a"));
+    let b = env.start_gateway("replica-b", &vars(db, "bench-b"));
+
+    rate_gateway(one.addr, 16, env.secs(0.3)).await?;
+    let (x, y) = tokio::join!(
+        rate_gateway(a.addr, 8, env.secs(0.3)),
+        rate_gateway(b.addr, 8, env.secs(0.3))
+    );
+    x?;
+    y?;
+    let (mut single, mut pair) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        single.push(rate_gateway(one.addr, 16, env.secs(1.0)).await?.0);
+        let (x, y) = tokio::join!(
+            rate_gateway(a.addr, 8, env.secs(1.0)),
+            rate_gateway(b.addr, 8, env.secs(1.0))
+        );
+        pair.push(x?.0 + y?.0);
+    }
+    let (single, pair) = (median(&mut single), median(&mut pair));
+    report.row(
+        "spawn rate, two replicas vs one, concurrency 16 (runs/s, PostgreSQL)",
+        format!("{pair:.0}"),
+        format!("{single:.0} one replica"),
+        Some(pair / single),
+        "≥ 0.90×",
+        Some(pair / single >= 0.9),
+    );
+
+    // Stops: a `sleep 30` run on A, stopped through B (forwarded) or through A itself.
+    let (mut via_peer, mut at_owner) = (Vec::new(), Vec::new());
+    let mut on_a = HttpConn::new(a.addr);
+    let mut on_b = HttpConn::new(b.addr);
+    let rounds = ((60.0 * env.scale) as usize).max(10);
+    for i in 0..rounds * 2 {
+        let r = on_a
+            .post("/runs", br#"{"cli":"sleep","args":["30"]}"#, &mut |_| {})
+            .await?;
+        if r.status != 202 {
+            return Err(format!("POST /runs answered {}", r.status));
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+        let id = answer["run_id"].as_str().ok_or("no run_id")?.to_string();
+        let through_peer = i % 2 == 0;
+        let conn = if through_peer { &mut on_b } else { &mut on_a };
+        let r = conn.post(&format!("/runs/{id}/stop"), b"", &mut |_| {}).await?;
+        if r.status != 200 {
+            return Err(format!(
+                "stop answered {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        if through_peer {
+            via_peer.push(r.total)
+        } else {
+            at_owner.push(r.total)
+        }
+    }
+    via_peer.sort();
+    at_owner.sort();
+    let (p50, p99) = (percentile(&via_peer, 0.5), percentile(&via_peer, 0.99));
+    let owner50 = percentile(&at_owner, 0.5);
+    report.row(
+        "stop latency p50 through a non-owner replica (ms)",
+        format!("{:.2}", ms(p50)),
+        format!("{:.2} at the owner", ms(owner50)),
+        Some(ms(p50) / ms(owner50)),
+        "≤ 50 ms",
+        Some(ms(p50) <= 50.0),
+    );
+    report.note(format!(
+        "Replicas: three gateways on one throw-away PostgreSQL cluster of this machine (fsync off, as in the tests); one alone on its own database, two sharing one. Spawn rate: median of 3 interleaved 1 s rounds, `true` on 16 keep-alive connections to the one, 8 to each of the two. Stop: {} runs of `sleep 30` started on A, stopped alternately through B (forwarded, signed with REPLICA_SECRET) and through A; through B p99 {:.2} ms.",
+        rounds * 2,
+        ms(p99)
+    ));
+    one.stop();
+    a.stop();
+    b.stop();
     Ok(())
 }
 
@@ -1918,6 +2044,9 @@ fn main() {
         }
         if want("docker") {
             bench_docker(&env, &mut report).await?;
+        }
+        if want("replicas") {
+            bench_replicas(&env, &mut report).await?;
         }
         if want("webhook") {
             bench_webhook(&env, &gw, &mut report).await?;

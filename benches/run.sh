@@ -3,12 +3,13 @@
 # starts gateways on free loopback ports and measures each figure against a baseline taken in
 # the same invocation. Prints a Markdown table and writes it to benches/results.md.
 #
-# usage: ./benches/run.sh [--only spawn,latency,detached,throughput,memory,fanout,reattach,docker,webhook]
+# usage: ./benches/run.sh [--only spawn,latency,detached,throughput,memory,fanout,reattach,docker,replicas,webhook]
 #   BENCH_SCALE=0.3 ./benches/run.sh   shorter rounds (quick look; figures are noisier)
 #   BENCH_OUT=FILE                     where the table goes (default benches/results.md;
 #                                      not written with --only)
 # Needs: wrk and webhook (Debian packages) for the peer row, a Docker engine and
-# busybox-static for the docker row; rows whose tools are missing are skipped with a note.
+# busybox-static for the docker row, PostgreSQL (initdb, postgres) for the replica rows; rows whose
+# tools are missing are skipped with a note.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -28,6 +28,9 @@ pub struct Caller {
     pub admin: bool,
     /// Where the request came from (for the `run finished` log line).
     pub client: Option<std::net::SocketAddr>,
+    /// Forwarded by another replica on the caller's behalf (`crate::api::forward`): answered
+    /// here, never forwarded again.
+    pub via_replica: bool,
 }
 
 impl Caller {
@@ -37,6 +40,7 @@ impl Caller {
             name: None,
             admin: true,
             client: None,
+            via_replica: false,
         }
     }
 
@@ -81,6 +85,7 @@ pub fn check(access: &Access, client: IpAddr, headers: &HeaderMap) -> Result<Cal
             name: Some(access.tokens[i].name.clone()),
             admin: access.tokens[i].admin,
             client: None,
+            via_replica: false,
         }),
         None => Err(Denied::Unauthorized),
     }
@@ -172,6 +177,7 @@ mod tests {
             name: Some("alice".into()),
             admin: false,
             client: None,
+            via_replica: false,
         };
         assert!(alice.may_see(Some("alice")));
         assert!(!alice.may_see(Some("bob")));
@@ -180,6 +186,7 @@ mod tests {
             name: Some("ops".into()),
             admin: true,
             client: None,
+            via_replica: false,
         };
         assert!(ops.may_see(Some("bob")) && ops.may_see(None));
         assert!(Caller::open().may_see(Some("x")));

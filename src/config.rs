@@ -151,6 +151,12 @@ settings! {
             "new runs are refused while DATA_DIR has less free space than this; 0 = no check";
         DATABASE_CONNECT_TIMEOUT_SECONDS => database_connect_timeout: Duration = "30", positive_seconds,
             "how long start-up waits for PostgreSQL to answer before it gives up";
+        ADVERTISE_URL => advertise_url: Option<url::Url> = "", advertise_url,
+            "with PostgreSQL: the http:// URL other replicas reach this one at; unset = http:// and the bound address (0.0.0.0 becomes 127.0.0.1)";
+        REPLICA_SECRET => replica_secret: Option<Secret> = "", replica_secret,
+            "with PostgreSQL: shared key of the replica-to-replica calls (16 bytes at least); unset = runs of other replicas are not forwarded to";
+        REPLICA_DEAD_SECONDS => replica_dead: Duration = "15", replica_dead,
+            "with PostgreSQL: a replica whose heartbeat (every third of this) is older is dead; its runs become interrupted";
         RUN_LOG_IN_MEMORY => run_log_in_memory: bool = "false", boolean,
             "benchmarks only: keep run logs in memory instead of files (unbounded; nothing outlives the run)";
         CALLBACK_ALLOWED_URLS => callback_allowed_urls: Vec<url::Url> = "", callback_prefixes,
@@ -336,6 +342,12 @@ pub struct Config {
     pub git_author: (String, String),
     /// Limit of each git step.
     pub git_timeout: Duration,
+    /// `ADVERTISE_URL`: where other replicas reach this one (`None`: from the bound address).
+    pub advertise_url: Option<url::Url>,
+    /// `REPLICA_SECRET`: authenticates replica-to-replica calls; `None` = no forwarding.
+    pub replica_secret: Option<Secret>,
+    /// `REPLICA_DEAD_SECONDS`: a replica whose heartbeat is older is dead.
+    pub replica_dead: Duration,
 }
 
 /// A secret setting (`CALLBACK_SECRET`), whose value `Debug` never prints.
@@ -492,6 +504,9 @@ impl Values {
             workspace_host_root: self.workspace_host_root,
             git_author: (self.git_author_name, self.git_author_email),
             git_timeout: self.git_timeout,
+            advertise_url: self.advertise_url,
+            replica_secret: self.replica_secret,
+            replica_dead: self.replica_dead,
         })
     }
 
@@ -790,6 +805,40 @@ fn callback_secret(value: Value) -> Result<Option<Secret>, String> {
     }
 }
 
+/// An absolute http(s) URL with a host and nothing after the path (a path prefix is kept).
+fn advertise_url(value: Value) -> Result<Option<url::Url>, String> {
+    let Some(text) = value.given() else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("'{text}' must be an http:// or https:// URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("'{text}' must not carry user info, a query or a fragment"));
+    }
+    Ok(Some(url))
+}
+
+/// Never printed, not even in the error.
+fn replica_secret(value: Value) -> Result<Option<Secret>, String> {
+    match value.given() {
+        None => Ok(None),
+        Some(s) if s.len() < 16 => Err(format!(
+            "a key of {} bytes is too short to be a secret (16 at least)",
+            s.len()
+        )),
+        Some(s) => Ok(Some(Secret::new(s))),
+    }
+}
+
+fn replica_dead(value: Value) -> Result<Duration, String> {
+    match seconds(value)? {
+        t if t < Duration::from_secs(1) => Err("must be 1 or more".to_string()),
+        t => Ok(t),
+    }
+}
+
 fn json_args(value: Value) -> Result<Vec<String>, String> {
     match value.given() {
         None => Ok(Vec::new()),
@@ -992,6 +1041,38 @@ mod tests {
                 "README row of {} lacks its default: {row}",
                 v.name
             );
+        }
+    }
+
+    #[test]
+    fn replica_settings_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            (c.advertise_url.clone(), c.replica_dead),
+            (None, Duration::from_secs(15))
+        );
+        assert!(c.replica_secret.is_none());
+        let c = config(&[
+            ("ADVERTISE_URL", "http://10.0.0.5:8000/"),
+            ("REPLICA_SECRET", "0123456789abcdef"),
+            ("REPLICA_DEAD_SECONDS", "4.5"),
+        ])
+        .unwrap();
+        assert_eq!(c.advertise_url.unwrap().as_str(), "http://10.0.0.5:8000/");
+        assert_eq!(c.replica_dead, Duration::from_millis(4500));
+        assert!(!format!("{:?}", c.replica_secret).contains("0123456789abcdef"));
+        for (name, value, says) in [
+            ("ADVERTISE_URL", "10.0.0.5:8000", "ADVERTISE_URL"),
+            ("ADVERTISE_URL", "ftp://h/", "http:// or https://"),
+            ("ADVERTISE_URL", "http://u:p@h/", "user info"),
+            ("ADVERTISE_URL", "http://h/?x=1", "query"),
+            ("REPLICA_SECRET", "short", "too short"),
+            ("REPLICA_DEAD_SECONDS", "0.5", "1 or more"),
+            ("REPLICA_DEAD_SECONDS", "0", "1 or more"),
+            ("REPLICA_DEAD_SECONDS", "soon", "REPLICA_DEAD_SECONDS"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(name) && err.contains(says), "{name}={value}: {err}");
         }
     }
 

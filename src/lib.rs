@@ -16,6 +16,8 @@
 //! - [`runlog`]: each run's append-only log, read from byte offsets by every stream.
 //! - [`config`], [`metrics`], [`body`]: settings, Prometheus, bodies.
 //! - [`store`]: durable run records (SQLite or PostgreSQL).
+//! - [`replicas`]: several gateways on one PostgreSQL: heartbeats, dead replicas' runs;
+//!   requests about another replica's run are forwarded by [`api::forward`].
 //! - [`callbacks`]: POSTs a detached run's final record to its `callback_url`, signed, retried,
 //!   resumed after a restart; called by [`runs`] when such a run ends.
 
@@ -27,6 +29,7 @@ pub mod callbacks;
 pub mod config;
 pub mod exec;
 pub mod metrics;
+pub mod replicas;
 pub mod run;
 pub mod runlog;
 pub mod runs;

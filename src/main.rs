@@ -81,6 +81,12 @@ async fn gateway(arg: Option<&str>) -> ExitCode {
             None
         }
     };
+    // A replica registers before it says it listens: a name already in use stops start-up.
+    if let (Some(replicas), Ok(addr)) = (&app.replicas, listener.local_addr())
+        && let Err(e) = replicas.register(addr).await
+    {
+        return startup_failed(&format!("{e:#}"));
+    }
     // After the last start-up check (a failed start-up is one line on stderr), before serving:
     // the connection cap (server::ConnectionCap) is computed from the raised limit.
     let (fd_soft, fd_hard) = match server::raise_fd_limit() {

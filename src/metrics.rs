@@ -41,6 +41,12 @@ pub struct CleanupLabels {
     pub when: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// `CLIGATE_INSTANCE`.
+    pub replica: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.5, 14))
 }
@@ -76,6 +82,10 @@ pub struct Metrics {
     pub callbacks_retried: Counter,
     /// Deliveries this process is working on now (waiting, attempting or backing off).
     pub callbacks_pending: Gauge,
+    /// 1 for this gateway's replica id (`CLIGATE_INSTANCE`).
+    pub replica: Family<ReplicaLabels, Gauge>,
+    /// Live replicas other than this one (PostgreSQL; 0 with SQLite).
+    pub replica_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,6 +116,8 @@ impl Metrics {
             callbacks_failed: Counter::default(),
             callbacks_retried: Counter::default(),
             callbacks_pending: Gauge::default(),
+            replica: Family::default(),
+            replica_peers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("runs_started", "Runs started, by CLI", m.runs_started.clone());
@@ -170,6 +182,12 @@ impl Metrics {
             "Run callbacks being delivered now",
             m.callbacks_pending.clone(),
         );
+        registry.register("replica", "This gateway's replica id, always 1", m.replica.clone());
+        registry.register(
+            "replica_peers",
+            "Live replicas other than this one sharing the PostgreSQL store",
+            m.replica_peers.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -180,6 +198,15 @@ impl Metrics {
             m.container_cleanups.get_or_create(&CleanupLabels { when }).inc_by(0);
         }
         Metrics { registry, ..m }
+    }
+
+    /// Names this gateway's replica (once, at start-up).
+    pub fn replica(&self, id: &str) {
+        self.replica
+            .get_or_create(&ReplicaLabels {
+                replica: id.to_string(),
+            })
+            .set(1);
     }
 
     pub fn observe_store(&self, took: std::time::Duration) {

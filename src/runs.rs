@@ -23,6 +23,7 @@ use crate::run::supervisor::{Limits, Outcome, supervise};
 use crate::run::{End, Run, RunState};
 use crate::runlog::{LogDir, Source};
 use crate::store::idempotency::Claim;
+use crate::store::replicas::is_session_taken;
 use crate::store::time::now_ms;
 use crate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
 use crate::telemetry::clip;
@@ -106,12 +107,16 @@ impl Runs {
         containment: Arc<Containment>,
         executor: Arc<dyn Executor>,
     ) -> anyhow::Result<Runs> {
-        let store = Store::open_within(
+        let mut store = Store::open_within(
             config.database_url.as_ref().map(|u| u.as_str()),
             &config.data_dir,
             config.database_connect_timeout,
         )
         .await?;
+        if store.backend() == crate::store::Backend::Postgres {
+            // Replicas may share the database; each removes only runs whose logs it holds.
+            store.scope_retention(&config.instance);
+        }
         let logs = LogDir::open(config.data_dir.join("logs"))
             .and_then(|logs| logs.in_memory(config.run_log_in_memory).keep_spares())
             .map_err(|e| {
@@ -328,11 +333,12 @@ impl Runs {
 
     /// The run an `Idempotency-Key` named, once it exists: the request that claimed the key may
     /// still be waiting for its slot. Gives up after the queue's own bound.
-    pub async fn await_run(&self, caller: &Caller, run_id: &str) -> Result<(RunRecord, Source), Refusal> {
+    /// Its record only: the run may execute on another replica (its log is read there).
+    pub async fn await_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord, Refusal> {
         let limit = self.config.queue_timeout.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(5);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match self.source(caller, run_id).await {
+            match self.record(caller, run_id).await {
                 Ok(found) => return Ok(found),
                 Err(Refusal::NotFound(_)) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await
@@ -421,9 +427,9 @@ impl Runs {
             }
         }
         let timer = std::time::Instant::now();
-        self.store.insert(&record).await.map_err(|e| {
+        self.record_new(&record).await.map_err(|e| {
             let _ = self.logs.remove(&run.id);
-            unavailable("cannot record the run", &e)
+            e.unwrap_or_else(|e| unavailable("cannot record the run", &format!("{e:#}")))
         })?;
         self.metrics.observe_store(timer.elapsed());
 
@@ -436,6 +442,32 @@ impl Runs {
         log.append(first.freeze())
             .map_err(|e| unavailable("cannot write the run's log", &e))?;
         Ok((run, registration, launch))
+    }
+
+    /// Inserts a new run's record. On PostgreSQL a session has one queued/running record across
+    /// every replica (a unique index): when another holds it, the refusal is the same 409 as a
+    /// session running here — unless its holder is a dead replica, or this one with a record
+    /// whose end was never written; that record is ended and the insert tried once more.
+    async fn record_new(&self, record: &RunRecord) -> Result<(), Result<Refusal, anyhow::Error>> {
+        let taken = || Refusal::Conflict(format!("session '{}' is already running", record.session_id));
+        match self.store.insert(record).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !is_session_taken(&e) => return Err(Err(e)),
+            Err(_) => {}
+        }
+        let released = self
+            .store
+            .release_stale_session(&record.session_id, self.instance(), self.config.replica_dead, now_ms())
+            .await
+            .map_err(Err)?;
+        if !released {
+            return Err(Ok(taken()));
+        }
+        match self.store.insert(record).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_session_taken(&e) => Err(Ok(taken())),
+            Err(e) => Err(Err(e)),
+        }
     }
 
     /// Runs the run in its own task: waits for its slot if it has none (a stop or the shutdown
@@ -722,11 +754,18 @@ impl Runs {
     /// A run's log for reading: the live log while it runs here, else its file.
     pub async fn source(&self, caller: &Caller, run_id: &str) -> Result<(RunRecord, Source), Refusal> {
         let record = self.record(caller, run_id).await?;
+        let source = self.source_of(&record)?;
+        Ok((record, source))
+    }
+
+    /// The log of a run found already (its record), on this replica.
+    pub fn source_of(&self, record: &RunRecord) -> Result<Source, Refusal> {
+        let run_id = record.run_id.as_str();
         if let Some(log) = self.registry.by_run_id(run_id).and_then(|r| r.log.clone()) {
-            return Ok((record, Source::Live(log)));
+            return Ok(Source::Live(log));
         }
         match self.logs.open_finished(run_id) {
-            Ok(file) => Ok((record, Source::Finished(Arc::new(file)))),
+            Ok(file) => Ok(Source::Finished(Arc::new(file))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(Refusal::NotFound(format!("the log of run '{run_id}' is gone")))
             }
@@ -799,6 +838,13 @@ impl Runs {
 
     /// Shutdown: no new runs; running runs get `grace` to finish, then are ended.
     pub async fn shut_down(&self, grace: Duration) {
+        self.drain(grace).await;
+        self.close().await;
+    }
+
+    /// The first half of [`Runs::shut_down`]: no new runs; running runs get `grace` to finish,
+    /// then are ended. The store still answers afterwards (a replica deregisters then).
+    pub async fn drain(&self, grace: Duration) {
         self.admission.close();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
@@ -809,6 +855,10 @@ impl Runs {
                 tracing::error!("runs did not end in time; exiting anyway");
             }
         }
+    }
+
+    /// The second half of [`Runs::shut_down`]: callbacks stop, the store closes.
+    pub async fn close(&self) {
         self.callbacks.shut_down().await;
         self.store.close().await;
     }

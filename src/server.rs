@@ -230,6 +230,15 @@ impl ConnectionCap {
 
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // A replica is registered before it serves its first request (it may create runs).
+    if let Some(replicas) = &app.replicas {
+        replicas.register(listener.local_addr()?).await?;
+    }
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = app
+        .replicas
+        .clone()
+        .map(|r| tokio::spawn(r.keep_alive(app.runs.clone(), stop_heartbeat.clone())));
     let stop_janitor = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), stop_janitor.clone()));
     let retention = tokio::spawn(retention(app.clone(), stop_janitor.clone()));
@@ -303,14 +312,20 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         });
     }
     drop(listener);
-    shut_down(&app, graceful).await;
+    shut_down(&app, graceful, (stop_heartbeat, heartbeat)).await;
     stop_janitor.cancel();
     let _ = janitor.await;
     let _ = retention.await;
     Ok(())
 }
 
-async fn shut_down(app: &App, graceful: GracefulShutdown) {
+/// Drains: no new runs (503), running runs get `SHUTDOWN_GRACE_SECONDS` and are then ended; a
+/// replica keeps heartbeating meanwhile (its runs are still its own) and deregisters after.
+async fn shut_down(
+    app: &App,
+    graceful: GracefulShutdown,
+    (stop_heartbeat, heartbeat): (CancellationToken, Option<tokio::task::JoinHandle<()>>),
+) {
     let config = &app.config;
     app.shutting_down.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -319,7 +334,15 @@ async fn shut_down(app: &App, graceful: GracefulShutdown) {
         "shutting down"
     );
     let connections = graceful.shutdown();
-    app.runs.shut_down(config.shutdown_grace).await;
+    app.runs.drain(config.shutdown_grace).await;
+    stop_heartbeat.cancel();
+    if let Some(task) = heartbeat {
+        let _ = task.await;
+    }
+    if let Some(replicas) = &app.replicas {
+        replicas.deregister().await;
+    }
+    app.runs.close().await;
     if tokio::time::timeout(CONNECTION_DRAIN, connections).await.is_err() {
         tracing::warn!("connections still open after the drain period");
     }

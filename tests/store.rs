@@ -217,7 +217,9 @@ async fn final_records_never_change(ctx: Ctx) {
     assert!(s.finish("r3", &not_final).await.is_err());
 }
 
-/// 120 runs: owners alice/bob/none, clis codex/qwen, 4 sessions, and created_at ties.
+/// 120 runs: owners alice/bob/none, clis codex/qwen, 4 sessions of finished runs and 24
+/// running runs of sessions of their own (a session has one queued/running run at a time;
+/// PostgreSQL enforces it), and created_at ties.
 async fn seed_120(s: &Store) -> Vec<RunRecord> {
     let mut all = Vec::new();
     for i in 0..120 {
@@ -228,9 +230,13 @@ async fn seed_120(s: &Store) -> Vec<RunRecord> {
             _ => None,
         };
         r.cli = if i % 2 == 0 { "codex" } else { "qwen" }.into();
-        s.insert(&r).await.unwrap();
         if i % 5 == 0 {
+            r.session_id = format!("sess-run-{i}");
+            s.insert(&r).await.unwrap();
             s.mark_running(&r.run_id, T0 + 200).await.unwrap();
+        } else {
+            s.insert(&r).await.unwrap();
+            assert!(s.finish(&r.run_id, &finished(T0 + 300, 10)).await.unwrap());
         }
         all.push(s.get(&r.run_id).await.unwrap().unwrap());
     }
@@ -265,9 +271,13 @@ async fn list_filters_and_pages_newest_first(ctx: Ctx) {
     // New runs arrive while a client pages: they are newer than the first page, so the later
     // pages neither repeat nor skip anything.
     let (paged, sizes) = all_pages(s, query, async |page| {
-        s.insert(&record(&format!("late-{page}"), "sess-late", T0 + 10_000 + page as i64))
-            .await
-            .unwrap();
+        s.insert(&record(
+            &format!("late-{page}"),
+            &format!("sess-late-{page}"),
+            T0 + 10_000 + page as i64,
+        ))
+        .await
+        .unwrap();
     })
     .await;
     assert_eq!(sizes, [50, 50, 20]);
@@ -303,7 +313,7 @@ async fn list_filters_and_pages_newest_first(ctx: Ctx) {
     .await;
     assert_eq!(running.len(), 24);
     let combined = count(ListQuery {
-        state: Some(RecordState::Queued),
+        state: Some(RecordState::Finished),
         cli: Some("qwen".into()),
         session_id: Some("sess-1".into()),
         owner: Some("bob".into()),
@@ -313,7 +323,7 @@ async fn list_filters_and_pages_newest_first(ctx: Ctx) {
     let expected: Vec<&RunRecord> = all
         .iter()
         .filter(|r| {
-            r.state == RecordState::Queued
+            r.state == RecordState::Finished
                 && r.cli == "qwen"
                 && r.session_id == "sess-1"
                 && r.owner.as_deref() == Some("bob")
@@ -438,8 +448,8 @@ async fn retention_never_removes_unfinished_runs(ctx: Ctx) {
         };
         assert!(s.finish(&id, &end).await.unwrap());
     }
-    s.insert(&record("live-queued", "s", T0 - 10)).await.unwrap();
-    s.insert(&record("live-running", "s", T0 - 10)).await.unwrap();
+    s.insert(&record("live-queued", "s-queued", T0 - 10)).await.unwrap();
+    s.insert(&record("live-running", "s-running", T0 - 10)).await.unwrap();
     s.mark_running("live-running", T0 - 9).await.unwrap();
 
     let old = s.finished_before(T0 + 4, 100).await.unwrap();
@@ -663,4 +673,126 @@ async fn an_idempotency_key_is_claimed_once(ctx: Ctx) {
     assert!(
         matches!(again.claim_key("carol", "k9", "h", "x", T0).await.unwrap(), Claim::Taken { run_id, .. } if run_id == "run-e")
     );
+}
+
+/// Several replicas on PostgreSQL: heartbeats, the sweep of dead replicas' runs (one statement,
+/// each run ended once when replicas sweep at once), and one active run per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
+    use cligate::store::replicas::is_session_taken;
+    let ctx = postgres().await;
+    let s = &ctx.store;
+    let dead = Duration::from_secs(2);
+    s.heartbeat("live", "http://10.0.0.1:8000").await.unwrap();
+    s.heartbeat("gone", "http://10.0.0.2:8000").await.unwrap();
+    // "gone" last beat long ago (by the database's clock).
+    let other = ctx.reopen().await;
+    let peers = other.peers().await.unwrap();
+    assert_eq!(
+        peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["gone", "live"]
+    );
+    assert!(peers.iter().all(|p| p.alive(dead)));
+    sqlx::query("UPDATE replicas SET heartbeat_at = heartbeat_at - 60000 WHERE id = 'gone'")
+        .execute(&sqlx::PgPool::connect(ctx.url.as_deref().unwrap()).await.unwrap())
+        .await
+        .unwrap();
+    assert!(!s.peer("gone").await.unwrap().unwrap().alive(dead));
+    assert_eq!(s.peer("live").await.unwrap().unwrap().url, "http://10.0.0.1:8000");
+
+    for (id, instance) in [
+        ("g1", "gone"),
+        ("g2", "gone"),
+        ("n1", "never-registered"),
+        ("l1", "live"),
+        ("m1", "me"),
+    ] {
+        let mut r = RunRecord::queued(id, &format!("s-{id}"), "codex", instance, T0);
+        r.state = RecordState::Running;
+        s.insert(&r).await.unwrap();
+    }
+    // Three replicas sweep at once: every lost run is ended by exactly one of them.
+    let (a, b, c) = tokio::join!(
+        s.interrupt_lost("me", dead, T0 + 1),
+        other.interrupt_lost("me", dead, T0 + 1),
+        s.interrupt_lost("live", dead, T0 + 1),
+    );
+    let mut ended: Vec<String> = [a.unwrap(), b.unwrap(), c.unwrap()]
+        .concat()
+        .into_iter()
+        .map(|r| {
+            assert_eq!(
+                (r.state, r.reason.as_deref()),
+                (RecordState::Interrupted, Some("replica_lost"))
+            );
+            r.run_id
+        })
+        .collect();
+    ended.sort();
+    // "me" swept by the sweep of "live" (its heartbeat is absent): only the sweeper itself is spared.
+    assert_eq!(ended, ["g1", "g2", "m1", "n1"]);
+    assert_eq!(s.get("l1").await.unwrap().unwrap().state, RecordState::Running);
+    assert_eq!(
+        s.final_among(&["l1".into(), "g1".into(), "x".into()]).await.unwrap(),
+        ["g1"]
+    );
+
+    // One queued/running run per session: the second insert is refused, recognisably.
+    let mut first = RunRecord::queued("first", "shared", "codex", "live", T0);
+    first.state = RecordState::Running;
+    s.insert(&first).await.unwrap();
+    let second = RunRecord::queued("second", "shared", "codex", "me", T0 + 1);
+    let err = s.insert(&second).await.unwrap_err();
+    assert!(is_session_taken(&err), "{err:#}");
+    // Held by a live replica: not released; held by a dead one: released, then the insert works.
+    assert!(!s.release_stale_session("shared", "me", dead, T0 + 2).await.unwrap());
+    sqlx::query("UPDATE replicas SET heartbeat_at = heartbeat_at - 60000 WHERE id = 'live'")
+        .execute(&sqlx::PgPool::connect(ctx.url.as_deref().unwrap()).await.unwrap())
+        .await
+        .unwrap();
+    assert!(s.release_stale_session("shared", "me", dead, T0 + 2).await.unwrap());
+    s.insert(&second).await.unwrap();
+    assert_eq!(
+        s.get("first").await.unwrap().unwrap().reason.as_deref(),
+        Some("replica_lost")
+    );
+    // Ended runs do not hold their session; another error is not taken for a session conflict.
+    assert!(s.finish("second", &finished(T0 + 3, 1)).await.unwrap());
+    s.insert(&RunRecord::queued("third", "shared", "codex", "me", T0 + 4))
+        .await
+        .unwrap();
+    let dup = s
+        .insert(&RunRecord::queued("third", "other", "codex", "me", T0 + 4))
+        .await
+        .unwrap_err();
+    assert!(!is_session_taken(&dup), "{dup:#}");
+
+    // Retention of a replica considers only its own runs (their logs are in its DATA_DIR).
+    let mut mine = ctx.reopen().await;
+    mine.scope_retention("me");
+    let oldest: Vec<String> = mine
+        .finished_oldest_first(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(oldest, ["m1", "second"]);
+    let expired: Vec<String> = mine
+        .finished_before(T0 + 100, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(expired, ["m1", "second"]);
+    assert_eq!(mine.total_log_bytes_finished().await.unwrap(), 1);
+    assert_eq!(
+        s.finished_oldest_first(100).await.unwrap().len(),
+        6,
+        "unscoped: every replica's"
+    );
+
+    s.deregister("live").await.unwrap();
+    assert_eq!(s.peer("live").await.unwrap(), None);
 }

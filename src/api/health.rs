@@ -27,5 +27,8 @@ pub async fn ready(app: &App, shutting_down: bool) -> Result<serde_json::Value, 
     body.extend(executor.ready().await?);
     body.insert("store".into(), app.runs.store.backend().name().into());
     body.insert("store_ms".into(), store_ms.into());
+    // Which replica answered, and how many others are alive (as of its last heartbeat).
+    body.insert("replica".into(), app.config.instance.as_str().into());
+    body.insert("peers".into(), app.replicas.as_ref().map_or(0, |r| r.peers()).into());
     Ok(body.into())
 }

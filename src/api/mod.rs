@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod forward;
 pub mod health;
 pub mod projects;
 pub mod run;
@@ -22,6 +23,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::exec::Executor;
 use crate::metrics::Metrics;
+use crate::replicas::Replicas;
 use crate::run::containment::Containment;
 use crate::runs::Runs;
 use crate::telemetry::{LogBudget, clip};
@@ -70,6 +72,8 @@ pub struct App {
     pub rejection_log: LogBudget,
     /// How the processes of a run are kept track of (cgroup or `/proc` marker).
     pub containment: Arc<Containment>,
+    /// This replica among those sharing the PostgreSQL store; `None` with SQLite.
+    pub replicas: Option<Arc<Replicas>>,
 }
 
 impl App {
@@ -81,7 +85,10 @@ impl App {
     ) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         let runs = Arc::new(Runs::open(config.clone(), metrics.clone(), containment.clone(), executor).await?);
+        let replicas = Replicas::new(&config, &runs.store, metrics.clone())?;
+        metrics.replica(&config.instance);
         Ok(App {
+            replicas,
             config,
             runs,
             metrics,
@@ -181,11 +188,16 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
             },
         ));
     }
+    let secret = app.replicas.as_ref().and_then(|r| r.secret.as_ref());
     let mut caller = if protected {
-        auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
-            auth::Denied::Forbidden => ApiError::Forbidden,
-            auth::Denied::Unauthorized => ApiError::Unauthorized,
-        })?
+        // A request another replica forwarded carries its caller, signed with REPLICA_SECRET.
+        match forward::forwarded_caller(secret, &method, req.uri(), req.headers())? {
+            Some(caller) => caller,
+            None => auth::check(&app.config.access, client.ip(), req.headers()).map_err(|d| match d {
+                auth::Denied::Forbidden => ApiError::Forbidden,
+                auth::Denied::Unauthorized => ApiError::Unauthorized,
+            })?,
+        }
     } else {
         auth::Caller::default()
     };
@@ -208,20 +220,24 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         (Method::GET, "/clis") => json(StatusCode::OK, &catalog::clis(config)),
         (Method::POST, "/run") => run::start(app, client, caller, req).await?,
         (Method::GET, "/sessions/{session_id}") => run::status(app, &caller, percent_decode(segments[1])?).await?,
-        (Method::POST, "/sessions/{session_id}/stop") => run::stop(app, &caller, percent_decode(segments[1])?)?,
+        (Method::POST, "/sessions/{session_id}/stop") => {
+            run::stop(app, &caller, percent_decode(segments[1])?, req.uri()).await?
+        }
         (Method::GET, "/runs") => runs::list(app, &caller, req.uri().query()).await?,
         (Method::POST, "/runs") => runs::submit(app, caller, req).await?,
         (Method::GET, "/runs/{run_id}") => runs::get(app, &caller, &percent_decode(segments[1])?).await?,
         (Method::GET, "/runs/{run_id}/log") => {
-            runs::log(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
+            runs::log(app, &caller, &percent_decode(segments[1])?, req.uri()).await?
         }
         (Method::GET, "/runs/{run_id}/events") => {
-            runs::events(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
+            runs::events(app, &caller, &percent_decode(segments[1])?, req.uri()).await?
         }
         (Method::GET, "/runs/{run_id}/stream") => {
-            runs::stream(app, &caller, &percent_decode(segments[1])?, req.uri().query()).await?
+            runs::stream(app, &caller, &percent_decode(segments[1])?, req.uri()).await?
         }
-        (Method::POST, "/runs/{run_id}/stop") => runs::stop(app, &caller, &percent_decode(segments[1])?)?,
+        (Method::POST, "/runs/{run_id}/stop") => {
+            runs::stop(app, &caller, &percent_decode(segments[1])?, req.uri()).await?
+        }
         (Method::GET, "/projects") => projects::list(app),
         (Method::GET, "/projects/{project_id}/tree") => {
             projects::tree(app, &percent_decode(segments[1])?, req.uri().query()).await?

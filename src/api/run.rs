@@ -10,11 +10,12 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio_stream::{Stream, StreamExt};
 
 use super::error::ApiError;
+use super::forward::{self, Route};
 use super::{App, json};
 use crate::auth::Caller;
 use crate::body::Body;
@@ -134,7 +135,16 @@ pub async fn start(
         // The same request again: another reader of the same run, from its start. Its leaving
         // does not end the run; the first client's does.
         Submitted::Again(run_id) => {
-            let (_, source) = app.runs.await_run(&caller, &run_id).await?;
+            let record = app.runs.await_run(&caller, &run_id).await?;
+            match forward::route(app, &caller, &record).await? {
+                Route::There(url) => {
+                    let target = format!("/runs/{run_id}/stream?offset=0");
+                    return forward::relay_to(app, &caller, &url, Method::GET, &target, true).await;
+                }
+                Route::Gone(why) => return Err(forward::log_gone(&record, &why)),
+                Route::Here => {}
+            }
+            let source = app.runs.source_of(&record)?;
             (
                 run_id,
                 Body::stream(reader(follow(source, 0), app.runs.metrics.clone())),
@@ -219,12 +229,24 @@ fn run_not_found(session_id: &str) -> ApiError {
     ApiError::NotFound(format!("session '{session_id}' is not running"))
 }
 
-pub fn stop(app: &App, caller: &Caller, session_id: String) -> Result<Response<Body>, ApiError> {
-    app.runs.stop(
-        caller,
-        app.runs.registry.get(&session_id),
-        &format!("session '{session_id}'"),
-    )?;
+/// Stops a session running here; one running on another replica is stopped there (the answer
+/// is that replica's). The Gerrit plugin's route: its 404 means "not running" on every replica.
+pub async fn stop(
+    app: &App,
+    caller: &Caller,
+    session_id: String,
+    uri: &hyper::Uri,
+) -> Result<Response<Body>, ApiError> {
+    let local = app.runs.registry.get(&session_id);
+    if local.is_none()
+        && app.replicas.is_some()
+        && let Ok(record) = app.runs.session_record(caller, &session_id).await
+        && !record.state.is_final()
+        && let Route::There(url) = forward::route(app, caller, &record).await?
+    {
+        return forward::relay(app, caller, &url, Method::POST, uri).await;
+    }
+    app.runs.stop(caller, local, &format!("session '{session_id}'"))?;
     Ok(json(
         StatusCode::OK,
         &json!({ "session_id": session_id, "status": "stopped" }),

@@ -1,15 +1,18 @@
 //! `GET /runs`, `GET /runs/{id}`, `GET /runs/{id}/log`, `/events`, `/stream` and
 //! `POST /runs/{id}/stop`: records and logs of runs that outlive their request. Each handler
 //! parses its query, asks the run service, and answers; a reader of `/stream` never ends the run.
+//! Records come from the shared store; the log routes and the stop of a run another replica
+//! executes are forwarded to it ([`super::forward`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Response, StatusCode};
+use hyper::{Method, Response, StatusCode, Uri};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::forward::{self, Route};
 use super::run::reader;
 use super::{App, json};
 use crate::auth::Caller;
@@ -106,7 +109,7 @@ pub async fn submit(
     {
         Submitted::Started(run, state) => (run.id.clone(), run.session_id.clone(), state.as_str().to_string()),
         Submitted::Again(run_id) => {
-            let (record, _) = app.runs.await_run(&caller, &run_id).await?;
+            let record = app.runs.await_run(&caller, &run_id).await?;
             (record.run_id, record.session_id, record.state.as_str().to_string())
         }
     };
@@ -129,9 +132,19 @@ pub async fn get(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Bo
     ))
 }
 
-pub fn stop(app: &App, caller: &Caller, run_id: &str) -> Result<Response<Body>, ApiError> {
-    app.runs
-        .stop(caller, app.runs.registry.by_run_id(run_id), &format!("run '{run_id}'"))?;
+/// Stops a run running here; a run running on another replica is stopped there (the answer is
+/// that replica's, once it has asked the run to end).
+pub async fn stop(app: &App, caller: &Caller, run_id: &str, uri: &Uri) -> Result<Response<Body>, ApiError> {
+    let local = app.runs.registry.by_run_id(run_id);
+    if local.is_none()
+        && app.replicas.is_some()
+        && let Ok(record) = app.runs.record(caller, run_id).await
+        && !record.state.is_final()
+        && let Route::There(url) = forward::route(app, caller, &record).await?
+    {
+        return forward::relay(app, caller, &url, Method::POST, uri).await;
+    }
+    app.runs.stop(caller, local, &format!("run '{run_id}'"))?;
     Ok(json(StatusCode::OK, &json!({ "run_id": run_id, "status": "stopped" })))
 }
 
@@ -193,14 +206,33 @@ fn tail_answer(run_id: &str, w: &Window, next_offset: u64, content: &[u8]) -> se
     out
 }
 
-pub async fn log(
+/// The log of a run the caller may see, on this replica; `Err(response)` when the answer
+/// comes from the replica that executes it.
+async fn local_source(
     app: &App,
     caller: &Caller,
     run_id: &str,
-    raw_query: Option<&str>,
-) -> Result<Response<Body>, ApiError> {
-    let (_, source) = app.runs.source(caller, run_id).await?;
-    let w = window(&source, &query(raw_query))?;
+    uri: &Uri,
+) -> Result<Result<Source, Response<Body>>, ApiError> {
+    let record = app.runs.record(caller, run_id).await?;
+    match forward::route(app, caller, &record).await? {
+        Route::Here => Ok(Ok(app.runs.source_of(&record)?)),
+        Route::There(url) => Ok(Err(forward::relay(app, caller, &url, Method::GET, uri).await?)),
+        // Its own log may still be here (a replica restarted under another name, a shared
+        // DATA_DIR); otherwise say where it is.
+        Route::Gone(why) => match app.runs.source_of(&record) {
+            Ok(source) => Ok(Ok(source)),
+            Err(_) => Err(forward::log_gone(&record, &why)),
+        },
+    }
+}
+
+pub async fn log(app: &App, caller: &Caller, run_id: &str, uri: &Uri) -> Result<Response<Body>, ApiError> {
+    let source = match local_source(app, caller, run_id, uri).await? {
+        Ok(source) => source,
+        Err(forwarded) => return Ok(forwarded),
+    };
+    let w = window(&source, &query(uri.query()))?;
     let next = w.offset + w.content.len() as u64;
     Ok(json(
         StatusCode::OK,
@@ -208,14 +240,12 @@ pub async fn log(
     ))
 }
 
-pub async fn events(
-    app: &App,
-    caller: &Caller,
-    run_id: &str,
-    raw_query: Option<&str>,
-) -> Result<Response<Body>, ApiError> {
-    let (_, source) = app.runs.source(caller, run_id).await?;
-    let w = window(&source, &query(raw_query))?;
+pub async fn events(app: &App, caller: &Caller, run_id: &str, uri: &Uri) -> Result<Response<Body>, ApiError> {
+    let source = match local_source(app, caller, run_id, uri).await? {
+        Ok(source) => source,
+        Err(forwarded) => return Ok(forwarded),
+    };
+    let w = window(&source, &query(uri.query()))?;
     let (events, used) = parse_events(w.offset, &w.content, w.closed);
     let next = w.offset + used as u64;
     let mut answer = tail_answer(run_id, &w, next, &w.content[..used]);
@@ -259,14 +289,12 @@ fn parse_events(start: u64, content: &[u8], closed: bool) -> (Vec<Value>, usize)
     (events, used)
 }
 
-pub async fn stream(
-    app: &Arc<App>,
-    caller: &Caller,
-    run_id: &str,
-    raw_query: Option<&str>,
-) -> Result<Response<Body>, ApiError> {
-    let (_, source) = app.runs.source(caller, run_id).await?;
-    let params = query(raw_query);
+pub async fn stream(app: &Arc<App>, caller: &Caller, run_id: &str, uri: &Uri) -> Result<Response<Body>, ApiError> {
+    let source = match local_source(app, caller, run_id, uri).await? {
+        Ok(source) => source,
+        Err(forwarded) => return Ok(forwarded),
+    };
+    let params = query(uri.query());
     let offset = number(&params, "offset", 0, 0, u64::MAX)?;
     let size = source.end().size;
     if offset > size {

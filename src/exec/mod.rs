@@ -14,7 +14,7 @@ pub mod spawn;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -123,6 +123,32 @@ pub trait Execution: Send {
     /// After the end: kills whatever is left of its process group, and removes a container that
     /// `docker run --rm` would not (the run did not end on its own).
     async fn finish(&mut self, exited_on_its_own: bool);
+}
+
+/// The runtime that drives every run's stdout and stderr pipes (and the tasks that read them),
+/// apart from the one serving HTTP. Its threads are scheduled by the kernel beside the HTTP
+/// workers, so a child's output is read as it comes however many readers the HTTP side is busy
+/// serving: in one runtime, a run's pump waited its turn behind every reader it had just woken
+/// (with 50 fast readers of one run, the run slowed to a seventh of its speed alone).
+pub fn output_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads((cores / 2).max(1))
+                .thread_name("cligate-output")
+                .enable_all()
+                .build()
+                .expect("the output runtime starts")
+        })
+        .handle()
+}
+
+/// Runs `f` with [`output_runtime`] as the current runtime: I/O objects it creates register there.
+pub fn on_output_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let _entered = output_runtime().enter();
+    f()
 }
 
 /// The executor `config` asks for.

@@ -293,8 +293,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             pidfd: unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(io::Error::from)?,
             status: None,
             stdin: Some(pipe::Sender::from_owned_fd(stdin_w)?),
-            stdout: Some(pipe::Receiver::from_owned_fd(stdout_r)?),
-            stderr: Some(pipe::Receiver::from_owned_fd(stderr_r)?),
+            // Driven by the output runtime (see `super::output_runtime`).
+            stdout: Some(super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stdout_r))?),
+            stderr: Some(super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stderr_r))?),
         })
     })();
     registered.map_err(|e| {

@@ -22,7 +22,7 @@ use super::containment::{Containment, Scope};
 use super::frame::{EndReason, Stream};
 use super::output::LineFramer;
 use super::{End, Run, RunState};
-use crate::exec::{Execution, Executor, Launch, StartFailure, Stdio};
+use crate::exec::{Execution, Executor, Launch, StartFailure, Stdio, output_runtime};
 use crate::runlog::RunLog;
 
 /// Bytes read from a pipe at once.
@@ -182,8 +182,8 @@ async fn drive(
     });
     let ended = CancellationToken::new();
     let pumps = [
-        tokio::spawn(pump(stdout, Stream::Stdout, sink.clone(), meter.clone(), ended.clone())),
-        tokio::spawn(pump(stderr, Stream::Stderr, sink.clone(), meter.clone(), ended.clone())),
+        output_runtime().spawn(pump(stdout, Stream::Stdout, sink.clone(), meter.clone(), ended.clone())),
+        output_runtime().spawn(pump(stderr, Stream::Stderr, sink.clone(), meter.clone(), ended.clone())),
     ];
 
     let deadline = limits.timeout.map(|t| tokio::time::Instant::from_std(meter.start + t));

@@ -8,6 +8,8 @@
 //! - [`runs`]: writes and reads of run records.
 //! - [`callbacks`]: the callback delivery status of detached runs.
 //! - [`retention`]: what the retention sweeper may delete, and deleting it.
+//! - [`replicas`]: replicas sharing a PostgreSQL database: heartbeats, where each is reached,
+//!   and the runs of dead ones.
 //! - `writer`: group commit of the hot writes on SQLite.
 //! - [`cursor`], [`time`]: the paging cursor and RFC 3339 formatting.
 
@@ -15,6 +17,7 @@ pub mod callbacks;
 pub mod cursor;
 pub mod idempotency;
 pub mod record;
+pub mod replicas;
 pub mod retention;
 pub mod runs;
 pub mod time;
@@ -65,6 +68,8 @@ pub struct Store {
     backend: Backend,
     /// Where the SQLite file is (for messages); `None` on PostgreSQL.
     sqlite_path: Option<PathBuf>,
+    /// Retention considers only this replica's runs (see [`Store::scope_retention`]).
+    retention_scope: Option<String>,
 }
 
 /// Why [`Store::list`] failed: the caller answers `Invalid` with 400.
@@ -167,6 +172,7 @@ impl Store {
             write,
             backend: Backend::Sqlite,
             sqlite_path: Some(path),
+            retention_scope: None,
         })
     }
 }
@@ -210,6 +216,7 @@ impl Store {
             writer: None,
             backend: Backend::Postgres,
             sqlite_path: None,
+            retention_scope: None,
         })
     }
 

@@ -1,6 +1,8 @@
 //! What the retention sweeper may delete, and deleting it. Only ended runs (finished or
 //! interrupted) are ever candidates: the `state` guard is in every statement, so not even a
-//! wrong id list can remove a queued or running record.
+//! wrong id list can remove a queued or running record. A store scoped to a replica
+//! ([`Store::scope_retention`]) only considers that replica's runs: their logs are in its
+//! `DATA_DIR`, so only it can remove record and log together.
 
 use anyhow::{Context, Result};
 use sqlx::{AssertSqlSafe, Row};
@@ -11,17 +13,32 @@ use super::Store;
 const DELETE_CHUNK: usize = 500;
 
 impl Store {
+    /// From now on retention considers only the runs executed by `instance` (replicas sharing
+    /// PostgreSQL each retain their own).
+    pub fn scope_retention(&mut self, instance: &str) {
+        self.retention_scope = Some(instance.to_string());
+    }
+
+    /// `AND instance = $n` when scoped.
+    fn scope(&self, n: usize) -> String {
+        match self.retention_scope {
+            Some(_) => format!(" AND instance = ${n}"),
+            None => String::new(),
+        }
+    }
+
     /// Ended runs that ended before `cutoff_ms`, oldest end first: `(run_id, log_bytes)`.
     pub async fn finished_before(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<(String, u64)>> {
-        let rows = sqlx::query(
-            "SELECT run_id, log_bytes FROM runs WHERE state IN ('finished', 'interrupted') AND finished_at < $1 \
+        let sql = format!(
+            "SELECT run_id, log_bytes FROM runs WHERE state IN ('finished', 'interrupted') AND finished_at < $1{} \
              ORDER BY finished_at, run_id LIMIT $2",
-        )
-        .bind(cutoff_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await
-        .context("listing expired runs")?;
+            self.scope(3)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(cutoff_ms).bind(i64::from(limit));
+        if let Some(instance) = &self.retention_scope {
+            q = q.bind(instance.as_str());
+        }
+        let rows = q.fetch_all(&self.read).await.context("listing expired runs")?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, u64::try_from(r.try_get::<i64, _>(1)?)?)))
             .collect()
@@ -29,14 +46,16 @@ impl Store {
 
     /// Ended runs, oldest end first: `(run_id, log_bytes, finished_at)` (for a byte bound).
     pub async fn finished_oldest_first(&self, limit: u32) -> Result<Vec<(String, u64, i64)>> {
-        let rows = sqlx::query(
-            "SELECT run_id, log_bytes, finished_at FROM runs WHERE state IN ('finished', 'interrupted') \
+        let sql = format!(
+            "SELECT run_id, log_bytes, finished_at FROM runs WHERE state IN ('finished', 'interrupted'){} \
              ORDER BY finished_at, run_id LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await
-        .context("listing ended runs")?;
+            self.scope(2)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(i64::from(limit));
+        if let Some(instance) = &self.retention_scope {
+            q = q.bind(instance.as_str());
+        }
+        let rows = q.fetch_all(&self.read).await.context("listing ended runs")?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -50,12 +69,15 @@ impl Store {
 
     /// The log bytes of every ended run.
     pub async fn total_log_bytes_finished(&self) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(log_bytes), 0) AS BIGINT) FROM runs WHERE state IN ('finished', 'interrupted')",
-        )
-        .fetch_one(&self.read)
-        .await
-        .context("adding up log bytes")?;
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(log_bytes), 0) AS BIGINT) FROM runs WHERE state IN ('finished', 'interrupted'){}",
+            self.scope(1)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        if let Some(instance) = &self.retention_scope {
+            q = q.bind(instance.as_str());
+        }
+        let row = q.fetch_one(&self.read).await.context("adding up log bytes")?;
         Ok(u64::try_from(row.try_get::<i64, _>(0)?)?)
     }
 

@@ -159,6 +159,27 @@ impl Lines {
         Some(line.freeze())
     }
 
+    /// Calls `on` with each whole line of what has arrived and `data`, without its newline;
+    /// whole lines inside `data` are not copied (the benches' hot path).
+    pub fn feed<E>(&mut self, mut data: &[u8], mut on: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        if !self.buf.is_empty() {
+            let Some(i) = memchr::memchr(b'\n', data) else {
+                self.buf.extend_from_slice(data);
+                return Ok(());
+            };
+            self.buf.extend_from_slice(&data[..i]);
+            let line = self.buf.split();
+            on(&line)?;
+            data = &data[i + 1..];
+        }
+        while let Some(i) = memchr::memchr(b'\n', data) {
+            on(&data[..i])?;
+            data = &data[i + 1..];
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
     /// Bytes after the last newline (a frame cut off when the stream ends here).
     pub fn rest(&self) -> &[u8] {
         &self.buf

@@ -243,6 +243,19 @@ impl Binary {
         let _ = self.child.wait().await;
     }
 
+    /// Sends SIGTERM (a graceful shutdown) and waits, at most `limit`, for the binary to exit;
+    /// returns its exit status.
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the binary exits in time after SIGTERM")
+            .expect("waiting for the binary")
+    }
+
     /// Starts a run and reads it to its end.
     pub async fn run_to_end(&self, body: Value) -> Frames {
         run_to_end(self.addr, body).await
