@@ -532,7 +532,7 @@ impl HttpConn {
                                 r.exit_code = Some(i64::from(code));
                                 r.reason = reason.as_str().to_string();
                             }
-                            Decoded::Frame(Frame::Session { .. }) => {}
+                            Decoded::Frame(Frame::Session { .. } | Frame::Git(_)) => {}
                         }
                         Ok::<(), String>(())
                     })?;

@@ -114,6 +114,14 @@ static_busybox() {
     ! LC_ALL=C head -c 4096 /bin/busybox | tr -d '\0' | grep -qa '/ld-'
 }
 
+# git, and the servers tests/workspace.rs runs its remotes with (both in Debian's git package).
+git_with_servers() {
+    command -v git >/dev/null 2>&1 || return 1
+    local exec_path
+    exec_path=$(git --exec-path) || return 1
+    [ -x "$exec_path/git-daemon" ] && [ -x "$exec_path/git-http-backend" ]
+}
+
 postgres_server() {
     local p
     for p in initdb pg_ctl; do
@@ -128,7 +136,7 @@ PREREQUISITES=(
     "rustfmt|rustup component add rustfmt|cargo fmt --version"
     "clippy|rustup component add clippy|cargo clippy --version"
     "a C compiler (cc)|gcc|command -v cc"
-    "git|git|command -v git"
+    "git with git daemon and git http-backend|git|git_with_servers"
     "node|nodejs|command -v node"
     "npm|npm|command -v npm"
     "chromium (/usr/bin/chromium, for the web UI's browser tests)|chromium|test -x \"${CHROMIUM:-/usr/bin/chromium}\""

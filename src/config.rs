@@ -167,6 +167,18 @@ settings! {
             "how long a callback is retried after its run ended before it is given up as failed";
         CALLBACK_TIMEOUT_SECONDS => callback_timeout: Duration = "10", positive_seconds,
             "limit of one callback attempt (connect, send, response head)";
+        PROJECTS_FILE => projects_file: Option<PathBuf> = "", |v| Ok(v.given().map(PathBuf::from)),
+            "TOML (or .json) file of the operator's git projects runs may work on; unset = no workspaces";
+        WORKSPACE_ROOT => workspace_root: Option<PathBuf> = "$DATA_DIR/workspaces", workspace_root,
+            "where each project's repository and its branches' worktrees live";
+        WORKSPACE_HOST_ROOT => workspace_host_root: Option<PathBuf> = "", absolute_path,
+            "docker mode, gateway in a container: WORKSPACE_ROOT as the engine's host sees it";
+        GIT_AUTHOR_NAME => git_author_name: String = "cligate", |v| Ok(v.text().to_string()),
+            "author and committer name of the commits after runs";
+        GIT_AUTHOR_EMAIL => git_author_email: String = "cligate@localhost", |v| Ok(v.text().to_string()),
+            "author and committer e-mail of the commits after runs";
+        GIT_TIMEOUT_SECONDS => git_timeout: Duration = "120", positive_seconds,
+            "limit of each git step (fetch, push, commit, preview); the step is killed after it";
         LOG_FORMAT => log_json: bool = "text", log_format,
             "text or json";
         RUST_LOG => _rust_log: () = "info", |_| Ok(()),
@@ -319,6 +331,17 @@ pub struct Config {
     pub callback_retry: Duration,
     /// Limit of one callback attempt.
     pub callback_timeout: Duration,
+    /// `PROJECTS_FILE`, read at start-up (with the credentials it names).
+    pub projects: crate::workspace::projects::Projects,
+    pub projects_file: Option<PathBuf>,
+    /// Repositories and worktrees (default `$DATA_DIR/workspaces`).
+    pub workspace_root: PathBuf,
+    /// `WORKSPACE_ROOT` as the docker engine's host sees it.
+    pub workspace_host_root: Option<PathBuf>,
+    /// Name and e-mail of the gateway's commits.
+    pub git_author: (String, String),
+    /// Limit of each git step.
+    pub git_timeout: Duration,
     /// `ADVERTISE_URL`: where other replicas reach this one (`None`: from the bound address).
     pub advertise_url: Option<url::Url>,
     /// `REPLICA_SECRET`: authenticates replica-to-replica calls; `None` = no forwarding.
@@ -381,6 +404,10 @@ impl Config {
         let search_path = env.get("PATH").map(OsString::from).unwrap_or_default();
         let mut config = Values::read(&env)?.validate(search_path)?;
         config.gateway_credentials = credentials;
+        if let Some(file) = &config.projects_file {
+            // The credentials it names are read from the same environment.
+            config.projects = crate::workspace::projects::load(file, |k| env.get(k).cloned())?;
+        }
         Ok(config)
     }
 
@@ -429,6 +456,10 @@ impl Values {
                 janitor_interval: self.docker_janitor_interval,
             }),
         };
+        let workspace_root = self
+            .workspace_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("workspaces"));
         Ok(Config {
             clis: self.clis,
             models: self.models,
@@ -467,6 +498,12 @@ impl Values {
             callback_secret: self.callback_secret,
             callback_retry: self.callback_retry,
             callback_timeout: self.callback_timeout,
+            projects: Default::default(),
+            projects_file: self.projects_file,
+            workspace_root,
+            workspace_host_root: self.workspace_host_root,
+            git_author: (self.git_author_name, self.git_author_email),
+            git_timeout: self.git_timeout,
             advertise_url: self.advertise_url,
             replica_secret: self.replica_secret,
             replica_dead: self.replica_dead,
@@ -525,6 +562,19 @@ fn list(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// `WORKSPACE_ROOT`: `None` for the default (under `DATA_DIR`, known only once it is read).
+fn workspace_root(value: Value) -> Result<Option<PathBuf>, String> {
+    Ok(Some(value.text()).filter(|t| *t != value.default).map(PathBuf::from))
+}
+
+/// An absolute path, or `None` when unset.
+fn absolute_path(value: Value) -> Result<Option<PathBuf>, String> {
+    match value.given() {
+        Some(p) if !p.starts_with('/') => Err(format!("'{p}' is not an absolute path")),
+        p => Ok(p.map(PathBuf::from)),
+    }
 }
 
 /// Seconds as a float; empty or `<= 0` mean "off".

@@ -37,3 +37,4 @@ pub mod runs;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod workspace;

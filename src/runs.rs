@@ -27,6 +27,7 @@ use crate::store::replicas::is_session_taken;
 use crate::store::time::now_ms;
 use crate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
 use crate::telemetry::clip;
+use crate::workspace::{self as workspace, GitReport, Workspaces};
 
 /// How a run was asked for.
 enum Submit {
@@ -54,6 +55,8 @@ pub enum Refusal {
     Invalid(String),
     /// An `Idempotency-Key` reused with another body (422).
     KeyReused(String),
+    /// The run's branch or state key is in use by a queued or running run (409 `busy`).
+    Busy(String),
 }
 
 /// An `Idempotency-Key` and the hash of the request it came with (route and canonical body).
@@ -91,6 +94,8 @@ pub struct Runs {
     pub executor: Arc<dyn Executor>,
     /// Delivers detached runs' callbacks once they end (see [`crate::callbacks`]).
     pub callbacks: Callbacks,
+    /// Branches, worktrees and state homes (see [`crate::workspace`]).
+    pub workspaces: Arc<Workspaces>,
 }
 
 impl Runs {
@@ -125,8 +130,10 @@ impl Runs {
             store.clone(),
             metrics.clone(),
         )?;
+        let workspaces = Arc::new(Workspaces::open(&config)?);
         let runs = Runs {
             callbacks,
+            workspaces,
             admission: Admission::new(
                 config.max_concurrent,
                 config.max_queued,
@@ -164,6 +171,7 @@ impl Runs {
                         stdout_bytes: record.stdout_bytes,
                         stderr_bytes: record.stderr_bytes,
                         log_bytes: size,
+                        git: None,
                     },
                 )
                 .await?;
@@ -201,16 +209,39 @@ impl Runs {
 
     async fn submit_attached(
         self: &Arc<Self>,
-        spec: RunSpec,
+        mut spec: RunSpec,
         caller: &Caller,
         run_id: String,
     ) -> Result<Arc<Run>, Refusal> {
         self.check_session(&spec)?;
+        let claim = self.hold(&mut spec, caller)?;
         self.check_disk()?;
         let permit = self.admission.admit().await.map_err(|r| self.refused(r))?;
         let (run, registration, launch) = self.create(&spec, caller, run_id, Submit::Attached).await?;
-        self.start(run.clone(), spec, launch, registration, Reservation::Slot(permit), None);
+        self.start(
+            run.clone(),
+            spec,
+            launch,
+            (registration, claim),
+            Reservation::Slot(permit),
+            None,
+        );
         Ok(run)
+    }
+
+    /// Claims the run's branch and state key (409 `busy` when another run holds one) and
+    /// fills in its directories.
+    fn hold(&self, spec: &mut RunSpec, caller: &Caller) -> Result<workspace::Claim, Refusal> {
+        let owner = caller.name.as_deref();
+        let claim = self
+            .workspaces
+            .claim(spec.workspace.as_ref(), spec.state_key.as_deref(), owner)
+            .map_err(|busy| Refusal::Busy(busy.0))?;
+        spec.place = self
+            .workspaces
+            .place(spec.workspace.as_ref(), spec.state_key.as_deref(), owner)
+            .map_err(|e| Refusal::Unavailable(format!("cannot create the run's state home: {e}")))?;
+        Ok(claim)
     }
 
     /// Records a detached run and answers at once: it starts when a slot is free (waiting in
@@ -237,12 +268,13 @@ impl Runs {
 
     async fn detach(
         self: &Arc<Self>,
-        spec: RunSpec,
+        mut spec: RunSpec,
         caller: &Caller,
         callback_url: Option<String>,
         run_id: String,
     ) -> Result<(Arc<Run>, RecordState), Refusal> {
         self.check_session(&spec)?;
+        let claim = self.hold(&mut spec, caller)?;
         self.check_disk()?;
         let reservation = self.admission.reserve().map_err(|r| self.refused(r))?;
         let state = if reservation.has_slot() {
@@ -253,7 +285,14 @@ impl Runs {
         let (run, registration, launch) = self
             .create(&spec, caller, run_id, Submit::Detached { state, callback_url })
             .await?;
-        self.start(run.clone(), spec, launch, registration, reservation, Some(state));
+        self.start(
+            run.clone(),
+            spec,
+            launch,
+            (registration, claim),
+            reservation,
+            Some(state),
+        );
         Ok((run, state))
     }
 
@@ -432,14 +471,16 @@ impl Runs {
     }
 
     /// Runs the run in its own task: waits for its slot if it has none (a stop or the shutdown
-    /// ends the wait), then plans, supervises and finishes it. `queued` is the recorded state of
-    /// a detached run (`None` for an attached one).
+    /// ends the wait), then prepares its branch (when it has one), supervises the CLI, commits
+    /// and pushes, and finishes it. `queued` is the recorded state of a detached run (`None`
+    /// for an attached one). The claim on the branch and state key is held until the branch's
+    /// last git step is done.
     fn start(
         self: &Arc<Self>,
         run: Arc<Run>,
         spec: RunSpec,
         launch: Launch,
-        registration: Registration,
+        (registration, claim): (Registration, workspace::Claim),
         reservation: Reservation,
         queued: Option<RecordState>,
     ) {
@@ -472,7 +513,8 @@ impl Runs {
                     stdout_bytes: 0,
                     stderr_bytes: 0,
                 };
-                service.finish(&run, outcome, None, false, (registration, None)).await;
+                drop(claim);
+                service.finish(&run, outcome, None, false, None, (registration, None)).await;
                 return;
             };
             if queued == Some(RecordState::Queued) {
@@ -491,19 +533,76 @@ impl Runs {
             let model = launch.model.clone();
             let container = launch.container.is_some();
             let log = run.log.clone().expect("a submitted run has a log");
-            let outcome = supervise(
-                &run,
-                &service.containment,
-                service.executor.as_ref(),
-                launch,
-                spec.stdin,
-                &limits,
-                log,
-            )
-            .await;
+            let workspaces = &service.workspaces;
+            let prepared = match &spec.workspace {
+                None => Ok(()),
+                Some(w) => tokio::select! {
+                    prepared = workspaces.prepare(w, &log) => prepared.map_err(|why| (why, None)),
+                    reason = run.stop_requested() => Err(("the run was stopped while its branch was prepared".into(), Some(reason))),
+                },
+            };
+            let (outcome, git) = match prepared {
+                Ok(()) => {
+                    let outcome = supervise(
+                        &run,
+                        &service.containment,
+                        service.executor.as_ref(),
+                        launch,
+                        spec.stdin,
+                        &limits,
+                        log.clone(),
+                    )
+                    .await;
+                    let git = match &spec.workspace {
+                        None => None,
+                        Some(w) => {
+                            let message = format!("{} run {}", spec.cli, run.id);
+                            Some(workspaces.finish(w, &message, &log).await)
+                        }
+                    };
+                    (outcome, git)
+                }
+                Err((why, stopped)) => {
+                    workspace::say(&log, &format!("the run was not started: {why}"));
+                    let w = spec.workspace.as_ref().expect("only a workspace run is prepared");
+                    let end = match stopped {
+                        Some(reason) => End { code: 143, reason },
+                        None => End {
+                            code: 1,
+                            reason: EndReason::Workspace,
+                        },
+                    };
+                    run.set_state(RunState::Finished(end));
+                    let git = GitReport {
+                        project: w.project.clone(),
+                        branch: w.branch.clone(),
+                        head: None,
+                        committed: false,
+                        pushed: false,
+                        error: Some(why),
+                    };
+                    let outcome = Outcome {
+                        end,
+                        stdout_bytes: 0,
+                        stderr_bytes: 0,
+                    };
+                    (outcome, Some(git))
+                }
+            };
+            if let Some(git) = &git {
+                let mut frame = BytesMut::new();
+                Frame::Git(git.clone()).encode(&mut frame);
+                if let Err(e) = log.append(frame.freeze()) {
+                    tracing::error!(run_id = run.id.as_str(), error = %e, "cannot write the git frame");
+                }
+            }
+            // The branch is free once its last git step is done, before the exit frame: a
+            // client that starts the next run on it as soon as it reads `exit` is not refused.
+            drop(claim);
             service.metrics.active_runs.dec();
+            let git = git.map(|g| serde_json::to_value(g).expect("serialises"));
             service
-                .finish(&run, outcome, model, container, (registration, Some(permit)))
+                .finish(&run, outcome, model, container, git, (registration, Some(permit)))
                 .await;
         });
     }
@@ -516,6 +615,7 @@ impl Runs {
         outcome: Outcome,
         model: Option<String>,
         container: bool,
+        git: Option<serde_json::Value>,
         (registration, permit): (Registration, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
         let end = outcome.end;
@@ -534,6 +634,7 @@ impl Runs {
             stdout_bytes: outcome.stdout_bytes,
             stderr_bytes: outcome.stderr_bytes,
             log_bytes: log.end().size + exit.len() as u64,
+            git,
         };
         let timer = std::time::Instant::now();
         if let Err(e) = self.store.finish(&run.id, &finish).await {

@@ -283,3 +283,106 @@ async fn codex_exec_answers_through_the_gateway() {
 
     assert!(started.elapsed() < LIMIT, "took {:?}", started.elapsed());
 }
+
+/// The texts of every message item of a Responses API request's `input`, as `role: text`.
+fn conversation(body: &Bytes) -> Vec<String> {
+    let body: Value = serde_json::from_slice(body).expect("request body is JSON");
+    body["input"]
+        .as_array()
+        .expect("input is an array")
+        .iter()
+        .filter(|item| item["type"] == "message" || item.get("role").is_some())
+        .flat_map(|item| {
+            let role = item["role"].as_str().unwrap_or("?").to_string();
+            item["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["text"].as_str())
+                .map(move |text| format!("{role}: {text}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_state_key_lets_codex_exec_resume_the_last_conversation() {
+    const SECOND: &str = "And once more, please.";
+    let codex = installed_codex();
+    let api = FakeResponses::start().await;
+    // Not under /tmp (see TempDir): the state homes live in this DATA_DIR.
+    let data = common::scratch_data_dir();
+    for key in ["conv-1", "conv-2"] {
+        let home = Path::new(&data).join("state/_").join(key);
+        std::fs::create_dir_all(home.join(".codex")).unwrap();
+        std::fs::write(home.join(".codex/config.toml"), codex_config(api.addr)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        codex.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let gateway = Gateway::start(&[
+        ("CLI_LIST", "codex"),
+        ("PATH", &path),
+        ("DATA_DIR", &data),
+        ("RUN_RESPONSE_TIMEOUT_SECONDS", "25"),
+    ])
+    .await;
+    let env = json!({"FAKE_API_KEY": API_KEY});
+    let first = json!({"cli": "codex", "args": ["exec", "--skip-git-repo-check"], "stdin": PROMPT,
+        "env": env, "state_key": "conv-1"});
+    let frames = tokio::time::timeout(LIMIT, gateway.run_to_end(first))
+        .await
+        .expect("the first run ends within 30 s");
+    assert_eq!(
+        frames.exit(),
+        (0, "exited".into()),
+        "codex stderr:\n{}",
+        frames.stderr()
+    );
+    assert_eq!(frames.stdout(), format!("{REPLY}\n"));
+
+    // A second run with the same key resumes: the model gets the first exchange, then the new prompt.
+    let second = json!({"cli": "codex", "args": ["exec", "--skip-git-repo-check", "resume", "--last", SECOND],
+        "env": env, "state_key": "conv-1"});
+    let frames = tokio::time::timeout(LIMIT, gateway.run_to_end(second))
+        .await
+        .expect("the second run ends within 30 s");
+    assert_eq!(
+        frames.exit(),
+        (0, "exited".into()),
+        "codex stderr:\n{}",
+        frames.stderr()
+    );
+    let received = api.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    let first_turn = conversation(&received[0].body);
+    let resumed = conversation(&received[1].body);
+    let (prompt, reply, second) = (
+        format!("user: {PROMPT}"),
+        format!("assistant: {REPLY}"),
+        format!("user: {SECOND}"),
+    );
+    assert!(
+        first_turn.contains(&prompt) && !first_turn.contains(&reply),
+        "{first_turn:?}"
+    );
+    let at = |text: &String| resumed.iter().position(|t| t == text);
+    assert!(
+        at(&prompt) < at(&reply) && at(&reply) < at(&second) && at(&prompt).is_some(),
+        "the resumed request carries the first conversation, then the new prompt: {resumed:?}"
+    );
+
+    // Another key is another conversation: nothing to resume.
+    let other = json!({"cli": "codex", "args": ["exec", "--skip-git-repo-check", "resume", "--last", SECOND],
+        "env": env, "state_key": "conv-2"});
+    let frames = tokio::time::timeout(LIMIT, gateway.run_to_end(other))
+        .await
+        .expect("the third run ends within 30 s");
+    assert!(
+        api.received().len() == 2 || !conversation(&api.received()[2].body).contains(&prompt),
+        "conv-2 does not see conv-1's conversation: {}",
+        frames.stderr()
+    );
+}

@@ -971,3 +971,79 @@ async fn detached_runs_in_containers_end_and_stop_by_run_id() {
     assert_eq!(r["reason"], "stopped");
     assert_no_containers(&session_label(&sid), GONE_WITHIN).await;
 }
+
+/// Runs git outside the gateway (seeding a remote, looking at it); panics on failure.
+fn seed_git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=seed",
+            "-c",
+            "user.email=seed@test",
+            "-c",
+            "init.defaultBranch=dev",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn a_container_works_in_its_branch_at_slash_workspace_and_its_changes_are_committed() {
+    let remote = tempfile::tempdir().unwrap();
+    seed_git(remote.path(), &["init", "--quiet", "seed"]);
+    let seed = remote.path().join("seed");
+    std::fs::write(seed.join("README.md"), "# demo\n").unwrap();
+    std::fs::write(seed.join("old.txt"), "old\n").unwrap();
+    seed_git(&seed, &["add", "."]);
+    seed_git(&seed, &["commit", "--quiet", "-m", "seed"]);
+    seed_git(remote.path(), &["clone", "--quiet", "--bare", "seed", "origin.git"]);
+    let origin = remote.path().join("origin.git");
+    let projects = remote.path().join("projects.toml");
+    std::fs::write(
+        &projects,
+        format!("[projects.demo]\nurl = \"{}\"\nbase = \"dev\"\n", origin.display()),
+    )
+    .unwrap();
+    let instance = Instance::new("workspace");
+    let gw = docker_gateway(&instance, &[("PROJECTS_FILE", projects.to_str().unwrap())]).await;
+    let script = "pwd; cat README.md; echo from-container > made.txt; rm old.txt; echo $HOME; echo kept > $HOME/note";
+    let frames = gw
+        .run_to_end(json!({
+            "cli": "sh",
+            "args": ["-c", script],
+            "workspace": {"project": "demo", "branch": "dock/1", "push": true},
+            "state_key": "dock-home",
+        }))
+        .await;
+    assert_eq!(frames.exit(), (0, "exited".into()), "{}", frames.stderr());
+    assert_eq!(frames.stdout(), "/workspace\n# demo\n/cligate-home\n");
+    let git = frames
+        .0
+        .iter()
+        .find_map(|f| match f {
+            Frame::Git(g) => Some(g.clone()),
+            _ => None,
+        })
+        .expect("a git frame");
+    assert!(git.committed && git.pushed && git.error.is_none(), "{git:?}");
+    let head = seed_git(&origin, &["rev-parse", "refs/heads/dock/1"]);
+    assert_eq!(git.head.as_deref(), Some(head.as_str()));
+    assert_eq!(
+        seed_git(&origin, &["diff", "--name-status", "dev", "dock/1"]),
+        "A\tmade.txt\nD\told.txt"
+    );
+    assert_eq!(seed_git(&origin, &["show", "dock/1:made.txt"]), "from-container");
+    // The home was mounted from DATA_DIR and outlives the container.
+    let note = gw.data_dir.join("state/_/dock-home/note");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "kept\n");
+}

@@ -532,6 +532,8 @@ fn error_responses_use_the_error_schema_and_name_every_kind() {
         ApiError::NotFound("x".into()),
         ApiError::MethodNotAllowed("GET"),
         ApiError::Conflict("x".into()),
+        ApiError::Busy("x".into()),
+        ApiError::UnsupportedMediaType("x".into()),
         ApiError::PayloadTooLarge(1),
         ApiError::RequestTimeout(Duration::from_secs(1)),
         ApiError::Overloaded {
@@ -998,6 +1000,86 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     assert_eq!(reply.assert_error(503)["error"], "unavailable");
     drop(gw);
 
+    // A project: the preview examples answer 200, and the documented refusals.
+    let repo = Scratch::new("project");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=dev",
+            ])
+            .args(args)
+            .current_dir(&repo.0)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "--quiet", "work"]);
+    std::fs::create_dir_all(repo.0.join("work/src")).unwrap();
+    std::fs::write(repo.0.join("work/src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
+    std::fs::write(repo.0.join("work/logo.png"), b"\x89PNG\0\0").unwrap();
+    git(&["-C", "work", "add", "."]);
+    git(&["-C", "work", "commit", "--quiet", "-m", "seed"]);
+    git(&["clone", "--quiet", "--bare", "work", "origin.git"]);
+    let projects = repo.0.join("projects.toml");
+    std::fs::write(
+        &projects,
+        format!(
+            "[projects.myproj]\nurl = \"{}\"\nbase = \"dev\"\n[projects.gone]\nurl = \"{}\"\n",
+            repo.0.join("origin.git").display(),
+            repo.0.join("no-such-repo.git").display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&[
+        ("PATH", &path),
+        ("CLI_LIST", &clis),
+        ("PROJECTS_FILE", projects.to_str().unwrap()),
+    ])
+    .await;
+    for (what, reply) in probe.every_operation(gw.addr, &[]).await {
+        if what.contains("/projects") {
+            assert_eq!(reply.status, 200, "{what}");
+        }
+    }
+    for (pattern, path, status) in [
+        ("/projects/{project_id}/tree", "/projects/gone/tree", 503),
+        ("/projects/{project_id}/file", "/projects/gone/file?path=x", 503),
+        ("/projects/{project_id}/tree", "/projects/myproj/tree?path=../x", 400),
+        ("/projects/{project_id}/tree", "/projects/myproj/tree?ref=nope", 404),
+        (
+            "/projects/{project_id}/file",
+            "/projects/myproj/file?path=/etc/passwd",
+            400,
+        ),
+        (
+            "/projects/{project_id}/file",
+            "/projects/myproj/file?path=missing.rs",
+            404,
+        ),
+        (
+            "/projects/{project_id}/file",
+            "/projects/myproj/file?path=logo.png",
+            415,
+        ),
+    ] {
+        probe
+            .call(gw.addr, "GET", pattern, path, None, &[])
+            .await
+            .assert_error(status);
+    }
+    drop(gw);
+
     // Every status the document lists was produced above.
     let mut missing = Vec::new();
     for (method, pattern, _) in cligate::api::ROUTES {
@@ -1019,10 +1101,10 @@ fn guard_of(what: &str) -> Guard {
         .unwrap_or_else(|| panic!("no route {what}"))
 }
 
-/// The status of an operation called with its examples when the example session and run do not
-/// exist.
+/// The status of an operation called with its examples when the example session, run and project
+/// do not exist.
 fn example_status(what: &str) -> u16 {
-    if what.contains("/sessions/") || what.contains("/runs/") {
+    if what.contains("/sessions/") || what.contains("/runs/") || what.contains("/projects/") {
         404
     } else if what == "POST /runs" {
         202

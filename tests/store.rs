@@ -96,6 +96,7 @@ fn finished(at: i64, log_bytes: u64) -> Finish {
         stdout_bytes: 1,
         stderr_bytes: 2,
         log_bytes,
+        git: None,
     }
 }
 
@@ -123,6 +124,9 @@ async fn round_trip_keeps_every_field(ctx: Ctx) {
         detached: true,
         callback_url: Some("https://hooks.example/x?y=1".into()),
         callback: Some(json!({"status": "delivered", "attempts": 2})),
+        git: Some(
+            json!({"project": "p", "branch": "b", "head": null, "committed": false, "pushed": false, "error": "x"}),
+        ),
     };
     s.insert(&full).await.unwrap();
     assert_eq!(s.get("run-full").await.unwrap().as_ref(), Some(&full));
@@ -145,9 +149,21 @@ async fn round_trip_keeps_every_field(ctx: Ctx) {
     );
     assert_eq!(api["detached"], true);
     let fields: Vec<&str> = api.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(fields.len(), 21, "{fields:?}");
+    assert_eq!(fields.len(), 22, "{fields:?}");
+    assert_eq!(api["git"]["error"], "x");
     let api = serde_json::to_value(s.get("run-bare").await.unwrap()).unwrap();
     assert!(api["finished_at"].is_null() && api["callback"].is_null() && api["model"].is_null());
+    assert!(api["git"].is_null());
+    // A run on a branch gets its git outcome when it ends.
+    s.insert(&record("run-git", "s", T0)).await.unwrap();
+    let git = json!({"project": "p", "branch": "b", "head": "abc", "committed": true, "pushed": false,
+        "error": "push failed"});
+    let end = Finish {
+        git: Some(git.clone()),
+        ..finished(T0 + 1, 10)
+    };
+    assert!(s.finish("run-git", &end).await.unwrap());
+    assert_eq!(s.get("run-git").await.unwrap().unwrap().git, Some(git));
 }
 
 async fn final_records_never_change(ctx: Ctx) {

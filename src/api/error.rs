@@ -18,6 +18,10 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed(&'static str),
     Conflict(String),
+    /// The run's branch or state key is held by another run (409).
+    Busy(String),
+    /// A preview of a file that is not text (415).
+    UnsupportedMediaType(String),
     PayloadTooLarge(usize),
     /// The request's head or body did not arrive within `REQUEST_READ_TIMEOUT_SECONDS`.
     RequestTimeout(std::time::Duration),
@@ -39,7 +43,8 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Busy(_) => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -56,6 +61,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Busy(_) => "busy",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Overloaded { .. } => "overloaded",
@@ -72,6 +79,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not found",
             ApiError::MethodNotAllowed(_) => "method not allowed",
             ApiError::Conflict(_) => "session already running",
+            ApiError::Busy(_) => "workspace busy",
+            ApiError::UnsupportedMediaType(_) => "not a text file",
             ApiError::PayloadTooLarge(_) => "request body too large",
             ApiError::RequestTimeout(_) => "request not received in time",
             ApiError::Overloaded { .. } => "too many runs; retry later",
@@ -85,6 +94,8 @@ impl ApiError {
             | ApiError::Unprocessable(d)
             | ApiError::NotFound(d)
             | ApiError::Conflict(d)
+            | ApiError::Busy(d)
+            | ApiError::UnsupportedMediaType(d)
             | ApiError::Unavailable(d)
             | ApiError::Overloaded { detail: d, .. } => d.clone(),
             ApiError::Unauthorized => "send 'Authorization: Bearer <token>'".into(),
@@ -140,6 +151,7 @@ impl From<crate::runs::Refusal> for ApiError {
             Refusal::NotFound(d) => ApiError::NotFound(d),
             Refusal::Invalid(d) => ApiError::BadRequest(d),
             Refusal::KeyReused(d) => ApiError::Unprocessable(d),
+            Refusal::Busy(d) => ApiError::Busy(d),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod projects;
 pub mod run;
 pub mod runs;
 pub mod ui;
@@ -63,6 +64,9 @@ pub const ROUTES: &[(&str, &str, Guard)] = &[
     ("POST", "/runs/{run_id}/stop", Guard::Token),
     ("GET", "/ui", Guard::Address),
     ("GET", "/ui/{asset}", Guard::Address),
+    ("GET", "/projects", Guard::Token),
+    ("GET", "/projects/{project_id}/tree", Guard::Token),
+    ("GET", "/projects/{project_id}/file", Guard::Token),
 ];
 
 /// Refusals written to the log per second at most.
@@ -136,7 +140,7 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
                 ApiError::Unauthorized | ApiError::Forbidden => "auth",
                 ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overload",
                 ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) => "not_found",
-                ApiError::Conflict(_) => "conflict",
+                ApiError::Conflict(_) | ApiError::Busy(_) => "conflict",
                 _ => "bad_request",
             };
             app.metrics.reject(cause);
@@ -172,6 +176,8 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         ["runs", id, "stream"] if !id.is_empty() => ("/runs/{run_id}/stream", Guard::Token),
         ["runs", id, "stop"] if !id.is_empty() => ("/runs/{run_id}/stop", Guard::Token),
         ["ui", name] if !name.is_empty() => ("/ui/{asset}", Guard::Address),
+        ["projects", id, "tree"] if !id.is_empty() => ("/projects/{project_id}/tree", Guard::Token),
+        ["projects", id, "file"] if !id.is_empty() => ("/projects/{project_id}/file", Guard::Token),
         _ => match ROUTES.iter().find(|(_, p, _)| *p == path) {
             Some((_, p, guard)) => (*p, *guard),
             None => return Err(ApiError::NotFound(format!("no route for {path}"))),
@@ -254,6 +260,13 @@ async fn route(app: &Arc<App>, client: SocketAddr, req: Request<Incoming>) -> Re
         (Method::GET, "/ui") => ui::index(),
         // Asset names are plain; an encoded name is simply not one of them (404).
         (Method::GET, "/ui/{asset}") => ui::asset(segments[1])?,
+        (Method::GET, "/projects") => projects::list(app),
+        (Method::GET, "/projects/{project_id}/tree") => {
+            projects::tree(app, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
+        (Method::GET, "/projects/{project_id}/file") => {
+            projects::file(app, &percent_decode(segments[1])?, req.uri().query()).await?
+        }
         _ => unreachable!("every route in ROUTES is handled"),
     })
 }

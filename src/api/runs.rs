@@ -27,7 +27,7 @@ const DEFAULT_MAX_BYTES: u64 = 64 * 1024;
 const LIMIT_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The query parameters, decoded; a repeated parameter keeps its last value.
-fn query(raw: Option<&str>) -> Vec<(String, String)> {
+pub(super) fn query(raw: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
@@ -35,11 +35,17 @@ fn query(raw: Option<&str>) -> Vec<(String, String)> {
 
 /// The parameter's value when it is given (`?name=` gives an empty value, which the typed
 /// parameters refuse and the text filters take as given).
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-fn number(params: &[(String, String)], name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+pub(super) fn number(
+    params: &[(String, String)],
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
     let Some(text) = param(params, name) else {
         return Ok(default);
     };

@@ -23,6 +23,7 @@ use crate::config::{Config, DockerConfig};
 use crate::run::containment::Scope;
 use crate::run::plan::{model_from_args, redirects, resolve_auto, strip_model_flags};
 use crate::run::request::RunSpec;
+use crate::workspace::{CONTAINER_HOME, CONTAINER_WORKDIR, Place};
 
 /// Labels put on every container, so the gateway can find its own again after a crash.
 pub const LABEL_INSTANCE: &str = "cligate.instance";
@@ -165,6 +166,17 @@ fn plan(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &str) ->
     }
     args.extend(["--security-opt", "no-new-privileges"].map(String::from));
     args.extend(docker.run_options.iter().cloned());
+    // A run on a branch works in its worktree; a `state_key`'s home is mounted and is `HOME`.
+    if let Some(dir) = &spec.place.workdir {
+        args.push("-v".into());
+        args.push(format!("{}:{CONTAINER_WORKDIR}", dir.host.display()));
+        args.extend(["-w".into(), CONTAINER_WORKDIR.into()]);
+    }
+    if let Some(home) = &spec.place.home {
+        args.push("-v".into());
+        args.push(format!("{}:{CONTAINER_HOME}", home.host.display()));
+        env.extend(Place::home_env(CONTAINER_HOME));
+    }
     for key in env.keys() {
         args.push("-e".into());
         args.push(key.clone());
@@ -184,6 +196,7 @@ fn plan(spec: &RunSpec, config: &Config, docker: &DockerConfig, run_id: &str) ->
         container: Some(container),
         model,
         env_remove: Vec::new(),
+        cwd: None,
     }
 }
 

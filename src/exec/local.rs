@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::run::containment::Scope;
 use crate::run::plan::{model_from_args, redirects};
 use crate::run::request::RunSpec;
+use crate::workspace::Place;
 
 /// Runs CLIs as local processes.
 #[derive(Debug)]
@@ -31,25 +32,34 @@ impl Executor for Local {
     }
 
     /// The CLI with the request's args verbatim and its env over the gateway's. When the request
-    /// points the CLI at another server, the gateway's credentials are not inherited.
+    /// points the CLI at another server, the gateway's credentials are not inherited; the
+    /// projects' git credentials never are. A run on a branch works in the branch's worktree, a
+    /// run with a `state_key` has its home (`HOME`, `CODEX_HOME`, XDG dirs) there.
     fn plan(&self, spec: &RunSpec, _run_id: &str) -> Launch {
         let config = &self.config;
+        let mut env = spec.env.clone();
+        if let Some(home) = &spec.place.home {
+            env.extend(Place::home_env(&home.local.to_string_lossy()));
+        }
+        let mut env_remove: Vec<String> = if redirects(spec, config) {
+            config
+                .gateway_credentials
+                .iter()
+                .filter(|key| !spec.env.contains_key(*key))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        env_remove.extend(config.projects.secret_variables());
         Launch {
             program: spec.cli.clone().into(),
             args: spec.args.clone(),
-            env: spec.env.clone(),
+            env,
             container: None,
             model: model_from_args(&spec.args).map(String::from),
-            env_remove: if redirects(spec, config) {
-                config
-                    .gateway_credentials
-                    .iter()
-                    .filter(|key| !spec.env.contains_key(*key))
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            env_remove,
+            cwd: spec.place.workdir.as_ref().map(|d| d.local.clone()),
         }
     }
 

@@ -39,8 +39,12 @@ pub struct Launch {
     /// The model the run uses, when known (for logs and metrics).
     pub model: Option<String>,
     /// Variables of the gateway's environment the launched process must not inherit: the
-    /// gateway's credentials, when the request points the CLI at another server (local mode).
+    /// gateway's credentials, when the request points the CLI at another server, and the
+    /// projects' git credentials (local mode).
     pub env_remove: Vec<String>,
+    /// The working directory of the launched process (local mode: the branch's worktree, see
+    /// [`crate::workspace`]); a docker launch mounts the worktree at `/workspace` instead.
+    pub cwd: Option<PathBuf>,
 }
 
 /// Why a launch could not be started: the exit code the run reports (127 not found, 126 not

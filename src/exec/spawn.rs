@@ -13,7 +13,7 @@
 //! 1. every signal handler the gateway installed is reset to the default (the child must never
 //!    run a gateway handler in the gateway's memory; all signals are blocked until then);
 //! 2. it writes itself into the run's cgroup (`cgroup.procs`), when there is one;
-//! 3. `setpgid(0, 0)`: its own process group;
+//! 3. `setpgid(0, 0)`: its own process group, and `chdir` to its working directory if it has one;
 //! 4. the pipes become its stdin, stdout and stderr;
 //! 5. an empty signal mask (as std gives a child), then `execve`.
 //!
@@ -47,6 +47,8 @@ pub struct SpawnSpec<'a> {
     pub env_remove: &'a [&'a str],
     /// The `cgroup.procs` file of the cgroup the child joins before it execs.
     pub cgroup_procs: Option<&'a CStr>,
+    /// The child's working directory (the gateway's when `None`).
+    pub cwd: Option<&'a Path>,
 }
 
 /// Why a spawn failed: the child could not join its cgroup, or could not be started.
@@ -79,6 +81,8 @@ struct ChildArgs {
     fds: [libc::c_int; 3],
     /// `cgroup.procs` to join, or null.
     procs: *const libc::c_char,
+    /// The working directory to change to, or null.
+    cwd: *const libc::c_char,
     /// 0, or the step that failed (1: cgroup, 2: set-up, 3: exec).
     failed_at: libc::c_int,
     errno: libc::c_int,
@@ -121,6 +125,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         // 3. Its own process group; 4. the pipes as 0, 1, 2 (dup2 clears close-on-exec).
         if libc::setpgid(0, 0) != 0 {
+            fail(a, 2);
+        }
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
             fail(a, 2);
         }
         for (target, fd) in a.fds.into_iter().enumerate() {
@@ -218,6 +225,11 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         args.push(cstring(a.as_bytes()).map_err(start)?);
     }
     let (_env, envp) = environment(spec.env, spec.env_remove).map_err(start)?;
+    let cwd = spec
+        .cwd
+        .map(|d| cstring(d.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(start)?;
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
 
     let (stdin_r, stdin_w) = pipe_above_stdio().map_err(start)?;
@@ -229,6 +241,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         envp: envp.as_ptr(),
         fds: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
         procs: spec.cgroup_procs.map_or(std::ptr::null(), |p| p.as_ptr()),
+        cwd: cwd.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
         failed_at: 0,
         errno: 0,
     };
@@ -380,6 +393,7 @@ mod tests {
             env: &vars,
             env_remove: &["HOME"],
             cgroup_procs: scope.cgroup_procs(),
+            cwd: None,
         };
         let child = spawn(&spec).unwrap();
         let (out, status) = output(child, b"hello\n").await;
@@ -413,6 +427,7 @@ mod tests {
             env: &BTreeMap::new(),
             env_remove: &[],
             cgroup_procs: None,
+            cwd: None,
         };
         match spawn(&spec) {
             Err(SpawnError::Start(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
@@ -429,6 +444,7 @@ mod tests {
             env: &BTreeMap::new(),
             env_remove: &[],
             cgroup_procs: Some(&procs),
+            cwd: None,
         };
         assert!(matches!(spawn(&spec), Err(SpawnError::Cgroup(_))));
     }
@@ -446,6 +462,7 @@ mod tests {
             env: &BTreeMap::new(),
             env_remove: &[],
             cgroup_procs: None,
+            cwd: None,
         };
         let mut child = spawn(&spec).unwrap();
         drop(child.stdout.take());

@@ -31,6 +31,8 @@ pub enum Frame {
     Stderr {
         data: String,
     },
+    /// A run on a branch (`workspace`): how the branch ended up, just before `exit`.
+    Git(crate::workspace::GitReport),
     Exit {
         code: i32,
         reason: EndReason,
@@ -75,6 +77,9 @@ pub enum EndReason {
     SpawnFailed,
     /// The gateway itself failed while running it.
     Internal,
+    /// The run's branch could not be set up (fetch failed, unpushed commits could not be
+    /// pushed, the branch diverged): the CLI was not started.
+    Workspace,
 }
 
 impl EndReason {
@@ -89,10 +94,11 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::SpawnFailed => "spawn_failed",
             EndReason::Internal => "internal",
+            EndReason::Workspace => "workspace",
         }
     }
 
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 10] = [
         EndReason::Exited,
         EndReason::Timeout,
         EndReason::IdleTimeout,
@@ -102,6 +108,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::SpawnFailed,
         EndReason::Internal,
+        EndReason::Workspace,
     ];
 }
 

@@ -108,6 +108,9 @@ mod tests {
             stdin: String::new(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             session_id: "s-1".into(),
+            workspace: None,
+            state_key: None,
+            place: Default::default(),
         }
     }
 
@@ -366,5 +369,42 @@ mod tests {
             l.args[image + 1..],
             strings(&["codex", "--privileged", "-v", "/:/host"])
         );
+    }
+
+    #[test]
+    fn a_branch_run_works_in_its_worktree_and_a_state_key_gives_it_a_home() {
+        use crate::workspace::{Dir, Place};
+        let dir = |local: &str, host: &str| Dir {
+            local: local.into(),
+            host: host.into(),
+        };
+        let mut s = spec("codex", &["exec"], &[]);
+        s.place = Place {
+            workdir: Some(dir("/data/ws/p/trees/b", "/srv/ws/p/trees/b")),
+            home: Some(dir("/data/state/_/k", "/data/state/_/k")),
+        };
+        // Docker: the host's paths are mounted, the worktree is the working directory and HOME
+        // is the mounted home; the options come before the image.
+        let l = plan(&s, &config(&[]), "r");
+        let image = l.args.iter().position(|a| a == "cli-image:1").unwrap();
+        let options = &l.args[..image];
+        for pair in [
+            ["-v", "/srv/ws/p/trees/b:/workspace"],
+            ["-w", "/workspace"],
+            ["-v", "/data/state/_/k:/cligate-home"],
+        ] {
+            assert!(options.windows(2).any(|w| w == pair), "{pair:?} in {options:?}");
+        }
+        assert_eq!(l.env["HOME"], "/cligate-home");
+        assert_eq!(l.env["CODEX_HOME"], "/cligate-home/.codex");
+        assert!(options.windows(2).any(|w| w == ["-e", "HOME"]));
+        assert_eq!(l.cwd, None);
+        // Local: the worktree here is the working directory, the home here is HOME.
+        let c = Config::from_vars([("CLI_LIST".to_string(), "codex".to_string())]).unwrap();
+        let l = plan(&s, &c, "r");
+        assert_eq!(l.cwd.as_deref(), Some(std::path::Path::new("/data/ws/p/trees/b")));
+        assert_eq!(l.env["HOME"], "/data/state/_/k");
+        assert_eq!(l.env["XDG_CONFIG_HOME"], "/data/state/_/k/.config");
+        assert_eq!(l.args, ["exec"]);
     }
 }

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use super::env_rule;
 use crate::config::Config;
+use crate::workspace::branch::{check_branch, check_name};
+use crate::workspace::{Place, WorkspaceSpec};
 
 /// The request body. Unknown fields are ignored, as the reference service did.
 #[derive(Debug, Deserialize)]
@@ -24,6 +26,64 @@ pub struct RunRequest {
     /// Detached runs only (`POST /runs`): where the final record is delivered.
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// Run on a branch of one of the operator's projects (see [`crate::workspace`]).
+    #[serde(default)]
+    pub workspace: Option<WorkspaceRequest>,
+    /// A persistent home for the CLI, shared by the runs that name it (one at a time).
+    #[serde(default)]
+    pub state_key: Option<String>,
+}
+
+/// The `workspace` field as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceRequest {
+    pub project: String,
+    pub branch: String,
+    #[serde(default)]
+    pub base: Option<String>,
+    #[serde(default)]
+    pub commit: Option<bool>,
+    #[serde(default)]
+    pub commit_message: Option<String>,
+    #[serde(default)]
+    pub push: Option<bool>,
+}
+
+/// Longest commit message accepted.
+const MAX_COMMIT_MESSAGE: usize = 16 * 1024;
+
+impl WorkspaceRequest {
+    fn validate(self, config: &Config) -> Result<WorkspaceSpec, String> {
+        if config.projects.0.is_empty() {
+            return Err("workspace: this gateway has no projects (PROJECTS_FILE is not set)".into());
+        }
+        let project = config.projects.get(&self.project).ok_or_else(|| {
+            format!(
+                "workspace: project '{}' is not configured; known: {}",
+                self.project.escape_debug(),
+                config.projects.0.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        check_branch(&self.branch).map_err(|e| format!("workspace: {e}"))?;
+        let base = self.base.unwrap_or_else(|| project.base.clone());
+        check_branch(&base).map_err(|e| format!("workspace: base {e}"))?;
+        if let Some(m) = &self.commit_message
+            && (m.len() > MAX_COMMIT_MESSAGE || m.contains('\0'))
+        {
+            return Err(format!(
+                "workspace: commit_message must be at most {MAX_COMMIT_MESSAGE} bytes without NUL"
+            ));
+        }
+        Ok(WorkspaceSpec {
+            project: self.project,
+            branch: self.branch,
+            base,
+            commit: self.commit.unwrap_or(true),
+            commit_message: self.commit_message.filter(|m| !m.trim().is_empty()),
+            push: self.push.unwrap_or(false),
+        })
+    }
 }
 
 /// A request that passed validation.
@@ -34,6 +94,10 @@ pub struct RunSpec {
     pub stdin: String,
     pub env: BTreeMap<String, String>,
     pub session_id: String,
+    pub workspace: Option<WorkspaceSpec>,
+    pub state_key: Option<String>,
+    /// The run's working directory and home, filled in by the run service.
+    pub place: Place,
 }
 
 /// Longest accepted session id.
@@ -84,12 +148,19 @@ impl RunRequest {
                 id
             }
         };
+        let workspace = self.workspace.map(|w| w.validate(config)).transpose()?;
+        if let Some(key) = &self.state_key {
+            check_name("state_key", key)?;
+        }
         Ok(RunSpec {
             cli: self.cli,
             args,
             stdin: self.stdin.unwrap_or_default(),
             env,
             session_id,
+            workspace,
+            state_key: self.state_key,
+            place: Place::default(),
         })
     }
 }

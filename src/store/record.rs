@@ -105,6 +105,9 @@ pub struct RunRecord {
     pub callback_url: Option<String>,
     /// Delivery status of the callback (a JSON object), filled in by the callback sender.
     pub callback: Option<serde_json::Value>,
+    /// A run on a branch: the `git` frame's object (`project`, `branch`, `head`, `committed`,
+    /// `pushed`, `error`), set when it ends.
+    pub git: Option<serde_json::Value>,
 }
 
 impl RunRecord {
@@ -132,6 +135,7 @@ impl RunRecord {
             detached: false,
             callback_url: None,
             callback: None,
+            git: None,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Finish {
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
     pub log_bytes: u64,
+    /// A run on a branch: how the branch ended up (the `git` frame's object).
+    pub git: Option<serde_json::Value>,
 }
 
 /// What [`super::Store::list`] returns, newest first.

@@ -14,7 +14,7 @@ use super::{ListError, Store};
 /// Every column of `runs`, in the order [`decode`] reads them.
 pub(super) const COLUMNS: &str = "run_id, session_id, cli, args, env_keys, model, mode, owner, instance, state, \
      exit_code, reason, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, log_bytes, detached, \
-     callback_url, callback";
+     callback_url, callback, git";
 
 /// The largest page of [`Store::list`].
 pub const MAX_LIMIT: u32 = 1000;
@@ -243,6 +243,9 @@ pub(super) fn decode(row: &AnyRow) -> Result<RunRecord> {
         callback_url: opt_text(19)?,
         callback: opt_text(20)?
             .map(|t| serde_json::from_str(&t).map_err(|_| bad("callback")))
+            .transpose()?,
+        git: opt_text(21)?
+            .map(|t| serde_json::from_str(&t).map_err(|_| bad("git")))
             .transpose()?,
         run_id,
     })

@@ -46,9 +46,9 @@ impl Op {
                 sqlx::query(
                     "INSERT INTO runs (run_id, session_id, cli, args, env_keys, model, mode, owner, instance, state, \
                      exit_code, reason, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, log_bytes, \
-                     detached, callback_url, callback) \
+                     detached, callback_url, callback, git) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-                     $20, $21)",
+                     $20, $21, $22)",
                 )
                 .bind(&run.run_id)
                 .bind(&run.session_id)
@@ -71,6 +71,7 @@ impl Op {
                 .bind(i64::from(run.detached))
                 .bind(run.callback_url.as_deref())
                 .bind(run.callback.as_ref().map(|v| v.to_string()))
+                .bind(run.git.as_ref().map(|v| v.to_string()))
                 .execute(&mut *conn)
                 .await?
             }
@@ -84,7 +85,8 @@ impl Op {
             Op::Finish { run_id, end } => {
                 sqlx::query(
                     "UPDATE runs SET state = $1, exit_code = $2, reason = $3, finished_at = $4, stdout_bytes = $5, \
-                     stderr_bytes = $6, log_bytes = $7 WHERE run_id = $8 AND state IN ('queued', 'running')",
+                     stderr_bytes = $6, log_bytes = $7, git = COALESCE($9, git) \
+                     WHERE run_id = $8 AND state IN ('queued', 'running')",
                 )
                 .bind(end.state.as_str())
                 .bind(end.exit_code.map(i64::from))
@@ -94,6 +96,7 @@ impl Op {
                 .bind(saturate(end.stderr_bytes))
                 .bind(saturate(end.log_bytes))
                 .bind(run_id)
+                .bind(end.git.as_ref().map(|v| v.to_string()))
                 .execute(&mut *conn)
                 .await?
             }

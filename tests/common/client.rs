@@ -261,6 +261,7 @@ impl FrameFields for Frame {
             Frame::Session { .. } => "session",
             Frame::Stdout { .. } => "stdout",
             Frame::Stderr { .. } => "stderr",
+            Frame::Git(_) => "git",
             Frame::Exit { .. } => "exit",
         }
     }
