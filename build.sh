@@ -26,8 +26,8 @@ TEST_CLI_IMAGE=${TEST_CLI_IMAGE:-cligate-test-cli:latest}
 BASE_IMAGE=debian:bookworm-slim
 
 SCRIPT=build.sh
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 

@@ -17,7 +17,7 @@
 #                  of the five CLIs through the gateway against a stand-in
 #                  LiteLLM; builds the ~2 GB image (npm registry needed)
 #
-# Checks every prerequisite first (scripts/lib.sh lists them) and FAILS,
+# Checks every prerequisite first (.ci/lib.sh lists them) and FAILS,
 # naming each missing one and its Debian package, before running anything; it
 # never skips a test because a tool is missing. To add a step: write a
 # function step_NAME (dashes in NAME become underscores) and append NAME to
@@ -35,8 +35,8 @@ TEST_CLI_IMAGE=${TEST_CLI_IMAGE:-cligate-test-cli:latest}
 export GATEWAY_IMAGE TEST_CLI_IMAGE
 
 SCRIPT=test.sh
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 

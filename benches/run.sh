@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SCRIPT=benches/run.sh
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 say "building the release binary"
 cargo build --release --bin cligate

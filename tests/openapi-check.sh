@@ -19,8 +19,8 @@ VENV=target/venv
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-300}
 
 SCRIPT=openapi-check
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 bin=${1:-}
 if [ -z "$bin" ]; then
