@@ -74,20 +74,23 @@ impl Spares {
     fn refill(spares: Weak<Spares>, root: PathBuf) {
         while let Some(pool) = spares.upgrade() {
             let missing = SPARES - pool.ready.lock().expect("spares lock").len().min(SPARES);
+            let mut failed = false;
             for _ in 0..missing {
                 let path = pool.name(&root);
                 match OpenOptions::new().write(true).create_new(true).open(&path) {
                     Ok(_) => pool.ready.lock().expect("spares lock").push(path),
                     // Logs are then created on the run's path, which reports the error.
-                    Err(_) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
             }
             let ready = pool.ready.lock().expect("spares lock");
-            // Woken when the pool runs low; the timeout notices a dropped directory.
-            drop(
-                pool.low
-                    .wait_timeout_while(ready, Duration::from_secs(1), |r| r.len() >= SPARES / 2),
-            );
+            // Woken when the pool runs low; the timeout notices a dropped directory. After a
+            // failure (a full or read-only disk) the next try waits for the timeout: no spinning.
+            let refill = |r: &mut Vec<PathBuf>| failed || r.len() >= SPARES / 2;
+            drop(pool.low.wait_timeout_while(ready, Duration::from_secs(1), refill));
         }
     }
 }
@@ -582,5 +585,17 @@ mod tests {
         drop(logs);
         let again = LogDir::open(_tmp.path().join("logs")).unwrap();
         assert_eq!(spares(&again), 0);
+    }
+
+    #[test]
+    fn a_pool_that_cannot_be_filled_is_tried_again_later_not_in_a_loop() {
+        let (tmp, logs) = dir();
+        // The directory goes away: every file the thread makes fails.
+        std::fs::remove_dir_all(tmp.path().join("logs")).unwrap();
+        let logs = logs.keep_spares().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let tries = logs.spares.next.load(Ordering::Relaxed);
+        assert!(tries <= 2, "{tries} tries in 300 ms");
+        assert!(logs.create("x").is_err(), "a log that cannot be made is an error");
     }
 }
