@@ -972,29 +972,9 @@ async fn detached_runs_in_containers_end_and_stop_by_run_id() {
     assert_no_containers(&session_label(&sid), GONE_WITHIN).await;
 }
 
-/// Runs git outside the gateway (seeding a remote, looking at it); panics on failure.
+/// Git outside the gateway, `dev` as the default branch.
 fn seed_git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=seed",
-            "-c",
-            "user.email=seed@test",
-            "-c",
-            "init.defaultBranch=dev",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::git_in(dir, "dev", args)
 }
 
 #[tokio::test]

@@ -1003,26 +1003,7 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     // A project: the preview examples answer 200, and the documented refusals.
     let repo = Scratch::new("project");
     let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "init.defaultBranch=dev",
-            ])
-            .args(args)
-            .current_dir(&repo.0)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::git_in(&repo.0, "dev", args);
     };
     git(&["init", "--quiet", "work"]);
     std::fs::create_dir_all(repo.0.join("work/src")).unwrap();

@@ -25,30 +25,9 @@ use tokio::task::JoinHandle;
 const README: &str = "# demo\n";
 const LIB: &str = "pub fn answer() -> u32 { 42 }\n";
 
-/// Runs git (outside the gateway) and returns its trimmed stdout; panics on failure.
+/// Git outside the gateway, `main` as the default branch.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=seed",
-            "-c",
-            "user.email=seed@test",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::git_in(dir, "main", args)
 }
 
 /// A bare repository `origin.git` with `main` and `dev`; `dev` holds a readme, a source file,

@@ -275,3 +275,25 @@ pub fn scratch_data_dir() -> String {
     std::fs::create_dir_all(&dir).expect("creating a scratch DATA_DIR");
     dir.display().to_string()
 }
+
+/// Runs git outside the gateway (seeding a remote, looking at it), with a fixed author, no
+/// system or user configuration, and `default_branch` for `git init`; returns its trimmed
+/// stdout and panics on failure.
+pub fn git_in(dir: &std::path::Path, default_branch: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=seed", "-c", "user.email=seed@test", "-c"])
+        .arg(format!("init.defaultBranch={default_branch}"))
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
