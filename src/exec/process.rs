@@ -97,10 +97,7 @@ impl Process {
     /// SIGKILL to the group, then the reaped status.
     pub async fn kill(&mut self) -> ExitStatus {
         self.signal(Signal::SIGKILL);
-        self.child
-            .wait()
-            .await
-            .unwrap_or_else(|_| ExitStatus::from_raw(Signal::SIGKILL as i32))
+        Execution::wait(self).await
     }
 }
 
