@@ -364,6 +364,16 @@ impl Env {
         for (k, v) in vars {
             cmd.env(k, v);
         }
+        // BENCH_GATEWAY_ENV="K=V K=V": settings for every gateway, over the ones above (to
+        // explore; the figures in results.md use none).
+        for kv in std::env::var("BENCH_GATEWAY_ENV")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
         let mut server = Server::spawn(name, cmd, addr, &self.work.join(format!("{name}.log")));
         server.data_dir = Some(data_dir);
         server

@@ -5,6 +5,7 @@
 #
 # usage: ./benches/run.sh [--only spawn,latency,detached,throughput,memory,fanout,reattach,docker,replicas,webhook]
 #   BENCH_SCALE=0.3 ./benches/run.sh   shorter rounds (quick look; figures are noisier)
+#   BENCH_GATEWAY_ENV="K=V …"          settings for every gateway (to explore; not for results.md)
 #   BENCH_OUT=FILE                     where the table goes (default benches/results.md;
 #                                      not written with --only)
 # Needs: wrk and webhook (Debian packages) for the peer row, a Docker engine and
