@@ -7,16 +7,20 @@
 //! by [`LogDir::repair`].
 //!
 //! Creating a file costs the file system an inode allocation, which on a busy ext4 is the largest
-//! single cost of a short run (measured: over a third of the gateway's CPU per `true` run). So a
-//! run's log is not created on the run's path: a background thread keeps a few empty files ready
-//! and a run renames one into place, and a deleted log's inode is recycled into that pool
-//! (truncated) instead of freed.
+//! single cost of a short run (measured: over a third of the gateway's CPU per `true` run, and
+//! 410 µs per file in a directory next to many recently deleted ones). So a run's log is not
+//! created on the run's path: a background thread keeps a few empty files ready and a run renames
+//! one into place. And most logs never free their inode: a finished run's log of at most
+//! [`KEEP_MAX`] bytes is kept with its record in the store (see `Runs::finish`), and once the last
+//! reader of the live log is gone its file is emptied and renamed back into that pool
+//! ([`RunLog::recycle_when_unused`]); a deleted log's file goes back there too. The pool's files
+//! outlive the process and are taken up again by the next one.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -30,8 +34,13 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// reading the file back.
 const RECENT_CHUNKS: usize = 4;
 
-/// Empty files kept ready for new logs at most; the pool is refilled when it falls below half.
+/// Empty files the background thread keeps ready; it refills the pool when it falls below half.
 const SPARES: usize = 64;
+/// Empty files kept at most (recycled logs beyond the refill target), so that a burst of runs
+/// as large as this finds a file for each without creating one.
+const SPARES_MAX: usize = 1024;
+/// The largest finished log kept in the store instead of its file.
+pub const KEEP_MAX: u64 = 16 * 1024;
 /// Names of the ready files in the log directory (never a run id: those have no leading dot).
 const SPARE_PREFIX: &str = ".spare-";
 
@@ -46,12 +55,15 @@ pub struct LogDir {
 
 /// Empty files in the log directory, ready to become a run's log by a rename. Only their names
 /// are kept (no descriptor is held for them).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Spares {
+    root: PathBuf,
     ready: Mutex<Vec<PathBuf>>,
     /// Signalled when the pool runs low.
     low: Condvar,
     next: AtomicU64,
+    /// Part of every new name, so that names never meet those an earlier process left.
+    nonce: u32,
 }
 
 impl Spares {
@@ -64,19 +76,36 @@ impl Spares {
         spare
     }
 
-    /// A fresh name for a ready file in `root`.
-    fn name(&self, root: &Path) -> PathBuf {
+    /// A fresh name for a ready file.
+    fn name(&self) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        root.join(format!("{SPARE_PREFIX}{}-{n}", std::process::id()))
+        self.root
+            .join(format!("{SPARE_PREFIX}{}.{:08x}-{n}", std::process::id(), self.nonce))
+    }
+
+    /// Empties the file at `path` (through `file`, its open descriptor) and renames it into the
+    /// pool, or deletes it when the pool is full or it cannot be reused.
+    fn recycle(&self, path: &Path, file: &File) -> io::Result<()> {
+        if self.ready.lock().expect("spares lock").len() < SPARES_MAX && file.set_len(0).is_ok() {
+            let spare = self.name();
+            if std::fs::rename(path, &spare).is_ok() {
+                self.ready.lock().expect("spares lock").push(spare);
+                return Ok(());
+            }
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Keeps the pool filled until the log directory is dropped.
-    fn refill(spares: Weak<Spares>, root: PathBuf) {
+    fn refill(spares: Weak<Spares>) {
         while let Some(pool) = spares.upgrade() {
             let missing = SPARES - pool.ready.lock().expect("spares lock").len().min(SPARES);
             let mut failed = false;
             for _ in 0..missing {
-                let path = pool.name(&root);
+                let path = pool.name();
                 match OpenOptions::new().write(true).create_new(true).open(&path) {
                     Ok(_) => pool.ready.lock().expect("spares lock").push(path),
                     // Logs are then created on the run's path, which reports the error.
@@ -105,19 +134,39 @@ pub struct LogEnd {
 }
 
 impl LogDir {
-    /// Uses (and creates) `root`; removes the ready files an earlier process left.
+    /// Uses (and creates) `root`; the ready files an earlier process left join the pool (emptied
+    /// again: a crash may have come between a recycled log's rename and anything else).
     pub fn open(root: impl Into<PathBuf>) -> io::Result<LogDir> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
+        let mut ready = Vec::new();
         for entry in std::fs::read_dir(&root)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(SPARE_PREFIX) {
-                let _ = std::fs::remove_file(entry.path());
+                let path = entry.path();
+                let emptied = ready.len() < SPARES_MAX
+                    && OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(0))
+                        .is_ok();
+                if emptied {
+                    ready.push(path);
+                } else {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
+        let spares = Spares {
+            root: root.clone(),
+            ready: Mutex::new(ready),
+            low: Condvar::new(),
+            next: AtomicU64::new(0),
+            nonce: uuid::Uuid::new_v4().as_u128() as u32,
+        };
         Ok(LogDir {
             root,
             memory: false,
-            spares: Arc::default(),
+            spares: Arc::new(spares),
         })
     }
 
@@ -131,10 +180,10 @@ impl LogDir {
     /// Starts the thread that keeps empty files ready for new logs (see the module's doc).
     pub fn keep_spares(self) -> io::Result<LogDir> {
         if !self.memory {
-            let (spares, root) = (Arc::downgrade(&self.spares), self.root.clone());
+            let spares = Arc::downgrade(&self.spares);
             std::thread::Builder::new()
                 .name("cligate-log-spares".into())
-                .spawn(move || Spares::refill(spares, root))?;
+                .spawn(move || Spares::refill(spares))?;
         }
         Ok(self)
     }
@@ -149,16 +198,25 @@ impl LogDir {
             return Ok(Arc::new(RunLog::new(None)));
         }
         let path = self.path(run_id);
+        let log = |file| {
+            Arc::new(RunLog::new(Some(LiveFile {
+                file,
+                path: path.clone(),
+                spares: self.spares.clone(),
+            })))
+        };
         if let Some(spare) = self.spares.take() {
             // A run id names one run only: an existing log is never replaced.
             if !path.exists() && std::fs::rename(&spare, &path).is_ok() {
-                let file = OpenOptions::new().read(true).write(true).open(&path)?;
-                return Ok(Arc::new(RunLog::new(Some(file))));
+                return Ok(log(OpenOptions::new().read(true).write(true).open(&path)?));
             }
             let _ = std::fs::remove_file(&spare);
         }
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-        Ok(Arc::new(RunLog::new(Some(file))))
+        Ok(log(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?))
     }
 
     /// Opens the log of a run that is not live (finished, or left by an earlier process) for
@@ -166,7 +224,10 @@ impl LogDir {
     pub fn open_finished(&self, run_id: &str) -> io::Result<LogFile> {
         let file = File::open(self.path(run_id))?;
         let size = file.metadata()?.len();
-        Ok(LogFile { file, size })
+        Ok(LogFile {
+            data: Data::File(file),
+            size,
+        })
     }
 
     /// Cuts a torn last line (a crash in the middle of a write) so that the log ends with a whole
@@ -193,22 +254,13 @@ impl LogDir {
     /// (emptied) while the pool has room.
     pub fn remove(&self, run_id: &str) -> io::Result<()> {
         let path = self.path(run_id);
-        if self.spares.ready.lock().expect("spares lock").len() < SPARES
-            && OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(0))
-                .is_ok()
-        {
-            let spare = self.spares.name(&self.root);
-            if std::fs::rename(&path, &spare).is_ok() {
-                self.spares.ready.lock().expect("spares lock").push(spare);
-                return Ok(());
-            }
-        }
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => self.spares.recycle(&path, &file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(_) => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -237,7 +289,9 @@ fn last_frame_end(file: &File, size: u64) -> io::Result<u64> {
 #[derive(Debug)]
 pub struct RunLog {
     /// `None` for an in-memory log (every chunk stays in `recent`).
-    file: Option<File>,
+    file: Option<LiveFile>,
+    /// Set by [`RunLog::recycle_when_unused`]: the file goes back to the pool on drop.
+    recycle: AtomicBool,
     /// The end of the file and the latest chunks. Held only for a write to the page cache or a
     /// copy of a `Bytes` handle, never across an `.await`.
     tail: Mutex<Tail>,
@@ -253,10 +307,29 @@ struct Tail {
     failed: bool,
 }
 
+/// A live log's file, where it is, and the pool it may go back to.
+#[derive(Debug)]
+struct LiveFile {
+    file: File,
+    path: PathBuf,
+    spares: Arc<Spares>,
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        if let (true, Some(live)) = (*self.recycle.get_mut(), &self.file)
+            && let Err(e) = live.spares.recycle(&live.path, &live.file)
+        {
+            tracing::warn!(path = %live.path.display(), error = %e, "cannot reuse a kept log's file");
+        }
+    }
+}
+
 impl RunLog {
-    fn new(file: Option<File>) -> RunLog {
+    fn new(file: Option<LiveFile>) -> RunLog {
         RunLog {
             file,
+            recycle: AtomicBool::new(false),
             tail: Mutex::new(Tail::default()),
             end: watch::Sender::new(LogEnd { size: 0, closed: false }),
         }
@@ -273,8 +346,8 @@ impl RunLog {
             if tail.failed {
                 return Err(io::Error::other("an earlier write to this log failed"));
             }
-            if let Some(file) = &self.file
-                && let Err(e) = file.write_all_at(&frames, tail.size)
+            if let Some(live) = &self.file
+                && let Err(e) = live.file.write_all_at(&frames, tail.size)
             {
                 tail.failed = true;
                 return Err(e);
@@ -325,25 +398,68 @@ impl RunLog {
             }
         }
         match &self.file {
-            Some(file) => read_file(file, offset, (size - offset).min(max as u64) as usize),
+            Some(live) => read_file(&live.file, offset, (size - offset).min(max as u64) as usize),
             None => Ok(Bytes::new()),
         }
     }
+
+    /// Every published byte, when there are at most `max` and no write failed (`None` otherwise).
+    pub fn contents(&self, max: u64) -> io::Result<Option<Bytes>> {
+        let tail = self.tail.lock().expect("log lock");
+        if tail.failed || tail.size > max {
+            return Ok(None);
+        }
+        match &self.file {
+            Some(live) => read_file(&live.file, 0, tail.size as usize).map(Some),
+            None => {
+                let mut all = BytesMut::with_capacity(tail.size as usize);
+                for (_, chunk) in &tail.recent {
+                    all.extend_from_slice(chunk);
+                }
+                Ok(Some(all.freeze()))
+            }
+        }
+    }
+
+    /// Its contents are kept elsewhere now (with the run's record): once the last reader of this
+    /// live log is gone, the file is emptied and goes back to the pool of ready files. Whoever
+    /// opens the run's log afterwards must read the kept copy, never the file.
+    pub fn recycle_when_unused(&self) {
+        self.recycle.store(true, Ordering::Relaxed);
+    }
 }
 
-/// A log that no longer grows.
+/// A log that no longer grows: its file, or the copy kept with its record.
 #[derive(Debug)]
 pub struct LogFile {
-    file: File,
+    data: Data,
     pub size: u64,
 }
 
+#[derive(Debug)]
+enum Data {
+    File(File),
+    Kept(Bytes),
+}
+
 impl LogFile {
+    /// A finished log kept in memory (read from the store).
+    pub fn kept(contents: Bytes) -> LogFile {
+        LogFile {
+            size: contents.len() as u64,
+            data: Data::Kept(contents),
+        }
+    }
+
     pub fn read(&self, offset: u64, max: usize) -> io::Result<Bytes> {
         if offset >= self.size {
             return Ok(Bytes::new());
         }
-        read_file(&self.file, offset, (self.size - offset).min(max as u64) as usize)
+        let len = (self.size - offset).min(max as u64) as usize;
+        match &self.data {
+            Data::File(file) => read_file(file, offset, len),
+            Data::Kept(bytes) => Ok(bytes.slice(offset as usize..offset as usize + len)),
+        }
     }
 }
 
@@ -581,10 +697,69 @@ mod tests {
         assert_eq!(recycled.metadata().unwrap().len(), 0, "emptied");
         logs.remove("a").unwrap();
 
-        // A new process removes the ready files of the last one.
+        // A new process takes up the ready files of the last one (emptied) instead of deleting
+        // them, and makes its next log of one of them.
+        let left = spares(&logs);
         drop(logs);
+        let stale = std::fs::read_dir(_tmp.path().join("logs"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(SPARE_PREFIX))
+            .unwrap()
+            .path();
+        std::fs::write(&stale, b"torn").unwrap();
         let again = LogDir::open(_tmp.path().join("logs")).unwrap();
-        assert_eq!(spares(&again), 0);
+        assert_eq!(spares(&again), left);
+        assert_eq!(std::fs::metadata(&stale).unwrap().len(), 0, "taken up emptied");
+        let before: Vec<u64> = std::fs::read_dir(again.root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().ino())
+            .collect();
+        again.create("b").unwrap();
+        assert_eq!(spares(&again), left - 1);
+        assert!(before.contains(&std::fs::metadata(again.path("b")).unwrap().ino()));
+    }
+
+    #[test]
+    fn a_kept_log_goes_back_to_the_pool_once_its_last_reader_is_gone() {
+        use std::os::unix::fs::MetadataExt;
+        let (_tmp, logs) = dir();
+        let log = logs.create("kept").unwrap();
+        log.append(Bytes::from("{\"n\":1}\n")).unwrap();
+        log.append(Bytes::from("{\"n\":2}\n")).unwrap();
+        assert_eq!(log.contents(1024).unwrap().unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+        assert_eq!(log.contents(15).unwrap(), None, "larger than asked for");
+        let inode = std::fs::metadata(logs.path("kept")).unwrap().ino();
+
+        // A log that is not kept stays where it is when dropped.
+        let other = logs.create("other").unwrap();
+        other.append(Bytes::from("{}\n")).unwrap();
+        drop(other);
+        assert_eq!(std::fs::read(logs.path("other")).unwrap(), b"{}\n");
+
+        log.recycle_when_unused();
+        let reader = Source::Live(log.clone());
+        drop(log);
+        assert!(logs.path("kept").exists(), "a reader still holds it");
+        assert_eq!(reader.read(8, 100).unwrap(), "{\"n\":2}\n");
+        drop(reader);
+        assert!(!logs.path("kept").exists());
+        let next = logs.create("next").unwrap();
+        let meta = std::fs::metadata(logs.path("next")).unwrap();
+        assert_eq!(
+            (meta.ino(), meta.len()),
+            (inode, 0),
+            "the next log is the kept one's file, emptied"
+        );
+        next.append(Bytes::from("{}\n")).unwrap();
+
+        // What readers of the finished run get instead: the kept copy.
+        let kept = Source::Finished(Arc::new(LogFile::kept(Bytes::from("{\"n\":1}\n{\"n\":2}\n"))));
+        assert_eq!(kept.end(), LogEnd { size: 16, closed: true });
+        assert_eq!(kept.read_frames(0, 10).unwrap(), "{\"n\":1}\n");
+        assert_eq!(kept.read(8, 100).unwrap(), "{\"n\":2}\n");
+        assert_eq!(kept.read(16, 100).unwrap(), "");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::run::registry::{Registration, Registry};
 use crate::run::request::RunSpec;
 use crate::run::supervisor::{Limits, Outcome, supervise};
 use crate::run::{End, Run, RunState};
-use crate::runlog::{LogDir, Source};
+use crate::runlog::{KEEP_MAX, LogDir, LogFile, Source};
 use crate::store::idempotency::Claim;
 use crate::store::replicas::is_session_taken;
 use crate::store::time::now_ms;
@@ -626,6 +626,21 @@ impl Runs {
             reason: end.reason,
         }
         .encode(&mut exit);
+        // A small log is kept with the record, and its file reused (see `crate::runlog`).
+        let kept = match log.contents(KEEP_MAX.saturating_sub(exit.len() as u64)) {
+            Ok(Some(frames)) => {
+                let mut all = Vec::with_capacity(frames.len() + exit.len());
+                all.extend_from_slice(&frames);
+                all.extend_from_slice(&exit);
+                Some(all)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(run_id = run.id.as_str(), error = %e, "cannot read a run's log back");
+                None
+            }
+        };
+        let keeps = kept.is_some();
         let finish = Finish {
             state: RecordState::Finished,
             exit_code: Some(end.code),
@@ -637,8 +652,13 @@ impl Runs {
             git,
         };
         let timer = std::time::Instant::now();
-        if let Err(e) = self.store.finish(&run.id, &finish).await {
-            tracing::error!(run_id = run.id.as_str(), error = %format!("{e:#}"), "cannot record the end of a run");
+        match self.store.finish_with_log(&run.id, &finish, kept).await {
+            // The record holds the whole log now: readers from here on read it there.
+            Ok(true) if keeps => log.recycle_when_unused(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(run_id = run.id.as_str(), error = %format!("{e:#}"), "cannot record the end of a run")
+            }
         }
         self.metrics.observe_store(timer.elapsed());
         let log_bytes = match log.append(exit.freeze()) {
@@ -754,15 +774,23 @@ impl Runs {
     /// A run's log for reading: the live log while it runs here, else its file.
     pub async fn source(&self, caller: &Caller, run_id: &str) -> Result<(RunRecord, Source), Refusal> {
         let record = self.record(caller, run_id).await?;
-        let source = self.source_of(&record)?;
+        let source = self.source_of(&record).await?;
         Ok((record, source))
     }
 
-    /// The log of a run found already (its record), on this replica.
-    pub fn source_of(&self, record: &RunRecord) -> Result<Source, Refusal> {
+    /// The log of a run found already (its record), on this replica: the live log while it
+    /// runs here, else the copy kept with its record, else its file. The record may be older
+    /// than the run's end, so the kept copy is always looked for: a run leaves the registry only
+    /// after its end (and kept copy) committed, and a kept log's file is reused.
+    pub async fn source_of(&self, record: &RunRecord) -> Result<Source, Refusal> {
         let run_id = record.run_id.as_str();
         if let Some(log) = self.registry.by_run_id(run_id).and_then(|r| r.log.clone()) {
             return Ok(Source::Live(log));
+        }
+        match self.store.kept_log(run_id).await {
+            Ok(Some(kept)) => return Ok(Source::Finished(Arc::new(LogFile::kept(kept.into())))),
+            Ok(None) => {}
+            Err(e) => return Err(Refusal::Unavailable(format!("the run store does not answer: {e:#}"))),
         }
         match self.logs.open_finished(run_id) {
             Ok(file) => Ok(Source::Finished(Arc::new(file))),

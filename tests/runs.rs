@@ -154,8 +154,11 @@ async fn readers_reattach_from_their_offset_without_gap_or_repeat(db: Db) {
         assert_eq!(got.len(), full.len());
         assert!(got == full, "a reader's concatenation differs from the log");
     }
-    let on_disk = std::fs::read(gw.data_dir.join("logs").join(format!("{run_id}.ndjson"))).unwrap();
-    assert_eq!(on_disk, full);
+    let log = RunStream::request(gw.addr, "GET", &format!("/runs/{run_id}/stream?offset=0"), None, &[])
+        .await
+        .raw_to_end()
+        .await;
+    assert_eq!(log, full);
 }
 
 #[tokio::test]
@@ -345,6 +348,127 @@ async fn bad_offsets_sizes_and_ids_get_clear_errors() {
     assert_eq!(rest, attached[5..]);
 }
 
+/// Inodes of every file in the log directory.
+fn log_inodes(data_dir: &std::path::Path) -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(data_dir.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().ino())
+        .collect()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn small_logs_are_kept_with_their_record_and_their_files_reused(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let url = match db {
+        Db::Postgres => Some(common::pg::fresh_database().await),
+        Db::Sqlite => None,
+    };
+    let mut vars = vec![("DATA_DIR", data.as_str())];
+    if let Some(url) = url.as_deref() {
+        vars.push(("DATABASE_URL", url));
+    }
+    let gw = Gateway::start(&vars).await;
+    let file = |id: &str| dir.path().join("logs").join(format!("{id}.ndjson"));
+    let whole_log = |id: String| {
+        let addr = gw.addr;
+        async move {
+            RunStream::request(addr, "GET", &format!("/runs/{id}/stream?offset=0"), None, &[])
+                .await
+                .raw_to_end()
+                .await
+        }
+    };
+    // The ready files are made (the pool is full) before anything is counted.
+    let (id, attached) = raw_run(&gw, json!({"cli": "args", "args": ["first"]})).await;
+    until("the first log's file is reused", || !file(&id).exists()).await;
+    until("the pool is full", || log_inodes(dir.path()).len() >= 64).await;
+    assert_eq!(whole_log(id.clone()).await, attached);
+
+    // Twenty short runs one after another: each log is one of the ready files, and goes back
+    // once the run has ended. No file is created or deleted.
+    let before = log_inodes(dir.path());
+    let mut small = Vec::new();
+    for i in 0..20 {
+        let (id, attached) = raw_run(
+            &gw,
+            json!({"cli": "args", "args": [format!("run {i}"), "x".repeat(i * 100)]}),
+        )
+        .await;
+        small.push((id, attached));
+    }
+    until("every kept log's file is reused", || {
+        small.iter().all(|(id, _)| !file(id).exists())
+    })
+    .await;
+    assert_eq!(log_inodes(dir.path()), before, "the same files, no new one");
+    for (id, attached) in &small {
+        assert_eq!(&whole_log(id.clone()).await, attached);
+        let page = get_json(&gw, &format!("/runs/{id}/log?offset=0&max_bytes=65536")).await;
+        assert_eq!(page["content"].as_str().unwrap().as_bytes(), &attached[..]);
+        assert_eq!(page["eof"], true);
+        let record = get_json(&gw, &format!("/runs/{id}")).await;
+        assert_eq!(record["log_bytes"], attached.len() as u64);
+    }
+
+    // A log over 16 KiB stays a file.
+    let (big, big_log) = raw_run(&gw, lines_script(700, "0")).await;
+    assert!(big_log.len() > 16 * 1024, "{}", big_log.len());
+    assert_eq!(std::fs::read(file(&big)).unwrap(), big_log);
+    assert_eq!(whole_log(big.clone()).await, big_log);
+
+    // A new gateway on the same DATA_DIR (and store) reads the kept logs and takes up the ready
+    // files the first one left.
+    drop(gw);
+    let gw = Gateway::start(&vars).await;
+    let (id, attached) = &small[3];
+    let again = RunStream::request(gw.addr, "GET", &format!("/runs/{id}/stream?offset=0"), None, &[])
+        .await
+        .raw_to_end()
+        .await;
+    assert_eq!(&again, attached);
+    let (next, _) = raw_run(&gw, json!({"cli": "args", "args": ["after the restart"]})).await;
+    until("the log's file is reused", || !file(&next).exists()).await;
+    let now = log_inodes(dir.path());
+    assert!(
+        now.is_superset(&before),
+        "the ready files of the last gateway are taken up"
+    );
+
+    // Retention removes a kept log with its record.
+    let removed = gw.app.runs.retain_with(Some(Duration::ZERO), None).await.unwrap();
+    assert!(removed >= 22, "{removed}");
+    gw.get(&format!("/runs/{id}/log")).await.assert_error(404);
+    gw.get(&format!("/runs/{id}/stream")).await.assert_error(404);
+    for (id, _) in &small {
+        assert_eq!(
+            gw.app.runs.store.kept_log(id).await.unwrap(),
+            None,
+            "the kept copy is deleted too"
+        );
+    }
+    assert!(!file(&big).exists());
+}
+
+#[tokio::test]
+async fn small_logs_are_kept_with_their_record_and_their_files_reused_sqlite() {
+    small_logs_are_kept_with_their_record_and_their_files_reused(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn small_logs_are_kept_with_their_record_and_their_files_reused_postgres() {
+    small_logs_are_kept_with_their_record_and_their_files_reused(Db::Postgres).await;
+}
+
 #[tokio::test]
 async fn new_runs_are_refused_below_the_free_space_floor() {
     let gw = Gateway::start(&[("DATA_DIR_MIN_FREE_BYTES", &u64::MAX.to_string())]).await;
@@ -376,14 +500,14 @@ async fn retention_removes_the_oldest_finished_runs_and_their_logs_and_nothing_e
     .await;
     let long_id = long.headers["x-cligate-run-id"].to_str().unwrap().to_string();
     long.until("session").await;
-    let sizes: Vec<u64> = ids
-        .iter()
-        .map(|id| {
-            std::fs::metadata(dir.path().join("logs").join(format!("{id}.ndjson")))
-                .unwrap()
-                .len()
-        })
-        .collect();
+    let mut sizes = Vec::new();
+    for id in &ids {
+        sizes.push(
+            get_json(&gw, &format!("/runs/{id}")).await["log_bytes"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
     // Keep at most the bytes of the three newest finished runs.
     let keep: u64 = sizes[3..].iter().sum();
     let app = gw.app.clone();
@@ -399,13 +523,14 @@ async fn retention_removes_the_oldest_finished_runs_and_their_logs_and_nothing_e
     assert_eq!(removed, 3);
     for (i, id) in ids.iter().enumerate() {
         let r = gw.get(&format!("/runs/{id}")).await;
-        let file = dir.path().join("logs").join(format!("{id}.ndjson"));
+        // These small logs are kept with their records (their files are reused).
+        let log = gw.get(&format!("/runs/{id}/log")).await;
         if i < 3 {
             r.assert_error(404);
-            assert!(!file.exists(), "{i}");
+            log.assert_error(404);
         } else {
             assert_eq!(r.status, 200, "{i}");
-            assert!(file.exists(), "{i}");
+            assert_eq!(log.json()["size"], sizes[i], "{i}");
         }
     }
     // An age bound of zero removes every finished run, never the running one.

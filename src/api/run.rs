@@ -144,7 +144,7 @@ pub async fn start(
                 Route::Gone(why) => return Err(forward::log_gone(&record, &why)),
                 Route::Here => {}
             }
-            let source = app.runs.source_of(&record)?;
+            let source = app.runs.source_of(&record).await?;
             (
                 run_id,
                 Body::stream(reader(follow(source, 0), app.runs.metrics.clone())),

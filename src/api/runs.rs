@@ -216,11 +216,11 @@ async fn local_source(
 ) -> Result<Result<Source, Response<Body>>, ApiError> {
     let record = app.runs.record(caller, run_id).await?;
     match forward::route(app, caller, &record).await? {
-        Route::Here => Ok(Ok(app.runs.source_of(&record)?)),
+        Route::Here => Ok(Ok(app.runs.source_of(&record).await?)),
         Route::There(url) => Ok(Err(forward::relay(app, caller, &url, Method::GET, uri).await?)),
         // Its own log may still be here (a replica restarted under another name, a shared
         // DATA_DIR); otherwise say where it is.
-        Route::Gone(why) => match app.runs.source_of(&record) {
+        Route::Gone(why) => match app.runs.source_of(&record).await {
             Ok(source) => Ok(Ok(source)),
             Err(_) => Err(forward::log_gone(&record, &why)),
         },

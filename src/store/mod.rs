@@ -60,10 +60,12 @@ impl Backend {
 pub struct Store {
     /// Reads (and, on PostgreSQL, writes too).
     read: AnyPool,
-    /// Writes. On SQLite a single connection: SQLite has one writer at a time anyway, and
+    /// Writes. On SQLite a single connection for the writes that are not on a run's path
+    /// (idempotency keys, retention, recovery): SQLite has one writer at a time anyway, and
     /// queueing in the pool is fair where several writers spinning on the busy lock are not.
     write: AnyPool,
-    /// Group commit of insert/mark running/finish; SQLite only.
+    /// Group commit of insert/mark running/finish/callback status, on its own connection and
+    /// thread; SQLite only.
     writer: Option<writer::Writer>,
     backend: Backend,
     /// Where the SQLite file is (for messages); `None` on PostgreSQL.
@@ -104,8 +106,7 @@ impl Store {
     /// (WAL journal, `synchronous=NORMAL`, 5 s busy timeout); `postgres://…`/`postgresql://…`
     /// opens PostgreSQL. Anything else is refused. Every error is one line naming `DATABASE_URL`
     /// or `DATA_DIR`. A PostgreSQL server that does not answer yet is retried for
-    /// [`CONNECT_TIMEOUT`]. Call it on the Tokio runtime that will use the store: on SQLite it
-    /// starts the group-commit writer task there.
+    /// [`CONNECT_TIMEOUT`]. On SQLite it starts the group-commit writer thread.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store> {
         Store::open_within(database_url, data_dir, CONNECT_TIMEOUT).await
     }
@@ -166,9 +167,11 @@ impl Store {
                 one_line(e)
             )
         })?;
+        let writer =
+            writer::Writer::start(&path).map_err(|e| anyhow!("DATA_DIR: cannot write '{}': {e:#}", path.display()))?;
         Ok(Store {
             read,
-            writer: Some(writer::Writer::start(write.clone())),
+            writer: Some(writer),
             write,
             backend: Backend::Sqlite,
             sqlite_path: Some(path),

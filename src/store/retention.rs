@@ -96,6 +96,13 @@ impl Store {
                 q = q.bind(id.as_str());
             }
             deleted += q.execute(&self.write).await.context("deleting runs")?.rows_affected();
+            // A kept log exists only for a final run, which the statement above deleted.
+            let sql = format!("DELETE FROM run_logs WHERE run_id IN ({})", marks.join(", "));
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&self.write).await.context("deleting kept logs")?;
         }
         Ok(deleted)
     }

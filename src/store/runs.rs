@@ -49,6 +49,12 @@ impl Store {
     /// Queued/running → finished or interrupted, with the end's details. Returns false when the
     /// run is unknown or already final: a final record is never changed again.
     pub async fn finish(&self, run_id: &str, end: &Finish) -> Result<bool> {
+        self.finish_with_log(run_id, end, None).await
+    }
+
+    /// [`Store::finish`], keeping `log` (the run's whole log) with the record when it is changed:
+    /// from then on the log is read from here ([`Store::kept_log`]), not from its file.
+    pub async fn finish_with_log(&self, run_id: &str, end: &Finish, log: Option<Vec<u8>>) -> Result<bool> {
         if !end.state.is_final() {
             bail!("finish: {} is not a final state", end.state.as_str());
         }
@@ -58,6 +64,7 @@ impl Store {
         let op = Op::Finish {
             run_id: run_id.to_string(),
             end: end.clone(),
+            log,
         };
         let changed = self
             .write_op(op)
@@ -76,6 +83,16 @@ impl Store {
                 Ok(op.execute(&mut conn).await?)
             }
         }
+    }
+
+    /// The log kept with a finished run's record ([`Store::finish_with_log`]), if any.
+    pub async fn kept_log(&self, run_id: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT content FROM run_logs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.read)
+            .await
+            .with_context(|| format!("reading the log of run {run_id}"))?;
+        Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
     }
 
     /// The record of `run_id`, if any.
