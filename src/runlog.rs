@@ -58,22 +58,42 @@ pub struct LogDir {
 #[derive(Debug)]
 struct Spares {
     root: PathBuf,
-    ready: Mutex<Vec<PathBuf>>,
-    /// Signalled when the pool runs low.
+    pool: Mutex<Pool>,
+    /// Signalled when the pool runs low or a file is given back.
     low: Condvar,
+    /// The background thread runs (it then empties given-back files, off the run's path).
+    refilled: AtomicBool,
     next: AtomicU64,
     /// Part of every new name, so that names never meet those an earlier process left.
     nonce: u32,
 }
 
+#[derive(Debug, Default)]
+struct Pool {
+    ready: Vec<PathBuf>,
+    /// Files of kept logs, to be emptied and made ready.
+    returned: Vec<(PathBuf, File)>,
+}
+
 impl Spares {
     fn take(&self) -> Option<PathBuf> {
-        let mut ready = self.ready.lock().expect("spares lock");
-        let spare = ready.pop();
-        if ready.len() < SPARES / 2 {
+        let mut pool = self.pool.lock().expect("spares lock");
+        let spare = pool.ready.pop();
+        if pool.ready.len() < SPARES / 2 {
             self.low.notify_one();
         }
         spare
+    }
+
+    /// Hands the file of a kept log to the background thread to be recycled (or recycles it
+    /// here when there is no such thread).
+    fn give_back(&self, path: PathBuf, file: File) {
+        if self.refilled.load(Ordering::Relaxed) {
+            self.pool.lock().expect("spares lock").returned.push((path, file));
+            self.low.notify_one();
+        } else if let Err(e) = self.recycle(&path, &file) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot reuse a kept log's file");
+        }
     }
 
     /// A fresh name for a ready file.
@@ -86,10 +106,10 @@ impl Spares {
     /// Empties the file at `path` (through `file`, its open descriptor) and renames it into the
     /// pool, or deletes it when the pool is full or it cannot be reused.
     fn recycle(&self, path: &Path, file: &File) -> io::Result<()> {
-        if self.ready.lock().expect("spares lock").len() < SPARES_MAX && file.set_len(0).is_ok() {
+        if self.pool.lock().expect("spares lock").ready.len() < SPARES_MAX && file.set_len(0).is_ok() {
             let spare = self.name();
             if std::fs::rename(path, &spare).is_ok() {
-                self.ready.lock().expect("spares lock").push(spare);
+                self.pool.lock().expect("spares lock").ready.push(spare);
                 return Ok(());
             }
         }
@@ -102,12 +122,20 @@ impl Spares {
     /// Keeps the pool filled until the log directory is dropped.
     fn refill(spares: Weak<Spares>) {
         while let Some(pool) = spares.upgrade() {
-            let missing = SPARES - pool.ready.lock().expect("spares lock").len().min(SPARES);
+            let returned = std::mem::take(&mut pool.pool.lock().expect("spares lock").returned);
+            for (path, file) in returned {
+                if let Err(e) = pool.recycle(&path, &file) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot reuse a kept log's file");
+                }
+            }
+            // Filled up only once below half, not on every wake (a file given back wakes it).
+            let ready = pool.pool.lock().expect("spares lock").ready.len();
+            let missing = if ready < SPARES / 2 { SPARES - ready } else { 0 };
             let mut failed = false;
             for _ in 0..missing {
                 let path = pool.name();
                 match OpenOptions::new().write(true).create_new(true).open(&path) {
-                    Ok(_) => pool.ready.lock().expect("spares lock").push(path),
+                    Ok(_) => pool.pool.lock().expect("spares lock").ready.push(path),
                     // Logs are then created on the run's path, which reports the error.
                     Err(_) => {
                         failed = true;
@@ -115,11 +143,12 @@ impl Spares {
                     }
                 }
             }
-            let ready = pool.ready.lock().expect("spares lock");
-            // Woken when the pool runs low; the timeout notices a dropped directory. After a
-            // failure (a full or read-only disk) the next try waits for the timeout: no spinning.
-            let refill = |r: &mut Vec<PathBuf>| failed || r.len() >= SPARES / 2;
-            drop(pool.low.wait_timeout_while(ready, Duration::from_secs(1), refill));
+            let guard = pool.pool.lock().expect("spares lock");
+            // Woken when the pool runs low or a file comes back; the timeout notices a dropped
+            // directory. After a failure (a full or read-only disk) the next try to fill the pool
+            // waits for the timeout: no spinning.
+            let idle = |p: &mut Pool| p.returned.is_empty() && (failed || p.ready.len() >= SPARES / 2);
+            drop(pool.low.wait_timeout_while(guard, Duration::from_secs(1), idle));
         }
     }
 }
@@ -158,8 +187,12 @@ impl LogDir {
         }
         let spares = Spares {
             root: root.clone(),
-            ready: Mutex::new(ready),
+            pool: Mutex::new(Pool {
+                ready,
+                returned: Vec::new(),
+            }),
             low: Condvar::new(),
+            refilled: AtomicBool::new(false),
             next: AtomicU64::new(0),
             nonce: uuid::Uuid::new_v4().as_u128() as u32,
         };
@@ -180,6 +213,7 @@ impl LogDir {
     /// Starts the thread that keeps empty files ready for new logs (see the module's doc).
     pub fn keep_spares(self) -> io::Result<LogDir> {
         if !self.memory {
+            self.spares.refilled.store(true, Ordering::Relaxed);
             let spares = Arc::downgrade(&self.spares);
             std::thread::Builder::new()
                 .name("cligate-log-spares".into())
@@ -207,7 +241,7 @@ impl LogDir {
         };
         if let Some(spare) = self.spares.take() {
             // A run id names one run only: an existing log is never replaced.
-            if !path.exists() && std::fs::rename(&spare, &path).is_ok() {
+            if rename_new(&spare, &path).is_ok() {
                 return Ok(log(OpenOptions::new().read(true).write(true).open(&path)?));
             }
             let _ = std::fs::remove_file(&spare);
@@ -269,6 +303,18 @@ impl LogDir {
     }
 }
 
+/// Renames `from` to `to` unless `to` exists (one system call where the file system can).
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL | Errno::ENOSYS) if to.exists() => Err(io::ErrorKind::AlreadyExists.into()),
+        Err(Errno::EINVAL | Errno::ENOSYS) => std::fs::rename(from, to),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The offset just past the last newline of the first `size` bytes of `file` (0 if none).
 fn last_frame_end(file: &File, size: u64) -> io::Result<u64> {
     let mut end = size;
@@ -317,10 +363,10 @@ struct LiveFile {
 
 impl Drop for RunLog {
     fn drop(&mut self) {
-        if let (true, Some(live)) = (*self.recycle.get_mut(), &self.file)
-            && let Err(e) = live.spares.recycle(&live.path, &live.file)
+        if *self.recycle.get_mut()
+            && let Some(live) = self.file.take()
         {
-            tracing::warn!(path = %live.path.display(), error = %e, "cannot reuse a kept log's file");
+            live.spares.give_back(live.path, live.file);
         }
     }
 }
