@@ -771,7 +771,8 @@ impl Runs {
         })
     }
 
-    /// A run's log for reading: the live log while it runs here, else its file.
+    /// A run's log for reading: the live log while it runs here, else the copy kept with its
+    /// record, else its file.
     pub async fn source(&self, caller: &Caller, run_id: &str) -> Result<(RunRecord, Source), Refusal> {
         let record = self.record(caller, run_id).await?;
         let source = self.source_of(&record).await?;
