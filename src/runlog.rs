@@ -113,10 +113,7 @@ impl Spares {
                 return Ok(());
             }
         }
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_if_there(path)
     }
 
     /// Keeps the pool filled until the log directory is dropped.
@@ -291,15 +288,20 @@ impl LogDir {
         match OpenOptions::new().write(true).open(&path) {
             Ok(file) => self.spares.recycle(&path, &file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(_) => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            Err(_) => remove_if_there(&path),
         }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Deletes `path`; one that is already gone is fine.
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

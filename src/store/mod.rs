@@ -246,6 +246,16 @@ impl Store {
     }
 }
 
+/// `{head} ($1, …, $n)` with each of `ids` bound in order: a statement over a list of run ids.
+fn over_ids<'q>(head: &str, ids: &'q [String]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("{head} ({})", marks.join(", "))));
+    for id in ids {
+        q = q.bind(id.as_str());
+    }
+    q
+}
+
 /// `sqlite://<path>?mode=rwc` with the path percent-encoded, so that any file name works.
 fn sqlite_url(path: &Path) -> String {
     use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::runs::{COLUMNS, decode};
-use super::{RunRecord, Store};
+use super::{RunRecord, Store, over_ids};
 
 /// The database's clock in unix milliseconds.
 const DB_NOW_MS: &str = "CAST(extract(epoch from clock_timestamp()) * 1000 AS BIGINT)";
@@ -162,16 +162,11 @@ impl Store {
         if run_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT run_id FROM runs WHERE state IN ('finished', 'interrupted') AND run_id IN ({})",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in run_ids {
-            q = q.bind(id.as_str());
-        }
-        let rows = q.fetch_all(&self.read).await.context("reading run states")?;
+        let finals = "SELECT run_id FROM runs WHERE state IN ('finished', 'interrupted') AND run_id IN";
+        let rows = over_ids(finals, run_ids)
+            .fetch_all(&self.read)
+            .await
+            .context("reading run states")?;
         rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
     }
 }

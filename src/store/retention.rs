@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::Store;
+use super::{Store, over_ids};
 
 /// Ids per `DELETE … IN (…)` statement (well under every database's parameter limit).
 const DELETE_CHUNK: usize = 500;
@@ -86,23 +86,17 @@ impl Store {
     pub async fn delete(&self, run_ids: &[String]) -> Result<u64> {
         let mut deleted = 0;
         for chunk in run_ids.chunks(DELETE_CHUNK) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "DELETE FROM runs WHERE state IN ('finished', 'interrupted') AND run_id IN ({})",
-                marks.join(", ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            deleted += q.execute(&self.write).await.context("deleting runs")?.rows_affected();
+            let runs = "DELETE FROM runs WHERE state IN ('finished', 'interrupted') AND run_id IN";
+            deleted += over_ids(runs, chunk)
+                .execute(&self.write)
+                .await
+                .context("deleting runs")?
+                .rows_affected();
             // A kept log exists only for a final run, which the statement above deleted.
-            let sql = format!("DELETE FROM run_logs WHERE run_id IN ({})", marks.join(", "));
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&self.write).await.context("deleting kept logs")?;
+            over_ids("DELETE FROM run_logs WHERE run_id IN", chunk)
+                .execute(&self.write)
+                .await
+                .context("deleting kept logs")?;
         }
         Ok(deleted)
     }
