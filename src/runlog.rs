@@ -30,9 +30,9 @@ use tokio::sync::watch;
 /// Largest piece a reader takes at once (also the most a reader holds).
 pub const READ_CHUNK: usize = 64 * 1024;
 
-/// How many recently appended chunks stay in memory, so readers that keep up are served without
-/// reading the file back.
-const RECENT_CHUNKS: usize = 4;
+/// How many bytes of the latest appended chunks stay in memory (at least the newest chunk), so
+/// readers that keep up are served without reading the file back.
+const RECENT_BYTES: usize = 128 * 1024;
 
 /// Empty files the background thread keeps ready; it refills the pool when it falls below half.
 const SPARES: usize = 64;
@@ -351,6 +351,8 @@ struct Tail {
     size: u64,
     /// The most recent chunks with their offsets, oldest first.
     recent: std::collections::VecDeque<(u64, Bytes)>,
+    /// Their total length.
+    recent_bytes: usize,
     /// Set when a write failed: later appends are refused.
     failed: bool,
 }
@@ -402,10 +404,12 @@ impl RunLog {
             }
             let offset = tail.size;
             tail.size += frames.len() as u64;
-            if tail.recent.len() == RECENT_CHUNKS && self.file.is_some() {
-                tail.recent.pop_front();
-            }
+            tail.recent_bytes += frames.len();
             tail.recent.push_back((offset, frames));
+            while self.file.is_some() && tail.recent_bytes > RECENT_BYTES && tail.recent.len() > 1 {
+                let (_, old) = tail.recent.pop_front().expect("more than one chunk");
+                tail.recent_bytes -= old.len();
+            }
             tail.size
         };
         // Two writers (stdout and stderr pumps, the finish) may publish out of order: the end only grows.
@@ -413,8 +417,15 @@ impl RunLog {
         Ok(size)
     }
 
-    /// Marks the log complete: followers end once they have read everything.
+    /// Marks the log complete: followers end once they have read everything. The chunks kept in
+    /// memory go (a reader that has not caught up yet reads the file), so a finished run's
+    /// stalled reader holds no more than its own buffer.
     pub fn close(&self) {
+        if self.file.is_some() {
+            let mut tail = self.tail.lock().expect("log lock");
+            tail.recent.clear();
+            tail.recent_bytes = 0;
+        }
         self.end.send_modify(|end| end.closed = true);
     }
 
@@ -674,6 +685,37 @@ mod tests {
         assert_eq!(second.len(), big.len());
         assert_eq!(src.read_frames(8 + big.len() as u64, 1 << 20).unwrap(), "{\"b\":2}\n");
         assert!(src.read_frames(10_000_000, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_chunks_stay_in_memory_and_none_once_closed() {
+        let (_tmp, logs) = dir();
+        let log = logs.create("k").unwrap();
+        let frame = |c: &str, n| Bytes::from(format!("{{\"d\":\"{}\"}}\n", c.repeat(n)));
+        for i in 0..10 {
+            log.append(frame(&i.to_string(), 40_000)).unwrap();
+            let tail = log.tail.lock().unwrap();
+            assert!(tail.recent_bytes <= RECENT_BYTES, "{} bytes held", tail.recent_bytes);
+            assert_eq!(
+                tail.recent_bytes,
+                tail.recent.iter().map(|(_, c)| c.len()).sum::<usize>()
+            );
+            assert_eq!(tail.recent.back().unwrap().0 + 40_009, tail.size, "the newest is held");
+        }
+        // A chunk larger than the bound is still held whole, alone.
+        log.append(frame("z", RECENT_BYTES)).unwrap();
+        assert_eq!(log.tail.lock().unwrap().recent.len(), 1);
+        log.close();
+        assert_eq!(log.tail.lock().unwrap().recent_bytes, 0);
+        assert!(log.tail.lock().unwrap().recent.is_empty());
+        // Readers of the closed log get every byte from the file.
+        let on_disk = std::fs::read(logs.path("k")).unwrap();
+        assert_eq!(on_disk.len() as u64, log.end().size);
+        let all = follow(Source::Live(log.clone()), 0)
+            .collect::<Vec<Bytes>>()
+            .await
+            .concat();
+        assert_eq!(all, on_disk);
     }
 
     #[tokio::test]

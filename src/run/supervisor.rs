@@ -25,8 +25,13 @@ use super::{End, Run, RunState};
 use crate::exec::{Execution, Executor, Launch, StartFailure, Stdio, output_runtime};
 use crate::runlog::RunLog;
 
-/// Bytes read from a pipe at once.
-const READ_BUF: usize = 32 * 1024;
+/// Bytes read from a pipe at once: a whole default pipe buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Most frames appended to the log at once. What a pipe already holds is read and framed before
+/// the append, so a child that writes faster than it is read costs one write to the log and one
+/// wake of its readers per this many bytes, not per read; output that trickles in is appended
+/// as soon as the pipe has nothing more.
+const APPEND_MAX: usize = 128 * 1024;
 /// How long an unfinished line is held for the rest of it before it is sent anyway.
 const PARTIAL_FLUSH: Duration = Duration::from_millis(40);
 /// How long pipes may stay open after the run's processes are gone (only a process outside the
@@ -299,9 +304,17 @@ async fn pump(
     let mut out = BytesMut::new();
     loop {
         let partial = framer.has_partial();
+        let framed = !out.is_empty();
         let read = tokio::select! {
             biased;
             read = pipe.read(&mut buf) => read,
+            // The pipe has nothing more for now: what was framed goes to the log.
+            _ = std::future::ready(()), if framed => {
+                if !flush(&sink, &mut out, &meter) {
+                    return;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(PARTIAL_FLUSH), if partial => {
                 framer.flush_partial(&mut out);
                 if !flush(&sink, &mut out, &meter) {
@@ -320,7 +333,7 @@ async fn pump(
         if allowed < n {
             break;
         }
-        if !flush(&sink, &mut out, &meter) {
+        if out.len() >= APPEND_MAX && !flush(&sink, &mut out, &meter) {
             return;
         }
     }
