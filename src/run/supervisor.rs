@@ -25,13 +25,16 @@ use super::{End, Run, RunState};
 use crate::exec::{Execution, Executor, Launch, StartFailure, Stdio, output_runtime};
 use crate::runlog::RunLog;
 
-/// Bytes read from a pipe at once: a whole default pipe buffer.
-const READ_BUF: usize = 64 * 1024;
+/// Bytes read from a pipe at once: at first a little (most pipes, stderr above all, carry little),
+/// doubled each time a read fills it, up to a whole default pipe buffer.
+const READ_BUF_FIRST: usize = 8 * 1024;
+const READ_BUF_MAX: usize = 64 * 1024;
 /// Most frames appended to the log at once. What a pipe already holds is read and framed before
 /// the append, so a child that writes faster than it is read costs one write to the log and one
 /// wake of its readers per this many bytes, not per read; output that trickles in is appended
-/// as soon as the pipe has nothing more.
-const APPEND_MAX: usize = 128 * 1024;
+/// as soon as the pipe has nothing more. (128 KiB streamed no faster and raised the memory of
+/// 50 runs with stalled readers from 13 to 15 MiB.)
+const APPEND_MAX: usize = 64 * 1024;
 /// How long an unfinished line is held for the rest of it before it is sent anyway.
 const PARTIAL_FLUSH: Duration = Duration::from_millis(40);
 /// How long pipes may stay open after the run's processes are gone (only a process outside the
@@ -300,7 +303,7 @@ async fn pump(
     ended: CancellationToken,
 ) {
     let mut framer = LineFramer::new(stream);
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; READ_BUF_FIRST];
     let mut out = BytesMut::new();
     loop {
         let partial = framer.has_partial();
@@ -330,6 +333,9 @@ async fn pump(
         };
         let allowed = meter.take(stream, n);
         framer.push(&buf[..allowed], &mut out);
+        if n == buf.len() && buf.len() < READ_BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
         if allowed < n {
             break;
         }
