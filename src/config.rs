@@ -173,6 +173,8 @@ settings! {
             "where each project's repository and its branches' worktrees live";
         WORKSPACE_HOST_ROOT => workspace_host_root: Option<PathBuf> = "", absolute_path,
             "docker mode, gateway in a container: WORKSPACE_ROOT as the engine's host sees it";
+        WORKSPACE_TREE_IDLE_SECONDS => workspace_tree_idle: Option<Duration> = "604800", optional_seconds,
+            "a branch's worktree no run has used for this long is removed (the branch and its commits stay in the project's repository); 0 = keep forever";
         GIT_AUTHOR_NAME => git_author_name: String = "cligate", |v| Ok(v.text().to_string()),
             "author and committer name of the commits after runs";
         GIT_AUTHOR_EMAIL => git_author_email: String = "cligate@localhost", |v| Ok(v.text().to_string()),
@@ -338,6 +340,8 @@ pub struct Config {
     pub workspace_root: PathBuf,
     /// `WORKSPACE_ROOT` as the docker engine's host sees it.
     pub workspace_host_root: Option<PathBuf>,
+    /// A worktree unused this long is removed; `None` = kept forever.
+    pub workspace_tree_idle: Option<Duration>,
     /// Name and e-mail of the gateway's commits.
     pub git_author: (String, String),
     /// Limit of each git step.
@@ -502,6 +506,7 @@ impl Values {
             projects_file: self.projects_file,
             workspace_root,
             workspace_host_root: self.workspace_host_root,
+            workspace_tree_idle: self.workspace_tree_idle,
             git_author: (self.git_author_name, self.git_author_email),
             git_timeout: self.git_timeout,
             advertise_url: self.advertise_url,
@@ -1244,6 +1249,17 @@ mod tests {
         assert_eq!(c.run_retention, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(c.run_retention_bytes, None);
         assert_eq!(c.data_dir_min_free_bytes, 1_073_741_824);
+        assert_eq!(c.workspace_tree_idle, Some(Duration::from_secs(7 * 86_400)));
+        for (off, idle) in [("0", None), ("1.5", Some(Duration::from_millis(1500)))] {
+            let c = config(&[("WORKSPACE_TREE_IDLE_SECONDS", off)]).unwrap();
+            assert_eq!(c.workspace_tree_idle, idle, "{off}");
+        }
+        assert!(
+            config(&[("WORKSPACE_TREE_IDLE_SECONDS", "a week")])
+                .unwrap_err()
+                .to_string()
+                .contains("WORKSPACE_TREE_IDLE_SECONDS")
+        );
         let c = config(&[
             ("DATA_DIR", "/var/lib/cligate"),
             ("DATABASE_URL", "postgres://gw:hunter2@db:5432/cligate"),

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub store_seconds: Histogram,
     /// Runs removed by retention.
     pub retention_removed: Counter,
+    /// Idle branch worktrees removed.
+    pub worktrees_removed: Counter,
     /// Detached runs waiting for a slot now.
     pub detached_queued: Gauge,
     /// Callbacks the receiver accepted (2xx).
@@ -111,6 +113,7 @@ impl Metrics {
             log_readers: Gauge::default(),
             store_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             retention_removed: Counter::default(),
+            worktrees_removed: Counter::default(),
             detached_queued: Gauge::default(),
             callbacks_delivered: Counter::default(),
             callbacks_failed: Counter::default(),
@@ -160,6 +163,11 @@ impl Metrics {
             "retention_removed_runs",
             "Finished runs removed by retention",
             m.retention_removed.clone(),
+        );
+        registry.register(
+            "worktrees_removed",
+            "Branch worktrees removed after WORKSPACE_TREE_IDLE_SECONDS unused",
+            m.worktrees_removed.clone(),
         );
         registry.register(
             "detached_queued",

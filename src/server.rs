@@ -145,6 +145,23 @@ async fn retention(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
+/// Removes idle branch worktrees (`WORKSPACE_TREE_IDLE_SECONDS`), looking a few times per idle
+/// period, at most every hour.
+async fn worktree_sweeper(app: Arc<App>, stop: CancellationToken) {
+    let Some(idle) = app.runs.config.workspace_tree_idle else {
+        return;
+    };
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let removed = app.runs.workspaces.sweep_idle_trees(idle).await;
+        app.metrics.worktrees_removed.inc_by(removed as u64);
+    }
+}
+
 /// Binds the gateway's listening socket: `SO_REUSEADDR` (a restart need not wait for the old
 /// connections' TIME_WAIT) and a [`LISTEN_BACKLOG`] large enough for bursts. Must be called
 /// inside the runtime.
@@ -242,6 +259,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let stop_janitor = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), stop_janitor.clone()));
     let retention = tokio::spawn(retention(app.clone(), stop_janitor.clone()));
+    let sweeper = tokio::spawn(worktree_sweeper(app.clone(), stop_janitor.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(app.config.request_read_timeout)
@@ -316,6 +334,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     stop_janitor.cancel();
     let _ = janitor.await;
     let _ = retention.await;
+    let _ = sweeper.await;
     Ok(())
 }
 

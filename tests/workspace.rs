@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Gateway, RunStream};
@@ -1064,4 +1064,61 @@ async fn a_cli_that_repoints_the_worktrees_git_link_cannot_make_the_gateways_git
     let frames = s.gw.run_to_end(branch_run("evil", "cat x.txt", false)).await;
     assert_eq!(frames.stdout(), "x\n", "{}", frames.stderr());
     assert!(!marker.exists());
+}
+
+/// The value of the metric line starting with `name ` (0 when absent).
+async fn metric(gw: &Gateway, name: &str) -> u64 {
+    let text = String::from_utf8(gw.get("/metrics").await.body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_idle_worktree_is_removed_its_branch_kept_and_a_held_one_spared() {
+    let s = setup(&[("WORKSPACE_TREE_IDLE_SECONDS", "1")]).await;
+    let trees = s.gw.data_dir.join("workspaces/demo/trees");
+    let repo = s.gw.data_dir.join("workspaces/demo/repo.git");
+    let frames =
+        s.gw.run_to_end(branch_run("idle/one", "printf 'kept\\n' > kept.txt", false))
+            .await;
+    assert_eq!(frames.exit(), (0, "exited".into()), "{}", frames.stderr());
+    let head = git_frame(&frames)["head"].clone();
+    let idle_tree = trees.join("idle%2Fone");
+    assert!(idle_tree.join("kept.txt").exists());
+
+    // A run that holds its branch for longer than the idle time.
+    let flags = tempfile::tempdir().unwrap();
+    let go = flags.path().join("go");
+    let script = format!("echo ready; while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let mut held = open_ready(&s.gw, branch_run("held", &script, false)).await;
+    let held_tree = trees.join("held");
+
+    let start = Instant::now();
+    while idle_tree.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the idle worktree was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&s.gw, "cligate_worktrees_removed_total").await, 1);
+    assert!(
+        !git(&repo, &["worktree", "list"]).contains("idle%2Fone"),
+        "git forgot the worktree too"
+    );
+    // Several sweeps pass while the held branch's worktree is older than the idle time.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        held_tree.join(".git").exists(),
+        "the worktree of a running run was removed"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(serde_json::to_value(held.until("exit").await).unwrap()["code"], 0);
+
+    // The branch and its commit stayed: the next run checks it out again and finds its work.
+    let frames = s.gw.run_to_end(branch_run("idle/one", "cat kept.txt", false)).await;
+    assert_eq!(frames.stdout(), "kept\n", "{}", frames.stderr());
+    assert_eq!(git_frame(&frames)["head"], head);
+    assert!(frames.stderr().contains("git worktree add"), "{}", frames.stderr());
 }

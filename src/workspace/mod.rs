@@ -13,6 +13,10 @@
 //! and `$DATA_DIR/state/<owner>/<state_key>` for the homes (the owner part keeps one token's
 //! conversations from another's).
 //!
+//! A worktree unused for `WORKSPACE_TREE_IDLE_SECONDS` is removed by [`Workspaces::sweep_idle_trees`]
+//! (the branch and its commits stay in the repository; the next run on it checks it out again),
+//! so a gateway that serves many branches does not keep a checkout of each forever.
+//!
 //! A branch is busy while a run on it is queued or running; a second run on it is refused at
 //! submit with 409 (`busy`), as is a second run with a state key in use: simple and
 //! predictable, no hidden queue, and the client decides when to retry. Runs on different
@@ -479,6 +483,7 @@ impl Workspaces {
             }
         }
         let tree = self.worktree(&w.project, &w.branch).map_err(|e| failed("git", e))?;
+        mark_used(&tree.dir);
         // What an interrupted run left uncommitted is not this run's to commit.
         self.in_tree(&tree, &["reset", "--quiet", "--hard", "HEAD"], None)
             .await
@@ -581,6 +586,7 @@ impl Workspaces {
                 return report;
             }
         };
+        mark_used(&tree.dir);
         let step = async {
             let status = self
                 .in_tree(&tree, &["status", "--porcelain", "--untracked-files=all"], None)
@@ -656,6 +662,92 @@ impl Workspaces {
 }
 
 /// Writes `text` to the run's log as a stderr line of the gateway's own.
+impl Workspaces {
+    /// Removes the worktrees of every project that no run has used for `idle` (by the time
+    /// [`mark_used`] left on them) and that no queued or running run holds; returns how many.
+    /// The branch and its commits stay in the project's repository. Each removal is done under
+    /// the project's lock after checking the branch is not claimed: a run claims its branch
+    /// before it prepares, and prepares under the same lock, so a run either holds the branch
+    /// (and the tree is spared) or prepares after the removal (and checks the branch out again).
+    pub async fn sweep_idle_trees(&self, idle: Duration) -> usize {
+        let mut removed = 0;
+        for project in self.projects.0.keys() {
+            let trees = self.root.join(project).join("trees");
+            let Ok(entries) = std::fs::read_dir(&trees) else {
+                continue;
+            };
+            let idle_trees: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|path| unused_for(path, idle))
+                .collect();
+            if idle_trees.is_empty() {
+                continue;
+            }
+            let lock = self.lock(project);
+            let _state = lock.lock().await;
+            let repo = self.repo_dir(project);
+            for path in idle_trees {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                // Looked at again under the lock: a run may have used it since.
+                if name.is_none_or(|n| self.branch_claimed(project, &n)) || !unused_for(&path, idle) {
+                    continue;
+                }
+                let arg = path.to_string_lossy().into_owned();
+                let gone = match self
+                    .git
+                    .check(&repo, &["worktree", "remove", "--force", &arg], None)
+                    .await
+                {
+                    Ok(_) => true,
+                    // Not a registered worktree (a broken one): its directory goes, and git
+                    // forgets whatever it still recorded for it.
+                    Err(e) => {
+                        tracing::debug!(path = %path.display(), error = %e, "git worktree remove");
+                        let deleted = std::fs::remove_dir_all(&path).is_ok();
+                        let _ = self.git.check(&repo, &["worktree", "prune"], None).await;
+                        deleted
+                    }
+                };
+                if gone {
+                    tracing::info!(project = project.as_str(), path = %path.display(), "removed an idle worktree");
+                    removed += 1;
+                } else {
+                    tracing::warn!(project = project.as_str(), path = %path.display(), "cannot remove an idle worktree");
+                }
+            }
+        }
+        removed
+    }
+
+    /// Whether a queued or running run holds the branch whose worktree directory is `dir_name`.
+    fn branch_claimed(&self, project: &str, dir_name: &str) -> bool {
+        let prefix = format!("branch\0{project}\0");
+        self.busy
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter_map(|key| key.strip_prefix(&prefix))
+            .any(|claimed| branch::dir_name(claimed) == dir_name)
+    }
+}
+
+/// Records that a run used the worktree at `dir` now (its modification time; see
+/// [`Workspaces::sweep_idle_trees`]).
+fn mark_used(dir: &Path) {
+    let now = std::time::SystemTime::now();
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.set_modified(now)) {
+        tracing::debug!(path = %dir.display(), error = %e, "cannot mark a worktree used");
+    }
+}
+
+/// Whether the directory at `path` was last marked used longer than `idle` ago.
+fn unused_for(path: &Path, idle: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= idle))
+}
+
 pub fn say(log: &RunLog, text: &str) {
     let mut out = BytesMut::new();
     encode_output(Stream::Stderr, &format!("cligate: workspace: {text}\n"), &mut out);
