@@ -23,11 +23,11 @@ use crate::run::supervisor::{Limits, Outcome, supervise};
 use crate::run::{End, Run, RunState};
 use crate::runlog::{KEEP_MAX, LogDir, LogFile, Source};
 use crate::store::idempotency::Claim;
-use crate::store::replicas::is_session_taken;
+use crate::store::replicas::{Held, taken};
 use crate::store::time::now_ms;
 use crate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
 use crate::telemetry::clip;
-use crate::workspace::{self as workspace, GitReport, Workspaces};
+use crate::workspace::{self as workspace, GitReport, Hold, HoldKind, Workspaces};
 
 /// How a run was asked for.
 enum Submit {
@@ -414,6 +414,17 @@ impl Runs {
             RunMode::Local
         };
         record.owner = run.owner.clone();
+        let holds = workspace::holds(
+            spec.workspace.as_ref(),
+            spec.state_key.as_deref(),
+            caller.name.as_deref(),
+        );
+        for hold in &holds {
+            match hold.kind {
+                HoldKind::Branch => record.branch_hold = Some(hold.value.clone()),
+                HoldKind::StateKey => record.state_hold = Some(hold.value.clone()),
+            }
+        }
         match how {
             Submit::Attached => {
                 record.state = RecordState::Running;
@@ -427,7 +438,7 @@ impl Runs {
             }
         }
         let timer = std::time::Instant::now();
-        self.record_new(&record).await.map_err(|e| {
+        self.record_new(&record, &holds).await.map_err(|e| {
             let _ = self.logs.remove(&run.id);
             e.unwrap_or_else(|e| unavailable("cannot record the run", &format!("{e:#}")))
         })?;
@@ -444,29 +455,51 @@ impl Runs {
         Ok((run, registration, launch))
     }
 
-    /// Inserts a new run's record. On PostgreSQL a session has one queued/running record across
-    /// every replica (a unique index): when another holds it, the refusal is the same 409 as a
-    /// session running here — unless its holder is a dead replica, or this one with a record
-    /// whose end was never written; that record is ended and the insert tried once more.
-    async fn record_new(&self, record: &RunRecord) -> Result<(), Result<Refusal, anyhow::Error>> {
-        let taken = || Refusal::Conflict(format!("session '{}' is already running", record.session_id));
-        match self.store.insert(record).await {
-            Ok(()) => return Ok(()),
-            Err(e) if !is_session_taken(&e) => return Err(Err(e)),
-            Err(_) => {}
-        }
-        let released = self
-            .store
-            .release_stale_session(&record.session_id, self.instance(), self.config.replica_dead, now_ms())
-            .await
-            .map_err(Err)?;
-        if !released {
-            return Err(Ok(taken()));
-        }
-        match self.store.insert(record).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_session_taken(&e) => Err(Ok(taken())),
-            Err(e) => Err(Err(e)),
+    /// Inserts a new run's record. On PostgreSQL a session, a branch and a state key each have
+    /// one queued/running record across every replica (unique indexes): when another holds one,
+    /// the refusal is the same as on one gateway (409, `busy` for a branch or state key) —
+    /// unless its holder is a dead replica, or this one with a record whose end was never
+    /// written; that record is ended and the insert tried again.
+    async fn record_new(&self, record: &RunRecord, holds: &[Hold]) -> Result<(), Result<Refusal, anyhow::Error>> {
+        let refusal = |held: Held| match held {
+            Held::Session => Refusal::Conflict(format!("session '{}' is already running", record.session_id)),
+            Held::Branch | Held::StateKey => {
+                let kind = if held == Held::Branch {
+                    HoldKind::Branch
+                } else {
+                    HoldKind::StateKey
+                };
+                let busy = holds.iter().find(|h| h.kind == kind).map(|h| h.busy.clone());
+                Refusal::Busy(busy.unwrap_or_else(|| "another run holds what this one needs".into()))
+            }
+        };
+        let value = |held: Held| match held {
+            Held::Session => Some(record.session_id.as_str()),
+            Held::Branch => record.branch_hold.as_deref(),
+            Held::StateKey => record.state_hold.as_deref(),
+        };
+        // Each hold can be found stale once; three holds, so at most four inserts.
+        let mut released = Vec::new();
+        loop {
+            let e = match self.store.insert(record).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let Some(held) = taken(&e) else {
+                return Err(Err(e));
+            };
+            let Some(value) = value(held).filter(|_| !released.contains(&held)) else {
+                return Err(Ok(refusal(held)));
+            };
+            released.push(held);
+            let ended = self
+                .store
+                .release_stale(held, value, self.instance(), self.config.replica_dead, now_ms())
+                .await
+                .map_err(Err)?;
+            if !ended {
+                return Err(Ok(refusal(held)));
+            }
         }
     }
 

@@ -320,6 +320,62 @@ async fn a_session_runs_once_across_replicas_and_idempotency_keys_hold() {
     assert_eq!(frames.0, first.0);
 }
 
+#[tokio::test]
+async fn a_branch_and_a_state_key_are_held_by_one_run_across_replicas() {
+    let db = common::pg::fresh_database().await;
+    // A remote that never answers: a run on a branch stays in its fetch, holding the branch.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/silent.git", silent.local_addr().unwrap());
+    let _remote = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let projects = dir.path().join("projects.toml");
+    std::fs::write(&projects, format!("[projects.demo]\nurl = \"{url}\"\nbase = \"dev\"\n")).unwrap();
+    let projects = projects.display().to_string();
+    let extra = [("PROJECTS_FILE", projects.as_str()), ("GIT_TIMEOUT_SECONDS", "60")];
+    let a = replica(&db, "hold-a", &extra).await;
+    let b = replica(&db, "hold-b", &extra).await;
+    let refused = |reply: common::Reply, what: &str| {
+        let body = reply.assert_error(409);
+        assert_eq!(body["error"], "busy", "{body}");
+        assert!(body["detail"].as_str().unwrap().contains(what), "{body}");
+    };
+
+    let on_branch = json!({"cli": "echo-stdin", "workspace": {"project": "demo", "branch": "shared"}});
+    let held = detached(a.addr, on_branch.clone(), ALICE).await;
+    let branch_busy = "branch 'shared' of project 'demo' is busy";
+    for path in ["/runs", "/run"] {
+        refused(call(b.addr, "POST", path, Some(&on_branch), ALICE).await, branch_busy);
+    }
+    let other_branch = json!({"cli": "echo-stdin", "workspace": {"project": "demo", "branch": "other"}});
+    let other = detached(b.addr, other_branch, ALICE).await;
+
+    // A state key is held per owner: alice's is busy everywhere, bob's same name is not.
+    let conversation = json!({"cli": "sleep", "args": ["30"], "state_key": "conv"});
+    let talking = detached(b.addr, conversation.clone(), ALICE).await;
+    refused(
+        call(a.addr, "POST", "/runs", Some(&conversation), ALICE).await,
+        "state_key 'conv' is busy",
+    );
+    let bobs = detached(a.addr, conversation.clone(), BOB).await;
+
+    // Ended, each is free again on the other replica.
+    ok(a.addr, "POST", &format!("/runs/{bobs}/stop"), None, BOB).await;
+    for run in [&held, &other, &talking] {
+        ok(b.addr, "POST", &format!("/runs/{run}/stop"), None, ALICE).await;
+        wait_record(b.addr, run, Duration::from_secs(15), |r| r["state"] == "finished").await;
+    }
+    let again = detached(b.addr, on_branch, ALICE).await;
+    let again_talking = detached(a.addr, conversation, ALICE).await;
+    for run in [again, again_talking] {
+        ok(a.addr, "POST", &format!("/runs/{run}/stop"), None, ALICE).await;
+    }
+}
+
 /// The pid of the containment watchdog that `gateway` started (its child running `--watchdog`).
 fn watchdog_of(gateway: u32) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {

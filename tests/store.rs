@@ -127,6 +127,8 @@ async fn round_trip_keeps_every_field(ctx: Ctx) {
         git: Some(
             json!({"project": "p", "branch": "b", "head": null, "committed": false, "pushed": false, "error": "x"}),
         ),
+        branch_hold: None,
+        state_hold: None,
     };
     s.insert(&full).await.unwrap();
     assert_eq!(s.get("run-full").await.unwrap().as_ref(), Some(&full));
@@ -679,7 +681,7 @@ async fn an_idempotency_key_is_claimed_once(ctx: Ctx) {
 /// each run ended once when replicas sweep at once), and one active run per session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
-    use cligate::store::replicas::is_session_taken;
+    use cligate::store::replicas::{Held, taken};
     let ctx = postgres().await;
     let s = &ctx.store;
     let dead = Duration::from_secs(2);
@@ -743,14 +745,22 @@ async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
     s.insert(&first).await.unwrap();
     let second = RunRecord::queued("second", "shared", "codex", "me", T0 + 1);
     let err = s.insert(&second).await.unwrap_err();
-    assert!(is_session_taken(&err), "{err:#}");
+    assert_eq!(taken(&err), Some(Held::Session), "{err:#}");
     // Held by a live replica: not released; held by a dead one: released, then the insert works.
-    assert!(!s.release_stale_session("shared", "me", dead, T0 + 2).await.unwrap());
+    assert!(
+        !s.release_stale(Held::Session, "shared", "me", dead, T0 + 2)
+            .await
+            .unwrap()
+    );
     sqlx::query("UPDATE replicas SET heartbeat_at = heartbeat_at - 60000 WHERE id = 'live'")
         .execute(&sqlx::PgPool::connect(ctx.url.as_deref().unwrap()).await.unwrap())
         .await
         .unwrap();
-    assert!(s.release_stale_session("shared", "me", dead, T0 + 2).await.unwrap());
+    assert!(
+        s.release_stale(Held::Session, "shared", "me", dead, T0 + 2)
+            .await
+            .unwrap()
+    );
     s.insert(&second).await.unwrap();
     assert_eq!(
         s.get("first").await.unwrap().unwrap().reason.as_deref(),
@@ -765,7 +775,7 @@ async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
         .insert(&RunRecord::queued("third", "other", "codex", "me", T0 + 4))
         .await
         .unwrap_err();
-    assert!(!is_session_taken(&dup), "{dup:#}");
+    assert_eq!(taken(&dup), None, "{dup:#}");
 
     // Retention of a replica considers only its own runs (their logs are in its DATA_DIR).
     let mut mine = ctx.reopen().await;
@@ -795,4 +805,48 @@ async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
 
     s.deregister("live").await.unwrap();
     assert_eq!(s.peer("live").await.unwrap(), None);
+
+    // A branch and a state key are held alike, each by its own index (the sessions differ).
+    let holding = |id: &str, session: &str, instance: &str, at| {
+        let mut r = RunRecord::queued(id, session, "codex", instance, at);
+        r.branch_hold = Some(r#"["demo","feature/x"]"#.into());
+        r.state_hold = Some(r#"["alice","conv"]"#.into());
+        r
+    };
+    s.heartbeat("holder", "http://10.0.0.3:8000").await.unwrap();
+    s.insert(&holding("b1", "s-b1", "holder", T0)).await.unwrap();
+    let err = s.insert(&holding("b2", "s-b2", "me", T0 + 1)).await.unwrap_err();
+    assert!(matches!(taken(&err), Some(Held::Branch | Held::StateKey)), "{err:#}");
+    let mut state_only = holding("b3", "s-b3", "me", T0 + 1);
+    state_only.branch_hold = Some(r#"["demo","feature/y"]"#.into());
+    let err = s.insert(&state_only).await.unwrap_err();
+    assert_eq!(taken(&err), Some(Held::StateKey), "{err:#}");
+    let mut branch_only = holding("b4", "s-b4", "me", T0 + 1);
+    branch_only.state_hold = None;
+    let err = s.insert(&branch_only).await.unwrap_err();
+    assert_eq!(taken(&err), Some(Held::Branch), "{err:#}");
+    // Another owner's state key of the same name, and no hold at all, are free.
+    let mut bobs = holding("b5", "s-b5", "me", T0 + 1);
+    bobs.branch_hold = None;
+    bobs.state_hold = Some(r#"["bob","conv"]"#.into());
+    s.insert(&bobs).await.unwrap();
+    // Held by a live replica: kept; once it is dead, released.
+    assert!(
+        !s.release_stale(Held::Branch, r#"["demo","feature/x"]"#, "me", dead, T0 + 2)
+            .await
+            .unwrap()
+    );
+    sqlx::query("UPDATE replicas SET heartbeat_at = heartbeat_at - 60000 WHERE id = 'holder'")
+        .execute(&sqlx::PgPool::connect(ctx.url.as_deref().unwrap()).await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        s.release_stale(Held::Branch, r#"["demo","feature/x"]"#, "me", dead, T0 + 2)
+            .await
+            .unwrap()
+    );
+    s.insert(&holding("b2", "s-b2", "me", T0 + 3)).await.unwrap();
+    // Ended, a run holds nothing.
+    assert!(s.finish("b2", &finished(T0 + 4, 0)).await.unwrap());
+    s.insert(&holding("b6", "s-b6", "me", T0 + 5)).await.unwrap();
 }

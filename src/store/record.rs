@@ -108,6 +108,12 @@ pub struct RunRecord {
     /// A run on a branch: the `git` frame's object (`project`, `branch`, `head`, `committed`,
     /// `pushed`, `error`), set when it ends.
     pub git: Option<serde_json::Value>,
+    /// What the run holds while queued or running (see `workspace::Hold`): written with the
+    /// record so that, with several replicas, the database keeps each to one run. Not shown.
+    #[serde(skip)]
+    pub branch_hold: Option<String>,
+    #[serde(skip)]
+    pub state_hold: Option<String>,
 }
 
 impl RunRecord {
@@ -136,6 +142,8 @@ impl RunRecord {
             callback_url: None,
             callback: None,
             git: None,
+            branch_hold: None,
+            state_hold: None,
         }
     }
 }

@@ -19,8 +19,32 @@ const DB_NOW_MS: &str = "CAST(extract(epoch from clock_timestamp()) * 1000 AS BI
 /// messages about their runs).
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
 
-/// The unique index that keeps a session to one queued/running run (migration 0002).
-const SESSION_INDEX: &str = "runs_one_active_per_session";
+/// What a queued or running run holds across every replica: each a column of `runs` that a
+/// unique index keeps to one queued/running run (migrations 0002 and 0005).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Session,
+    Branch,
+    StateKey,
+}
+
+impl Held {
+    fn column(self) -> &'static str {
+        match self {
+            Held::Session => "session_id",
+            Held::Branch => "branch_hold",
+            Held::StateKey => "state_hold",
+        }
+    }
+
+    fn index(self) -> &'static str {
+        match self {
+            Held::Session => "runs_one_active_per_session",
+            Held::Branch => "runs_one_active_per_branch",
+            Held::StateKey => "runs_one_active_per_state_key",
+        }
+    }
+}
 
 /// A registered replica as another one sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,17 +67,15 @@ fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
-/// Whether `e` is the refusal of a second queued/running run of one session (the unique index
-/// `runs_one_active_per_session`).
-pub fn is_session_taken(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .is_some_and(|d| {
-                d.constraint() == Some(SESSION_INDEX)
-                    || (d.code().as_deref() == Some("23505") && d.message().contains(SESSION_INDEX))
-            })
+/// Which hold `e` refused a second queued/running run of (a violation of one of the unique
+/// indexes of [`Held`]), if that is what it is.
+pub fn taken(e: &anyhow::Error) -> Option<Held> {
+    e.chain().find_map(|cause| {
+        let d = cause.downcast_ref::<sqlx::Error>()?.as_database_error()?;
+        [Held::Session, Held::Branch, Held::StateKey].into_iter().find(|held| {
+            d.constraint() == Some(held.index())
+                || (d.code().as_deref() == Some("23505") && d.message().contains(held.index()))
+        })
     })
 }
 
@@ -134,24 +156,25 @@ impl Store {
         rows.iter().map(decode).collect()
     }
 
-    /// Ends the queued/running run of `session_id` that holds the session although nothing
-    /// runs it: one of `me` (the caller's running index, which holds the session for the run
-    /// being created, does not have it: its end was never recorded) or of a replica dead for
-    /// `dead`. Returns whether one was ended (then a new run of the session may be recorded).
-    pub async fn release_stale_session(&self, session_id: &str, me: &str, dead: Duration, now_ms: i64) -> Result<bool> {
+    /// Ends the queued/running run that holds `value` (a session, branch or state key) although
+    /// nothing runs it: one of `me` (the caller, which has claimed the same in memory for the
+    /// run being created, does not have it: its end was never recorded) or of a replica dead
+    /// for `dead`. Returns whether one was ended (then the new run may be recorded).
+    pub async fn release_stale(&self, held: Held, value: &str, me: &str, dead: Duration, now_ms: i64) -> Result<bool> {
         let ended = sqlx::query(AssertSqlSafe(format!(
             "UPDATE runs SET state = 'interrupted', finished_at = $1, \
              reason = CASE WHEN instance = $2 THEN 'gateway_lost' ELSE 'replica_lost' END \
-             WHERE session_id = $3 AND state IN ('queued', 'running') AND (instance = $2 OR NOT EXISTS \
-             (SELECT 1 FROM replicas r WHERE r.id = runs.instance AND r.heartbeat_at >= {DB_NOW_MS} - $4))"
+             WHERE {} = $3 AND state IN ('queued', 'running') AND (instance = $2 OR NOT EXISTS \
+             (SELECT 1 FROM replicas r WHERE r.id = runs.instance AND r.heartbeat_at >= {DB_NOW_MS} - $4))",
+            held.column()
         )))
         .bind(now_ms)
         .bind(me)
-        .bind(session_id)
+        .bind(value)
         .bind(millis(dead))
         .execute(&self.write)
         .await
-        .with_context(|| format!("releasing session {session_id}"))?
+        .with_context(|| format!("releasing {} {value}", held.column()))?
         .rows_affected();
         Ok(ended > 0)
     }

@@ -265,5 +265,7 @@ pub(super) fn decode(row: &AnyRow) -> Result<RunRecord> {
             .map(|t| serde_json::from_str(&t).map_err(|_| bad("git")))
             .transpose()?,
         run_id,
+        branch_hold: None,
+        state_hold: None,
     })
 }

@@ -71,9 +71,9 @@ impl Op {
             Op::Insert(run) => (
                 "INSERT INTO runs (run_id, session_id, cli, args, env_keys, model, mode, owner, instance, state, \
                  exit_code, reason, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, log_bytes, \
-                 detached, callback_url, callback, git) \
+                 detached, callback_url, callback, git, branch_hold, state_hold) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-                 $20, $21, $22)",
+                 $20, $21, $22, $23, $24)",
                 vec![
                     text(&run.run_id),
                     text(&run.session_id),
@@ -97,6 +97,8 @@ impl Op {
                     opt_text(run.callback_url.as_deref()),
                     Param::Text(run.callback.as_ref().map(|v| v.to_string())),
                     Param::Text(run.git.as_ref().map(|v| v.to_string())),
+                    opt_text(run.branch_hold.as_deref()),
+                    opt_text(run.state_hold.as_deref()),
                 ],
             ),
             Op::MarkRunning { run_id, at } => (

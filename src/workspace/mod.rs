@@ -116,6 +116,67 @@ pub struct GitReport {
 #[derive(Debug)]
 pub struct Busy(pub String);
 
+/// Something a queued or running run holds so that no other run has it at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldKind {
+    /// A workspace's branch.
+    Branch,
+    /// A state key (per owner).
+    StateKey,
+}
+
+impl HoldKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            HoldKind::Branch => "branch\0",
+            HoldKind::StateKey => "state\0",
+        }
+    }
+}
+
+/// One hold of a run: what it is, its value as recorded (`branch_hold` / `state_hold` of the
+/// run's record: a JSON array, `["<project>","<branch>"]` or `["<owner>","<state_key>"]`), and
+/// the refusal a second run gets while it is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub kind: HoldKind,
+    pub value: String,
+    pub busy: String,
+}
+
+impl Hold {
+    /// Its key in the gateway's own set of holds.
+    fn key(&self) -> String {
+        format!("{}{}", self.kind.prefix(), self.value)
+    }
+}
+
+/// What a run with these settings holds while it is queued or running.
+pub fn holds(workspace: Option<&WorkspaceSpec>, state_key: Option<&str>, owner: Option<&str>) -> Vec<Hold> {
+    let pair = |a: &str, b: &str| serde_json::to_string(&[a, b]).expect("strings serialise");
+    let mut holds = Vec::new();
+    if let Some(w) = workspace {
+        holds.push(Hold {
+            kind: HoldKind::Branch,
+            value: pair(&w.project, &w.branch),
+            busy: format!(
+                "branch '{}' of project '{}' is busy: another run on it is queued or running; retry when it has ended",
+                w.branch, w.project
+            ),
+        });
+    }
+    if let Some(key) = state_key {
+        holds.push(Hold {
+            kind: HoldKind::StateKey,
+            value: pair(owner.unwrap_or(""), key),
+            busy: format!(
+                "state_key '{key}' is busy: another run with it is queued or running; retry when it has ended"
+            ),
+        });
+    }
+    holds
+}
+
 /// A run's hold on its branch and state key; dropping it frees them.
 #[derive(Debug, Default)]
 pub struct Claim {
@@ -210,34 +271,20 @@ impl Workspaces {
         state_key: Option<&str>,
         owner: Option<&str>,
     ) -> Result<Claim, Busy> {
-        let mut keys = Vec::new();
-        if let Some(w) = workspace {
-            keys.push((
-                format!("branch\0{}\0{}", w.project, w.branch),
-                format!(
-                    "branch '{}' of project '{}' is busy: another run on it is queued or running; retry when it has ended",
-                    w.branch, w.project
-                ),
-            ));
-        }
-        if let Some(key) = state_key {
-            keys.push((
-                format!("state\0{}\0{key}", owner.unwrap_or("")),
-                format!("state_key '{key}' is busy: another run with it is queued or running; retry when it has ended"),
-            ));
-        }
-        if keys.is_empty() {
+        let holds = holds(workspace, state_key, owner);
+        if holds.is_empty() {
             return Ok(Claim::default());
         }
+        let keys: Vec<String> = holds.iter().map(Hold::key).collect();
         let mut busy = self.busy.lock().expect("not poisoned");
-        if let Some((_, why)) = keys.iter().find(|(k, _)| busy.contains(k)) {
-            return Err(Busy(why.clone()));
+        if let Some((_, hold)) = keys.iter().zip(&holds).find(|(k, _)| busy.contains(*k)) {
+            return Err(Busy(hold.busy.clone()));
         }
-        for (k, _) in &keys {
+        for k in &keys {
             busy.insert(k.clone());
         }
         Ok(Claim {
-            keys: keys.into_iter().map(|(k, _)| k).collect(),
+            keys,
             busy: Some(self.busy.clone()),
         })
     }
@@ -722,13 +769,13 @@ impl Workspaces {
 
     /// Whether a queued or running run holds the branch whose worktree directory is `dir_name`.
     fn branch_claimed(&self, project: &str, dir_name: &str) -> bool {
-        let prefix = format!("branch\0{project}\0");
         self.busy
             .lock()
             .expect("not poisoned")
             .iter()
-            .filter_map(|key| key.strip_prefix(&prefix))
-            .any(|claimed| branch::dir_name(claimed) == dir_name)
+            .filter_map(|key| key.strip_prefix(HoldKind::Branch.prefix()))
+            .filter_map(|value| serde_json::from_str::<(String, String)>(value).ok())
+            .any(|(p, b)| p == project && branch::dir_name(&b) == dir_name)
     }
 }
 
