@@ -324,14 +324,7 @@ async fn a_session_runs_once_across_replicas_and_idempotency_keys_hold() {
 async fn a_branch_and_a_state_key_are_held_by_one_run_across_replicas() {
     let db = common::pg::fresh_database().await;
     // A remote that never answers: a run on a branch stays in its fetch, holding the branch.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/silent.git", silent.local_addr().unwrap());
-    let _remote = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    let (url, _remote) = common::silent_remote().await;
     let dir = tempfile::tempdir().unwrap();
     let projects = dir.path().join("projects.toml");
     std::fs::write(&projects, format!("[projects.demo]\nurl = \"{url}\"\nbase = \"dev\"\n")).unwrap();

@@ -962,19 +962,6 @@ async fn a_state_key_gives_the_cli_a_home_that_outlives_its_run() {
     assert!(other.stdout().contains("none"), "{}", other.stdout());
 }
 
-/// A "remote" that accepts connections and never answers; the URL of a repository on it.
-async fn silent_remote() -> (String, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/silent.git", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    (url, task)
-}
-
 /// Waits until no process's command line names `needle`; panics after 10 s.
 async fn assert_no_process_naming(needle: &str) {
     for _ in 0..200 {
@@ -988,7 +975,7 @@ async fn assert_no_process_naming(needle: &str) {
 
 #[tokio::test]
 async fn a_remote_that_never_answers_is_bounded_by_the_git_timeout_and_by_a_stop() {
-    let (url, _remote) = silent_remote().await;
+    let (url, _remote) = common::silent_remote().await;
     let dir = tempfile::tempdir().unwrap();
     let file = projects_file(dir.path(), &[("slow", &url, "")]).display().to_string();
     let run = |sid: &str| {

@@ -297,3 +297,17 @@ pub fn git_in(dir: &std::path::Path, default_branch: &str, args: &[&str]) -> Str
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A git remote (an `http://` URL) that accepts connections and never answers: git run against
+/// it waits until its timeout or a stop. Serves until the task is dropped with the test.
+pub async fn silent_remote() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/silent.git", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (url, task)
+}
