@@ -123,7 +123,7 @@ impl Frame {
 
 /// Appends a `stdout`/`stderr` frame for `data` without building a [`Frame`] (the hot path: no
 /// `String` is allocated per frame). The bytes are exactly what serde_json writes for
-/// `{"type": …, "data": …}`; the escaping looks at many bytes at once ([`escape_json`]).
+/// `{"type": …, "data": …}`; the escaping looks at many bytes at once (`escape_json`).
 pub fn encode_output(stream: Stream, data: &str, out: &mut BytesMut) {
     let prefix: &[u8] = match stream {
         Stream::Stdout => br#"{"type":"stdout","data":""#,
