@@ -405,6 +405,17 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
         .flat_map(|f| pids_in(f["data"].as_str().unwrap_or("")))
         .collect();
     assert_eq!(pids.len(), 1, "{log}");
+    // A reader following the run through B (relayed from A).
+    let mut relayed = RunStream::request(
+        b.addr,
+        "GET",
+        &format!("/runs/{id}/stream"),
+        None,
+        &[("authorization", ALICE)],
+    )
+    .await;
+    assert_eq!(relayed.status, 200);
+    assert!(relayed.try_next_bytes().await.unwrap().is_some(), "B relays A's log");
 
     // The watchdog would end the run the moment A dies; without it, the process outlives A, as
     // it would if A's host were cut off, and only A's return can end it.
@@ -416,6 +427,22 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
     .unwrap();
     a.kill_9().await;
     let killed = Instant::now();
+    // The relayed stream breaks off (no last chunk): its reader can tell it from one that ended.
+    let broke = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match relayed.try_next_bytes().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .expect("the relayed stream went on after its replica died");
+    assert!(
+        broke,
+        "the relayed stream of a killed replica ended as if it were complete"
+    );
     let limit = Duration::from_secs(DEAD_SECONDS + 2);
     let record = wait_record(b.addr, &id, limit, |r| r["state"] == "interrupted").await;
     assert!(killed.elapsed() <= limit, "{:?}", killed.elapsed());

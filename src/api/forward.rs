@@ -239,11 +239,21 @@ pub async fn relay_to(
         }
     }
     let body = if streaming {
-        Body::stream(async_stream::stream! {
-            // An owner that goes away mid-stream ends this body without an exit frame: the
-            // client re-attaches with the last offset it saw.
-            while let Ok(Some(piece)) = answer.chunk().await {
-                yield piece;
+        let replica = base.to_string();
+        Body::fallible(async_stream::stream! {
+            // An owner that goes away mid-stream breaks this answer off too (no last chunk), so
+            // the client sees a broken stream, not an ended one, and re-attaches with the last
+            // offset it saw.
+            loop {
+                match answer.chunk().await {
+                    Ok(Some(piece)) => yield Ok(piece),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(replica = replica.as_str(), error = %one_line(&e), "a relayed stream broke off");
+                        yield Err(std::io::Error::other(format!("the replica that executes this run broke off: {}", one_line(&e))));
+                        break;
+                    }
+                }
             }
         })
     } else {
