@@ -989,6 +989,51 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     drop(busy);
     drop(gw);
 
+    // A run store that stops answering (its PostgreSQL database is dropped under the gateway):
+    // every read of records, and a stop of a run that is not running here, is 503 — "not found"
+    // would be a guess — and the gateway keeps serving.
+    let db = common::pg::fresh_database().await;
+    let gw = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis), ("DATABASE_URL", &db)]).await;
+    let mut ended = probe
+        .open_run(
+            gw.addr,
+            &json!({"cli": "exit-code", "args": ["0"], "session_id": "s-gone"}),
+            &[],
+        )
+        .await;
+    let run_id = match ended.next().await.expect("session frame") {
+        common::Frame::Session { run_id, .. } => run_id,
+        other => panic!("{other:?}"),
+    };
+    ended.until("exit").await;
+    common::pg::drop_database(&db).await;
+    for (method, pattern, path) in [
+        ("GET", "/runs", "/runs".to_string()),
+        ("GET", "/runs/{run_id}", format!("/runs/{run_id}")),
+        ("GET", "/runs/{run_id}/log", format!("/runs/{run_id}/log")),
+        ("GET", "/runs/{run_id}/events", format!("/runs/{run_id}/events")),
+        ("GET", "/runs/{run_id}/stream", format!("/runs/{run_id}/stream")),
+        ("POST", "/runs/{run_id}/stop", format!("/runs/{run_id}/stop")),
+        ("GET", "/sessions/{session_id}", "/sessions/s-gone".to_string()),
+        (
+            "POST",
+            "/sessions/{session_id}/stop",
+            "/sessions/s-gone/stop".to_string(),
+        ),
+    ] {
+        let reply = probe.call(gw.addr, method, pattern, &path, None, &[]).await;
+        let body = reply.assert_error(503);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the run store does not answer"),
+            "{method} {path}: {body}"
+        );
+    }
+    assert_eq!(request(gw.addr, "GET", "/healthz", None, &[]).await.status, 200);
+    drop(gw);
+
     // Docker mode whose engine (the real one) answers but lacks the image: not ready.
     let instance = format!("cligate-openapi-{}", std::process::id());
     let gw = Gateway::start(&[

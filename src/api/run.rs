@@ -240,7 +240,7 @@ pub async fn stop(
     let local = app.runs.registry.get(&session_id);
     if local.is_none()
         && app.replicas.is_some()
-        && let Ok(record) = app.runs.session_record(caller, &session_id).await
+        && let Some(record) = unless_unknown(app.runs.session_record(caller, &session_id).await)?
         && !record.state.is_final()
         && let Route::There(url) = forward::route(app, caller, &record).await?
     {
@@ -282,11 +282,9 @@ pub async fn status(app: &App, caller: &Caller, session_id: String) -> Result<Re
             }),
         ));
     }
-    let record = app
-        .runs
-        .session_record(caller, &session_id)
-        .await
-        .map_err(|_| run_not_found(&session_id))?;
+    // A store that does not answer is 503: "not running" would be a guess.
+    let record = unless_unknown(app.runs.session_record(caller, &session_id).await)?
+        .ok_or_else(|| run_not_found(&session_id))?;
     let elapsed = match (record.started_at, record.finished_at) {
         (Some(start), Some(end)) => Some((end - start).max(0) as f64 / 1000.0),
         _ => None,
@@ -305,4 +303,16 @@ pub async fn status(app: &App, caller: &Caller, session_id: String) -> Result<Re
             "reason": record.reason,
         }),
     ))
+}
+
+/// A record that was found, `None` for one that does not exist (or is not the caller's), and
+/// the refusal (503) when the store could not say.
+pub fn unless_unknown(
+    found: Result<crate::store::RunRecord, crate::runs::Refusal>,
+) -> Result<Option<crate::store::RunRecord>, ApiError> {
+    match found {
+        Ok(record) => Ok(Some(record)),
+        Err(crate::runs::Refusal::NotFound(_)) => Ok(None),
+        Err(other) => Err(other.into()),
+    }
 }

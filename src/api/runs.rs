@@ -138,7 +138,7 @@ pub async fn stop(app: &App, caller: &Caller, run_id: &str, uri: &Uri) -> Result
     let local = app.runs.registry.by_run_id(run_id);
     if local.is_none()
         && app.replicas.is_some()
-        && let Ok(record) = app.runs.record(caller, run_id).await
+        && let Some(record) = super::run::unless_unknown(app.runs.record(caller, run_id).await)?
         && !record.state.is_final()
         && let Route::There(url) = forward::route(app, caller, &record).await?
     {

@@ -53,6 +53,19 @@ pub async fn fresh_database() -> String {
     format!("postgres://postgres@127.0.0.1:{port}/{name}")
 }
 
+/// Drops the database at `url` (made by [`fresh_database`]) under whoever is connected to it:
+/// their connections are ended and every later use fails, as with a database that went away.
+pub async fn drop_database(url: &str) {
+    let (base, name) = url.rsplit_once('/').expect("a database URL");
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the PostgreSQL test cluster: {e}"));
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .await
+        .unwrap_or_else(|e| panic!("dropping database {name}: {e}"));
+    conn.close().await.ok();
+}
+
 /// Finds a PostgreSQL server program on PATH or in Debian's versioned directories.
 fn program(name: &str) -> Result<PathBuf, String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
