@@ -402,6 +402,16 @@ async fn output_cap_ends_the_run_with_a_clear_message() {
     assert_eq!(reason, "output_limit");
     assert_eq!(frames.stdout().len(), 1000);
     assert!(frames.stderr().contains("limit of 1000 bytes"), "{}", frames.stderr());
+
+    // A child that writes past the cap and exits at once races the cap to the end: the cap
+    // still names the reason (the output was cut), however the two land.
+    for _ in 0..10 {
+        let frames = gw
+            .run_to_end(json!({"cli": "sh", "args": ["-c", "head -c 5000 /dev/zero | tr '\\0' x; exit 0"]}))
+            .await;
+        assert_eq!(frames.exit().1, "output_limit");
+        assert_eq!(frames.stdout().len(), 1000);
+    }
 }
 
 #[tokio::test]

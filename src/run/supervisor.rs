@@ -214,7 +214,7 @@ async fn drive(
     };
     // Anything still in the group is a leftover of this run; so is anything that left the group.
     // Once the scope is empty, no pipe of the run is held open any more.
-    execution.finish(reason == EndReason::Exited).await;
+    execution.finish(exited.is_some()).await;
     let escaped = scope.end().await;
     if escaped > 0 {
         tracing::debug!(run_id = run.id, processes = escaped, "ended what was left of the run");
@@ -224,6 +224,14 @@ async fn drive(
     }
     ended.cancel();
     drain(pumps).await;
+    // A pump that stops reading at the cap (or at a broken log) closes its pipe, and the child
+    // may die of that (SIGPIPE) in the same instant, or exit by itself before the pump reached
+    // the cap in what the pipe still held: either way its output was cut, and that is the reason.
+    let reason = match reason {
+        EndReason::Exited if meter.limit_hit.is_cancelled() => EndReason::OutputLimit,
+        EndReason::Exited if meter.log_broken.is_cancelled() => EndReason::Internal,
+        reason => reason,
+    };
 
     let code = match reason {
         EndReason::Timeout | EndReason::IdleTimeout => 124,
