@@ -151,14 +151,19 @@ pub async fn start(
             )
         }
     };
-    Ok(Response::builder()
+    Ok(ndjson(&run_id, frames))
+}
+
+/// A 200 NDJSON stream of one run's frames, unbuffered by proxies on the way.
+pub fn ndjson(run_id: &str, frames: Body) -> Response<Body> {
+    Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/x-ndjson")
         .header(CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .header("x-cligate-run-id", run_id)
         .body(frames)
-        .expect("static headers are valid"))
+        .expect("static headers are valid")
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent.

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Response, StatusCode, Uri};
 use serde_json::{Value, json};
 
@@ -302,14 +301,8 @@ pub async fn stream(app: &Arc<App>, caller: &Caller, run_id: &str, uri: &Uri) ->
             "offset {offset} is past the end of the log ({size} bytes)"
         )));
     }
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "application/x-ndjson")
-        .header(CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .header("x-cligate-run-id", run_id)
-        .body(Body::stream(reader(follow(source, offset), app.runs.metrics.clone())))
-        .expect("static headers are valid"))
+    let frames = Body::stream(reader(follow(source, offset), app.runs.metrics.clone()));
+    Ok(super::run::ndjson(run_id, frames))
 }
 
 #[cfg(test)]
