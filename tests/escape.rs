@@ -5,17 +5,13 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{EndReason, Frame, FrameFields, Gateway, alive, assert_gone, fixtures, pids_in};
+use common::{Binary, EndReason, Frame, FrameFields, Gateway, alive, assert_gone, pids_in};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cligate");
 /// How soon an escaped process must be gone once the run has ended.
 const GONE: Duration = Duration::from_secs(1);
 
@@ -110,78 +106,6 @@ async fn timeout_ends_an_escaped_tree() {
     assert_gone(&pids, GONE).await;
 }
 
-/// The real binary, serving on a free port, with its JSON log lines collected.
-struct Binary {
-    child: Child,
-    addr: std::net::SocketAddr,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Binary {
-    async fn start(instance: &str) -> Binary {
-        let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
-        let mut child = Command::new(BIN)
-            .env_clear()
-            .env("DATA_DIR", common::scratch_data_dir())
-            .env("PATH", path)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("LOG_FORMAT", "json")
-            .env("CLI_LIST", "escape-setsid")
-            .env("CLIGATE_INSTANCE", instance)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        let mut binary = Binary {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            lines,
-            seen: Vec::new(),
-        };
-        let listening = binary.log("listening").await;
-        binary.addr = listening["addr"].as_str().unwrap().parse().unwrap();
-        binary
-    }
-
-    /// The first JSON log line whose message is `message`.
-    async fn log(&mut self, message: &str) -> Value {
-        let parse = |line: &String| serde_json::from_str::<Value>(line).ok();
-        if let Some(v) = self.seen.iter().filter_map(parse).find(|v| v["message"] == message) {
-            return v;
-        }
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(20), self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {message:?} in the log:\n{}", self.seen.join("\n")))
-                .unwrap_or_else(|| panic!("the log ended without {message:?}:\n{}", self.seen.join("\n")));
-            self.seen.push(line.clone());
-            if let Some(v) = parse(&line).filter(|v| v["message"] == message) {
-                return v;
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
-
-    /// SIGKILLs the gateway and reaps it.
-    async fn kill_9(&mut self) {
-        kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL).unwrap();
-        let _ = self.child.wait().await;
-    }
-}
-
 /// Children of `parent` whose command line contains `needle`.
 fn children_with(parent: u32, needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
@@ -220,10 +144,15 @@ fn instance(name: &str) -> String {
     format!("escape-{name}-{}", std::process::id())
 }
 
+/// The real binary, as the gateway instance `instance`, allowed `escape-setsid` only.
+async fn real_gateway(instance: &str) -> Binary {
+    Binary::start(&[("CLI_LIST", "escape-setsid"), ("CLIGATE_INSTANCE", instance)]).await
+}
+
 #[tokio::test]
 async fn the_startup_line_names_the_containment() {
-    let mut binary = Binary::start(&instance("line")).await;
-    let line = binary.log("process containment").await;
+    let mut binary = real_gateway(&instance("line")).await;
+    let line = binary.message("process containment").await;
     // The same host gives an in-process gateway the same mechanism.
     let gw = Gateway::start(&[]).await;
     let expected = gw.app.containment.mechanism();
@@ -240,7 +169,7 @@ async fn the_startup_line_names_the_containment() {
 
 #[tokio::test]
 async fn a_gateway_killed_with_sigkill_leaves_no_run_behind() {
-    let mut binary = Binary::start(&instance("kill9")).await;
+    let mut binary = real_gateway(&instance("kill9")).await;
     let (stream, pids) = escaped_run(&binary).await;
     let _reap = Reap(pids.clone());
     binary.kill_9().await;
@@ -248,7 +177,7 @@ async fn a_gateway_killed_with_sigkill_leaves_no_run_behind() {
     assert_gone(&pids, Duration::from_secs(5)).await;
     // The watchdog did it, and says so in the gateway's log format.
     let line = binary
-        .log("the gateway is gone; killed what was left of its runs")
+        .message("the gateway is gone; killed what was left of its runs")
         .await;
     assert!(line["killed"].as_u64().unwrap() >= 2, "{line}");
 }
@@ -256,7 +185,7 @@ async fn a_gateway_killed_with_sigkill_leaves_no_run_behind() {
 #[tokio::test]
 async fn a_restarted_gateway_ends_what_a_killed_one_left() {
     let name = instance("restart");
-    let mut binary = Binary::start(&name).await;
+    let mut binary = real_gateway(&name).await;
     let (stream, pids) = escaped_run(&binary).await;
     let _reap = Reap(pids.clone());
     // Without its watchdog, nothing ends the runs of a killed gateway but the next start-up.
@@ -268,9 +197,9 @@ async fn a_restarted_gateway_ends_what_a_killed_one_left() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
 
-    let mut again = Binary::start(&name).await;
+    let mut again = real_gateway(&name).await;
     assert_gone(&pids, Duration::from_secs(5)).await;
-    let line = again.log("process containment").await;
+    let line = again.message("process containment").await;
     assert!(line["swept"].as_u64().unwrap() >= 2, "{line}");
     // The new gateway's own runs are not its predecessor's leftovers.
     let (stream, pids) = escaped_run(&again).await;

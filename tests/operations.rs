@@ -10,9 +10,8 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, RunStream, fixtures, request};
+use common::{Binary, Gateway, RunStream, fixtures, request};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
@@ -390,66 +389,17 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
     drop(taken);
 }
 
-/// The binary's stderr lines, collected as they come.
-struct Logs(tokio::sync::mpsc::UnboundedReceiver<String>, Vec<String>);
-
-impl Logs {
-    /// The first line containing `needle`, waiting for it if it has not come yet.
-    async fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.1.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = tokio::time::timeout_at(deadline.into(), self.0.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {needle:?} in the log:\n{}", self.1.join("\n")))
-                .unwrap_or_else(|| panic!("the log ended without {needle:?}:\n{}", self.1.join("\n")));
-            self.1.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    async fn rest(mut self) -> Vec<String> {
-        while let Some(line) = self.0.recv().await {
-            self.1.push(line);
-        }
-        self.1
-    }
-}
-
 #[tokio::test]
 async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() {
     let api_key = "sk-supersecret-value";
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("DATA_DIR", common::scratch_data_dir())
-        .env("PATH", test_path())
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .env("CLI_LIST", "args,show-env")
-        .env("LITELLM_API_KEY", api_key)
-        .env("AUTH_TOKENS", TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let mut logs = Logs(rx, Vec::new());
-
-    let listening: Value = serde_json::from_str(&logs.wait_for("\"listening\"").await).unwrap();
-    let addr = listening["addr"].as_str().unwrap().parse().unwrap();
+    let mut gw = Binary::start(&[
+        ("RUST_LOG", "debug"),
+        ("CLI_LIST", "args,show-env"),
+        ("LITELLM_API_KEY", api_key),
+        ("AUTH_TOKENS", TOKEN),
+    ])
+    .await;
+    let addr = gw.addr;
 
     // One run with the token; its environment shows the secret to the CLI, never to the log.
     let bearer = format!("Bearer {TOKEN}");
@@ -476,7 +426,7 @@ async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() 
     .await
     .assert_error(401);
 
-    let finished: Value = serde_json::from_str(&logs.wait_for("\"run finished\"").await).unwrap();
+    let finished: Value = serde_json::from_str(&gw.wait_for("\"run finished\"").await).unwrap();
     assert_eq!(finished["message"], "run finished");
     assert_eq!(finished["run_id"], run_id.as_str());
     assert_eq!(finished["session_id"], "ops-log-1");
@@ -490,22 +440,15 @@ async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() 
         "{finished}"
     );
     assert_eq!(finished["level"], "INFO");
-    let rejected: Value = serde_json::from_str(&logs.wait_for("\"request rejected\"").await).unwrap();
+    let rejected: Value = serde_json::from_str(&gw.wait_for("\"request rejected\"").await).unwrap();
     assert_eq!(rejected["status"], 401);
     assert_eq!(rejected["error"], "unauthorized");
     assert_eq!(rejected["path"], "/run");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM");
-    assert_eq!(status.unwrap().code(), Some(0));
+    let status = gw.terminate(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
 
-    let all = logs.rest().await;
+    let all = gw.lines_to_end().await;
     for line in &all {
         let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(parsed["message"].is_string() && parsed["level"].is_string(), "{line}");

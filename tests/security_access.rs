@@ -5,13 +5,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{EndReason, FrameFields, Gateway, RunStream, fixtures, request};
+use common::{Binary, EndReason, FrameFields, Gateway, Launch, RunStream, request};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789abc";
@@ -192,89 +189,6 @@ async fn head_works_wherever_get_does() {
     assert_eq!(r.headers["allow"], "GET, HEAD");
 }
 
-/// The real binary with a text log on a pipe (not a terminal).
-struct Binary {
-    child: Child,
-    addr: std::net::SocketAddr,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Binary {
-    async fn start(vars: &[(&str, &str)]) -> Binary {
-        let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cligate"));
-        cmd.env_clear()
-            .env("DATA_DIR", common::scratch_data_dir())
-            .env("PATH", path)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("CLI_LIST", "args,sleep")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        let mut b = Binary {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            lines: rx,
-            seen: Vec::new(),
-        };
-        let listening = b.wait_for("listening").await;
-        let addr = listening
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .trim_matches('"')
-            .to_string();
-        b.addr = addr.parse().unwrap_or_else(|_| panic!("{listening}"));
-        b
-    }
-
-    /// The first line (from now on or already seen, not yet returned) containing `needle`.
-    async fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(i) = self.seen.iter().position(|l| l.contains(needle)) {
-            return self.seen.remove(i);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = tokio::time::timeout_at(deadline.into(), self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {needle:?} in the log:\n{}", self.seen.join("\n")))
-                .expect("log open");
-            if line.contains(needle) {
-                return line;
-            }
-            self.seen.push(line);
-        }
-    }
-
-    /// Every line logged until now (waits briefly for stragglers).
-    async fn drain(&mut self) -> Vec<String> {
-        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(300), self.lines.recv()).await {
-            self.seen.push(line);
-        }
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 /// The top-level `key=` names of a text log line: quoted values (with `\"` escapes) are skipped,
 /// so a forged `code=0` inside a value does not count.
 fn keys(line: &str) -> Vec<String> {
@@ -303,7 +217,13 @@ fn keys(line: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn callers_cannot_flood_forge_or_colour_the_log() {
-    let mut gw = Binary::start(&[]).await;
+    // The real binary, with a text log on a pipe (not a terminal).
+    let mut gw = Binary::launch(Launch {
+        vars: &[("CLI_LIST", "args,sleep")],
+        text_log: true,
+        nofile: None,
+    })
+    .await;
 
     // A 60,000-character path is clipped.
     let long = format!("/{}", "a".repeat(60_000));

@@ -9,17 +9,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, RunStream, TEST_CLIS, fixtures};
+use common::{Binary, Gateway, Launch, RunStream};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_cligate");
+use tokio::process::Command;
 
 /// The head of a request that declares a 1000-byte body, followed by its first byte only.
 const SLOW_BODY: &[u8] =
@@ -124,76 +120,16 @@ async fn read_one(stream: &mut TcpStream, limit: Duration) -> Raw {
         .unwrap_or_else(|_| panic!("no response within {limit:?}"))
 }
 
-/// The PATH the gateways run with: the fixtures first.
-fn test_path() -> String {
-    format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default())
-}
-
-/// The real `cligate` binary on a free loopback port, its stderr (JSON lines) collected.
-struct Binary {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    _child: Child,
-}
-
-impl Binary {
-    /// Starts the binary with `vars`; with `nofile`, under `ulimit -n` (soft and hard limit both
-    /// lowered, so raising the soft limit to the hard one cannot undo it).
-    async fn start(vars: &[(&str, &str)], nofile: Option<u32>) -> Binary {
-        let mut cmd = match nofile {
-            Some(n) => {
-                let mut cmd = Command::new("bash");
-                cmd.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\"")).arg(BIN);
-                cmd
-            }
-            None => Command::new(BIN),
-        };
-        cmd.env_clear()
-            .env("DATA_DIR", common::scratch_data_dir())
-            .env("PATH", test_path())
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("LOG_FORMAT", "json")
-            .env("CLI_LIST", TEST_CLIS)
-            .env("KILL_GRACE_SECONDS", "1")
-            .env("SHUTDOWN_GRACE_SECONDS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("the binary starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(line.clone());
-                if line.contains("\"listening\"") {
-                    let v: Value = serde_json::from_str(&line).unwrap();
-                    return v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                }
-            }
-            panic!("the binary exited: {:?}", log.lock().unwrap());
-        })
-        .await
-        .expect("the binary listens within 20 s");
-        let collected = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                collected.lock().unwrap().push(line);
-            }
-        });
-        Binary {
-            addr,
-            log,
-            _child: child,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
+/// The real binary with `vars` (over 1 s grace periods), under `ulimit -n nofile` when given.
+async fn binary(vars: &[(&str, &str)], nofile: Option<u32>) -> Binary {
+    let mut all = vec![("KILL_GRACE_SECONDS", "1"), ("SHUTDOWN_GRACE_SECONDS", "1")];
+    all.extend_from_slice(vars);
+    Binary::launch(Launch {
+        vars: &all,
+        nofile,
+        ..Launch::default()
+    })
+    .await
 }
 
 /// One `GET /healthz` on a fresh connection that asks to be closed; the status.
@@ -245,7 +181,7 @@ async fn a_head_that_does_not_arrive_in_time_gets_the_connection_closed() {
 async fn slow_clients_do_not_exhaust_file_descriptors() {
     // 256 descriptors; MAX_CONCURRENT_RUNS=4 keeps 64 + 4×4 of them for the process and its runs,
     // so the gateway serves at most 176 connections at once and the rest wait in the backlog.
-    let gw = Binary::start(
+    let gw = binary(
         &[("REQUEST_READ_TIMEOUT_SECONDS", "2"), ("MAX_CONCURRENT_RUNS", "4")],
         Some(256),
     )
@@ -346,7 +282,7 @@ async fn a_burst_of_2000_connections_is_served_without_loss() {
         somaxconn as usize >= BURST,
         "net.core.somaxconn is {somaxconn}: the kernel, not the gateway, would limit the backlog"
     );
-    let gw = Binary::start(&[], None).await;
+    let gw = binary(&[], None).await;
     let addr = gw.addr;
     let started = Instant::now();
     let mut tasks = Vec::new();

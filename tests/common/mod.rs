@@ -9,14 +9,15 @@ pub mod pg;
 #[allow(unused_imports)] // each test binary uses some of them
 pub use client::{Conn, EndReason, Frame, FrameFields, Frames, Reply, RunStream, pids_in, request, static_busybox};
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 /// The fixture CLIs (small shell scripts) used by the tests.
@@ -187,47 +188,207 @@ pub fn rss_kib() -> u64 {
         .unwrap()
 }
 
-/// The real `cligate` binary, started with exactly `vars` (and the fixtures first on `PATH`) as
-/// its whole environment, listening on a free loopback port. Killed when dropped.
+/// How to start the real binary; [`Binary::start`] is `Launch { vars, ..Launch::default() }`.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Set over the defaults (`CLI_LIST` is [`TEST_CLIS`], `LOG_FORMAT` is `json`, a scratch
+    /// `DATA_DIR`, the fixtures first on `PATH`, `LISTEN_ADDR` a free loopback port).
+    pub vars: &'a [(&'a str, &'a str)],
+    /// A text log (no `LOG_FORMAT`) instead of JSON lines.
+    pub text_log: bool,
+    /// Under `ulimit -n` this many: the soft and the hard limit both lowered, so that raising the
+    /// soft limit to the hard one cannot undo it.
+    pub nofile: Option<u32>,
+}
+
+/// The real `cligate` binary, started with only the variables of its [`Launch`] as its whole
+/// environment, listening on a free loopback port. Every line of its log (its stderr, shared
+/// with its watchdog, which can log after the binary is gone) is kept. Killed when dropped.
 pub struct Binary {
     pub addr: SocketAddr,
     child: tokio::process::Child,
+    log: Arc<Log>,
+    /// The lines [`Binary::wait_for`] and [`Binary::drain`] have returned (by index).
+    returned: HashSet<usize>,
+}
+
+/// A binary's log lines, filled by a task that reads its stderr to the end.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Lines>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Lines {
+    all: Vec<String>,
+    /// Whether the log has ended (no process holds the pipe any more).
+    ended: bool,
+}
+
+impl Log {
+    /// Waits, at most 20 s, until `found` finds something in the lines; panics with the whole log
+    /// when it does not, or when the log ends first.
+    async fn wait<T>(&self, what: &str, mut found: impl FnMut(&Lines) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let changed = self.changed.notified();
+            let ended = {
+                let lines = self.lines.lock().unwrap();
+                if let Some(t) = found(&lines) {
+                    return t;
+                }
+                lines.ended
+            };
+            if ended {
+                panic!("the log ended without {what}:\n{}", self.text());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!("no {what} in the log within 20 s:\n{}", self.text());
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().all.join("\n")
+    }
 }
 
 impl Binary {
+    /// Starts the binary with the defaults of [`Launch`] overridden by `vars`.
     pub async fn start(vars: &[(&str, &str)]) -> Binary {
+        Binary::launch(Launch {
+            vars,
+            ..Launch::default()
+        })
+        .await
+    }
+
+    /// Starts the binary as `launch` says and waits (at most 20 s) for its "listening" line.
+    pub async fn launch(launch: Launch<'_>) -> Binary {
         use tokio::io::AsyncBufReadExt;
+        let bin = env!("CARGO_BIN_EXE_cligate");
+        let mut cmd = match launch.nofile {
+            Some(n) => {
+                let mut cmd = tokio::process::Command::new("bash");
+                cmd.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\"")).arg(bin);
+                cmd
+            }
+            None => tokio::process::Command::new(bin),
+        };
         let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
-            .env_clear()
+        cmd.env_clear()
             .env("DATA_DIR", scratch_data_dir())
             .env("PATH", path)
             .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("LOG_FORMAT", "json")
-            .env("CLI_LIST", TEST_CLIS)
-            .envs(vars.iter().copied())
+            .env("CLI_LIST", TEST_CLIS);
+        if !launch.text_log {
+            cmd.env("LOG_FORMAT", "json");
+        }
+        let mut child = cmd
+            .envs(launch.vars.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("the cligate binary starts");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(log) = serde_json::from_str::<Value>(&line)
-                    && let Some(addr) = log["addr"].as_str().filter(|_| line.contains("\"listening\""))
-                {
-                    return addr.parse().expect("a socket address");
-                }
+        let log = Arc::new(Log::default());
+        let filled = log.clone();
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                filled.lines.lock().unwrap().all.push(line);
+                filled.changed.notify_waiters();
             }
-            panic!("cligate exited before listening");
-        })
-        .await
-        .expect("cligate listens within 20 s");
-        // Keep draining the log so the binary never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Binary { addr, child }
+            filled.lines.lock().unwrap().ended = true;
+            filled.changed.notify_waiters();
+        });
+
+        let listening = |line: &String| match launch.text_log {
+            true => line.contains("listening"),
+            false => serde_json::from_str::<Value>(line).is_ok_and(|v| v["message"] == "listening"),
+        };
+        let (i, line) = log
+            .wait("the \"listening\" line", |lines| {
+                let i = lines.all.iter().position(listening)?;
+                Some((i, lines.all[i].clone()))
+            })
+            .await;
+        let addr = match launch.text_log {
+            true => line
+                .split("addr=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|addr| addr.trim_matches('"').to_string()),
+            false => serde_json::from_str::<Value>(&line).unwrap()["addr"]
+                .as_str()
+                .map(String::from),
+        };
+        let addr = addr
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        Binary {
+            addr,
+            child,
+            log,
+            returned: HashSet::from([i]),
+        }
+    }
+
+    /// Every line logged so far.
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    /// Every line of the log once it has ended: the binary and its watchdog have exited (waits at
+    /// most 20 s).
+    pub async fn lines_to_end(&self) -> Vec<String> {
+        self.log
+            .wait("its end", |lines| lines.ended.then(|| lines.all.clone()))
+            .await
+    }
+
+    /// The first line containing `needle` that this has not returned yet (nor [`Binary::drain`]),
+    /// logged already or waited for (at most 20 s).
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        let returned = &mut self.returned;
+        self.log
+            .wait(&format!("{needle:?}"), |lines| {
+                let i = (0..lines.all.len()).find(|i| !returned.contains(i) && lines.all[*i].contains(needle))?;
+                returned.insert(i);
+                Some(lines.all[i].clone())
+            })
+            .await
+    }
+
+    /// The first JSON line whose `message` is `message` (returned before or not), logged already
+    /// or waited for (at most 20 s).
+    pub async fn message(&self, message: &str) -> Value {
+        self.log
+            .wait(&format!("message {message:?}"), |lines| {
+                lines
+                    .all
+                    .iter()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .find(|v| v["message"] == message)
+            })
+            .await
+    }
+
+    /// Waits until 300 ms pass without a new line, then returns the lines not returned yet (by
+    /// this or [`Binary::wait_for`]); they count as returned.
+    pub async fn drain(&mut self) -> Vec<String> {
+        loop {
+            let before = self.log.lines.lock().unwrap().all.len();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let lines = self.log.lines.lock().unwrap();
+            if lines.all.len() == before {
+                let fresh: Vec<usize> = (0..before).filter(|i| !self.returned.contains(i)).collect();
+                self.returned.extend(&fresh);
+                return fresh.into_iter().map(|i| lines.all[i].clone()).collect();
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -236,20 +397,22 @@ impl Binary {
 
     /// Kills the binary with SIGKILL (a crash: no shutdown, no clean-up) and reaps it.
     pub async fn kill_9(&mut self) {
-        let _ = nix::sys::signal::kill(
+        nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid() as i32),
             nix::sys::signal::Signal::SIGKILL,
-        );
+        )
+        .expect("SIGKILL");
         let _ = self.child.wait().await;
     }
 
     /// Sends SIGTERM (a graceful shutdown) and waits, at most `limit`, for the binary to exit;
     /// returns its exit status.
     pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
+        nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid() as i32),
             nix::sys::signal::Signal::SIGTERM,
-        );
+        )
+        .expect("SIGTERM");
         tokio::time::timeout(limit, self.child.wait())
             .await
             .expect("the binary exits in time after SIGTERM")
