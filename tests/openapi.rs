@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cligate::api::Guard;
@@ -554,24 +553,6 @@ fn error_responses_use_the_error_schema_and_name_every_kind() {
     }
 }
 
-/// A scratch directory for this test, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("cligate-openapi-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Sends requests and records which documented (method, path, status) it has seen.
 struct Probe<'a> {
     spec: &'a Spec,
@@ -710,9 +691,9 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     };
 
     // A `codex` that is the `args` fixture, so the document's own request examples run unchanged.
-    let bin = Scratch::new("bin");
-    std::os::unix::fs::symlink(fixtures().join("args"), bin.0.join("codex")).unwrap();
-    let path = path_with(&bin.0);
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(fixtures().join("args"), bin.path().join("codex")).unwrap();
+    let path = path_with(bin.path());
     let clis = format!("{TEST_CLIS},codex");
     let open = Gateway::start(&[("PATH", &path), ("CLI_LIST", &clis)]).await;
     let addr = open.addr;
@@ -1046,24 +1027,24 @@ async fn every_documented_status_is_produced_and_matches_the_document() {
     drop(gw);
 
     // A project: the preview examples answer 200, and the documented refusals.
-    let repo = Scratch::new("project");
+    let repo = tempfile::tempdir().unwrap();
     let git = |args: &[&str]| {
-        common::git_in(&repo.0, "dev", args);
+        common::git_in(repo.path(), "dev", args);
     };
     git(&["init", "--quiet", "work"]);
-    std::fs::create_dir_all(repo.0.join("work/src")).unwrap();
-    std::fs::write(repo.0.join("work/src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
-    std::fs::write(repo.0.join("work/logo.png"), b"\x89PNG\0\0").unwrap();
+    std::fs::create_dir_all(repo.path().join("work/src")).unwrap();
+    std::fs::write(repo.path().join("work/src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
+    std::fs::write(repo.path().join("work/logo.png"), b"\x89PNG\0\0").unwrap();
     git(&["-C", "work", "add", "."]);
     git(&["-C", "work", "commit", "--quiet", "-m", "seed"]);
     git(&["clone", "--quiet", "--bare", "work", "origin.git"]);
-    let projects = repo.0.join("projects.toml");
+    let projects = repo.path().join("projects.toml");
     std::fs::write(
         &projects,
         format!(
             "[projects.myproj]\nurl = \"{}\"\nbase = \"dev\"\n[projects.gone]\nurl = \"{}\"\n",
-            repo.0.join("origin.git").display(),
-            repo.0.join("no-such-repo.git").display()
+            repo.path().join("origin.git").display(),
+            repo.path().join("no-such-repo.git").display()
         ),
     )
     .unwrap();

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -328,31 +327,13 @@ async fn version_prints_the_crate_version() {
     );
 }
 
-/// A directory for this test's scripts, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("cligate-ops-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
-    let scratch = Scratch::new("engine");
+    let scratch = tempfile::tempdir().unwrap();
     // An engine that is never there.
-    let docker_host = format!("unix://{}/docker.sock", scratch.0.display());
+    let docker_host = format!("unix://{}/docker.sock", scratch.path().display());
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         (
             "RUN_RESPONSE_TIMEOUT_SECONDS",
