@@ -7,7 +7,11 @@
 
 SCRIPT=${SCRIPT:-${0##*/}}
 
-say() { printf '==> %s: %s\n' "$SCRIPT" "$*"; }
+# Seconds are counted from the outermost script's start (exported to the scripts it runs), so a
+# log shows where the time of a whole .ci/run went.
+CLIGATE_SCRIPT_START=${CLIGATE_SCRIPT_START:-$(date +%s)}
+export CLIGATE_SCRIPT_START
+say() { printf '==> %s: [%ss] %s\n' "$SCRIPT" "$(($(date +%s) - CLIGATE_SCRIPT_START))" "$*"; }
 die() {
     printf '%s: FAIL: %s\n' "$SCRIPT" "$*" >&2
     exit 1
