@@ -42,27 +42,27 @@ pub async fn fresh_database() -> String {
         Err(why) => panic!("the PostgreSQL test cluster could not start: {why}"),
     };
     let name = format!("test_{}", DATABASES.fetch_add(1, Ordering::SeqCst));
-    let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the PostgreSQL test cluster: {e}"));
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
-    conn.close().await.ok();
-    format!("postgres://postgres@127.0.0.1:{port}/{name}")
+    let base = format!("postgres://postgres@127.0.0.1:{port}");
+    administer(&base, format!("CREATE DATABASE {name}")).await;
+    format!("{base}/{name}")
 }
 
 /// Drops the database at `url` (made by [`fresh_database`]) under whoever is connected to it:
 /// their connections are ended and every later use fails, as with a database that went away.
 pub async fn drop_database(url: &str) {
     let (base, name) = url.rsplit_once('/').expect("a database URL");
+    administer(base, format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// Runs one statement in the `postgres` database of the cluster at `base` (a URL without a
+/// database).
+async fn administer(base: &str, statement: String) {
     let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
         .unwrap_or_else(|e| panic!("connecting to the PostgreSQL test cluster: {e}"));
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+    conn.execute(sqlx::AssertSqlSafe(statement.clone()))
         .await
-        .unwrap_or_else(|e| panic!("dropping database {name}: {e}"));
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
     conn.close().await.ok();
 }
 
