@@ -57,6 +57,7 @@ impl Process {
             env,
             env_remove: &remove,
             cgroup_procs: scope.cgroup_procs(),
+            cgroup_v2: scope.cgroup_v2(),
             cwd: launch.cwd.as_deref(),
         };
         let child = super::spawn::spawn(&spec).map_err(|e| match e {

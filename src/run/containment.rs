@@ -7,8 +7,8 @@
 //! Three mechanisms, the first the host allows, chosen once at start-up:
 //! - `cgroup-v2`: each run gets a cgroup `<gateway's cgroup>/cligate.<instance>/<owner>/<run id>`
 //!   (or an empty one an earlier run of this gateway left, which keeps that run's name);
-//!   the child joins it before it runs any code (it writes itself to `cgroup.procs` between
-//!   `clone` and `exec`, see [`super::spawn`]), and
+//!   the child is in it before it runs any code (born there by `clone3`, or writing itself to
+//!   `cgroup.procs` between `clone` and `exec`; see [`crate::exec::spawn`]), and
 //!   nothing it starts can leave it (only a privileged process that writes to another
 //!   `cgroup.procs` could). The run ends with `cgroup.kill` (or freeze, SIGKILL every member),
 //!   so a fork bomb cannot race the kill; then the directory is removed.
@@ -334,7 +334,7 @@ enum ScopeKind {
 impl Scope {
     /// Makes a `Command`'s child start inside the scope: in its cgroup before it runs any code
     /// (a `pre_exec` hook, which makes std fork), or with the marker in its environment. Runs are
-    /// started by [`super::spawn`] instead, with [`Scope::cgroup_procs`] and [`Scope::marker`].
+    /// started by [`crate::exec::spawn`] instead, with [`Scope::cgroup_procs`] and [`Scope::marker`].
     pub fn prepare(&self, cmd: &mut tokio::process::Command) {
         match &self.kind {
             ScopeKind::Cgroup { procs, .. } => {
@@ -357,6 +357,11 @@ impl Scope {
             ScopeKind::Cgroup { procs, .. } => Some(procs),
             ScopeKind::Marker { .. } => None,
         }
+    }
+
+    /// Whether [`Scope::cgroup_procs`] belongs to a cgroup v2 (a child can be born in it).
+    pub fn cgroup_v2(&self) -> bool {
+        matches!(&self.kind, ScopeKind::Cgroup { spare: Some(_), .. })
     }
 
     /// The variable and value a child carries in its environment (`proc-marker`).
