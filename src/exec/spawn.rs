@@ -157,7 +157,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// Whether `clone3` is worth trying (cleared once the kernel answers `ENOSYS`).
+/// Whether `clone3` into a cgroup is worth trying (cleared once the kernel shows it has none).
 static CLONE3: AtomicBool = AtomicBool::new(cfg!(target_arch = "x86_64"));
 
 /// The directory of a `…/cgroup.procs` file, opened for `CLONE_INTO_CGROUP`.
@@ -378,8 +378,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             child.procs = std::ptr::null();
             pid = clone3_vm(stack.as_mut_ptr(), dir.as_raw_fd(), &mut pidfd, arg);
             if pid < 0 {
-                // Refused (no clone3 here, or not into this cgroup): the child moves itself.
-                if -pid == libc::ENOSYS as libc::c_long {
+                // Refused: the child moves itself. ENOSYS: no clone3 (or seccomp says so);
+                // E2BIG, EINVAL: a clone3 without CLONE_INTO_CGROUP (Linux 5.3–5.6). Neither
+                // changes, so later runs do not ask again.
+                if [libc::ENOSYS, libc::E2BIG, libc::EINVAL].contains(&(-pid as libc::c_int)) {
                     CLONE3.store(false, Ordering::Relaxed);
                 }
                 child.procs = spec.cgroup_procs.map_or(std::ptr::null(), |p| p.as_ptr());
