@@ -564,26 +564,32 @@ mod tests {
         }
     }
 
-    /// A cgroup v2 directory that cannot be opened: the child tries to move itself, and fails
-    /// the same way as on a host without `clone3`.
+    /// A cgroup v2 directory that cannot be opened, or one `clone3` refuses (a plain directory
+    /// here): the child tries to move itself, and fails the same way as on a host without
+    /// `clone3`; later runs still try `clone3`.
     #[tokio::test]
     async fn a_cgroup_that_cannot_be_entered_is_a_cgroup_error_either_way() {
-        let procs = CString::new("/nonexistent/cgroup.procs").unwrap();
-        for cgroup_v2 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = CString::new(dir.path().join("cgroup.procs").into_os_string().into_vec()).unwrap();
+        let missing = CString::new("/nonexistent/cgroup.procs").unwrap();
+        let before = CLONE3.load(Ordering::Relaxed);
+        for (procs, cgroup_v2) in [(&missing, true), (&missing, false), (&plain, true)] {
             let spec = SpawnSpec {
                 program: Path::new("/bin/true"),
                 args: &[],
                 env: &BTreeMap::new(),
                 env_remove: &[],
-                cgroup_procs: Some(&procs),
+                cgroup_procs: Some(procs),
                 cgroup_v2,
                 cwd: None,
             };
+            let result = spawn(&spec);
             assert!(
-                matches!(spawn(&spec), Err(SpawnError::Cgroup(_))),
-                "cgroup v2: {cgroup_v2}"
+                matches!(result, Err(SpawnError::Cgroup(_))),
+                "{procs:?} {cgroup_v2}: {result:?}"
             );
         }
+        assert_eq!(CLONE3.load(Ordering::Relaxed), before);
     }
 
     #[tokio::test]
