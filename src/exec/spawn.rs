@@ -372,10 +372,12 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let arg = (&mut child as *mut ChildArgs).cast();
+        // Every access until clone returns goes through this pointer (the child writes through it).
+        let args: *mut ChildArgs = &mut child;
+        let arg = args.cast();
         let mut pid = -1;
         if let Some(dir) = &born_in {
-            child.procs = std::ptr::null();
+            (*args).procs = std::ptr::null();
             pid = clone3_vm(stack.as_mut_ptr(), dir.as_raw_fd(), &mut pidfd, arg);
             if pid < 0 {
                 // Refused: the child moves itself. ENOSYS: no clone3 (or seccomp says so);
@@ -384,7 +386,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
                 if [libc::ENOSYS, libc::E2BIG, libc::EINVAL].contains(&(-pid as libc::c_int)) {
                     CLONE3.store(false, Ordering::Relaxed);
                 }
-                child.procs = spec.cgroup_procs.map_or(std::ptr::null(), |p| p.as_ptr());
+                (*args).procs = spec.cgroup_procs.map_or(std::ptr::null(), |p| p.as_ptr());
             }
         }
         if pid < 0 {
