@@ -302,9 +302,12 @@ fn checkpoints(conn: rusqlite::Connection, due: Receiver<()>) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let done = pass("PASSIVE").and_then(|frames| match frames > RESTART_FRAMES {
-            true => pass("RESTART"),
-            false => Ok(frames),
+        let done = pass("PASSIVE").and_then(|frames| {
+            if frames > RESTART_FRAMES {
+                pass("RESTART")
+            } else {
+                Ok(frames)
+            }
         });
         if let Err(e) = done {
             tracing::warn!(error = %e, "cannot checkpoint the database's write-ahead log");
