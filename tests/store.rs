@@ -582,12 +582,12 @@ async fn sqlite_lives_in_data_dir_in_wal_mode() {
     assert!(Path::new(&data.join("cligate.db-wal")).exists(), "WAL journal");
 }
 
-/// The writer never checkpoints inside a commit; the checkpoint thread beside it keeps the WAL
-/// from growing with every commit. 1500 runs one at a time are 4500 commits of 12–24 pages
-/// each, about 200 MiB of WAL frames if nothing were copied back; with a checkpoint every 64
-/// commits the file is reused from its start and stays a few MiB.
+/// The writer never checkpoints inside a commit, but between batches it does, and the WAL does
+/// not grow with every commit. 1500 runs one at a time are 4500 commits of 12–24 pages each,
+/// about 200 MiB of WAL frames if the WAL never started over (a checkpointer on a connection of
+/// its own let it reach 50–112 MB); with a checkpoint every 64 commits it stays a few MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wal_is_checkpointed_beside_the_writer() {
+async fn the_wal_is_checkpointed_between_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(None, dir.path()).await.unwrap();
     let wal = dir.path().join("cligate.db-wal");
@@ -599,7 +599,7 @@ async fn the_wal_is_checkpointed_beside_the_writer() {
         assert!(store.finish(&id, &finished(T0 + i + 1, 10)).await.unwrap());
         largest = largest.max(std::fs::metadata(&wal).unwrap().len());
     }
-    assert!(largest < 32 << 20, "the WAL grew to {largest} bytes");
+    assert!(largest < 16 << 20, "the WAL grew to {largest} bytes");
     let (newest, _) = store.list(&ListQuery::default()).await.unwrap();
     assert_eq!((newest.len(), newest[0].run_id.as_str()), (50, "wal-1499"));
     assert_eq!(newest[0].state, RecordState::Finished);
