@@ -216,17 +216,13 @@ pub(super) struct Writer {
 impl Writer {
     /// Opens the database at `path` (which exists, in WAL mode) for writing and starts the thread.
     pub(super) fn start(path: &Path) -> Result<Writer> {
-        let open = || -> Result<rusqlite::Connection> {
-            let conn = rusqlite::Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .context("opening the database for writing")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            Ok(conn)
-        };
-        let conn = open()?;
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .context("opening the database for writing")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         // Checkpoints are the writer's own, between batches (see `run`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (jobs, rx) = mpsc::channel(QUEUE);
