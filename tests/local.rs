@@ -147,6 +147,26 @@ async fn a_missing_cli_still_streams_and_ends_with_127() {
     assert_eq!(gw.run_to_end(json!({"cli": "args"})).await.exit(), (0, "exited".into()));
 }
 
+/// Found on PATH, but its exec fails (the interpreter it names does not exist): the child
+/// reports that before it exits, and the run ends as a failed start, not as an exit of the CLI.
+#[tokio::test]
+async fn a_cli_whose_exec_fails_ends_as_a_failed_start() {
+    let gw = Gateway::start(&[]).await;
+    for _ in 0..3 {
+        let frames = gw.run_to_end(json!({"cli": "no-interpreter"})).await;
+        assert_eq!(frames.exit(), (127, "spawn_failed".into()), "{:?}", frames.0);
+        assert!(
+            frames
+                .stderr()
+                .contains("cligate: cannot start 'no-interpreter': No such file or directory"),
+            "{:?}",
+            frames.0
+        );
+        assert_eq!(frames.stdout(), "");
+    }
+    assert_eq!(gw.run_to_end(json!({"cli": "args"})).await.exit(), (0, "exited".into()));
+}
+
 #[tokio::test]
 async fn timeout_ends_the_whole_tree_even_when_sigterm_is_ignored() {
     let gw = Gateway::start(&[("RUN_RESPONSE_TIMEOUT_SECONDS", "1"), ("KILL_GRACE_SECONDS", "0.5")]).await;

@@ -224,6 +224,10 @@ impl Execution for Container {
         self.process.wait().await
     }
 
+    fn start_failure(&mut self) -> Option<StartFailure> {
+        self.process.start_failure()
+    }
+
     async fn terminate(&mut self, grace: Duration) -> ExitStatus {
         if let Err(e) = self.engine.kill(&self.name, "SIGTERM").await {
             tracing::debug!(container = %self.name, error = %e, "kill through the engine");

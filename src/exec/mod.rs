@@ -6,6 +6,7 @@
 //! further executor (a cluster scheduler, say) is one more module and one more arm in
 //! [`for_config`]. Executors know nothing of frames, logs or HTTP.
 
+mod child;
 pub mod docker;
 pub mod local;
 mod process;
@@ -115,6 +116,10 @@ pub trait Execution: Send {
 
     /// Waits until it exits on its own.
     async fn wait(&mut self) -> ExitStatus;
+
+    /// Once it has exited: whether it never got to run its program (it could not join its
+    /// cgroup, or its exec failed), and why.
+    fn start_failure(&mut self) -> Option<StartFailure>;
 
     /// Ends it early: SIGTERM (through the engine for a container), `grace` to exit, then
     /// SIGKILL; returns how it ended.

@@ -24,19 +24,25 @@ pub struct Process {
     child: Spawned,
     pgid: Pid,
     armed: bool,
+    /// The program as the launch names it, for a failed start's message.
+    program: String,
 }
 
 impl Process {
     /// Starts `launch` in a new process group inside `scope` (see [`super::spawn`]: no fork),
-    /// looking a bare program name up on `search_path`.
+    /// looking a bare program name up on `search_path`. Returns once the child exists: a
+    /// child that then fails to join its cgroup or to exec exits at once, and
+    /// [`Execution::start_failure`] says why.
     pub fn start(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Process, StartFailure> {
         let shown = launch.program.display();
-        let failure = |code, message: String| StartFailure { code, message };
         let program = launch
             .program
             .to_str()
             .and_then(|p| resolve_program(p, search_path))
-            .ok_or_else(|| failure(127, format!("cligate: '{shown}' was not found on PATH\n")))?;
+            .ok_or_else(|| StartFailure {
+                code: 127,
+                message: format!("cligate: '{shown}' was not found on PATH\n"),
+            })?;
         let mut remove: Vec<&str> = inherited_secrets().to_vec();
         remove.extend(launch.env_remove.iter().map(String::as_str));
         let marked;
@@ -60,25 +66,13 @@ impl Process {
             cgroup_v2: scope.cgroup_v2(),
             cwd: launch.cwd.as_deref(),
         };
-        let child = super::spawn::spawn(&spec).map_err(|e| match e {
-            SpawnError::Cgroup(e) => failure(
-                1,
-                format!("cligate: cannot move '{shown}' into the run's cgroup: {e}\n"),
-            ),
-            SpawnError::Start(e) => {
-                let code = match e.kind() {
-                    std::io::ErrorKind::NotFound => 127,
-                    std::io::ErrorKind::PermissionDenied => 126,
-                    _ => 1,
-                };
-                failure(code, format!("cligate: cannot start '{shown}': {e}\n"))
-            }
-        })?;
+        let child = super::spawn::spawn(&spec).map_err(|e| failure(&shown, e))?;
         let pgid = Pid::from_raw(child.id() as i32);
         Ok(Process {
             child,
             pgid,
             armed: true,
+            program: shown.to_string(),
         })
     }
 
@@ -123,6 +117,11 @@ impl Execution for Process {
             .unwrap_or_else(|_| ExitStatus::from_raw(Signal::SIGKILL as i32))
     }
 
+    fn start_failure(&mut self) -> Option<StartFailure> {
+        let program = &self.program;
+        self.child.start_failure().map(|e| failure(program, e))
+    }
+
     async fn terminate(&mut self, grace: Duration) -> ExitStatus {
         self.signal(Signal::SIGTERM);
         match self.wait_for(grace).await {
@@ -142,6 +141,27 @@ impl Drop for Process {
     fn drop(&mut self) {
         if self.armed {
             self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// The exit code and stderr line of a start that failed.
+fn failure(shown: &impl std::fmt::Display, e: SpawnError) -> StartFailure {
+    match e {
+        SpawnError::Cgroup(e) => StartFailure {
+            code: 1,
+            message: format!("cligate: cannot move '{shown}' into the run's cgroup: {e}\n"),
+        },
+        SpawnError::Start(e) => {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => 1,
+            };
+            StartFailure {
+                code,
+                message: format!("cligate: cannot start '{shown}': {e}\n"),
+            }
         }
     }
 }

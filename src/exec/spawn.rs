@@ -1,14 +1,14 @@
-//! Starts a run's child the way `posix_spawn` does — `clone(CLONE_VM | CLONE_VFORK)`, the child
-//! borrowing the gateway's memory until it execs — instead of `fork(2)`, while still moving the
-//! child into its cgroup before it runs any code of its own.
+//! Starts a run's child the way `posix_spawn` does — `CLONE_VM`, the child borrowing the
+//! gateway's memory until it execs — instead of `fork(2)`, while still putting the child into its
+//! cgroup before it runs any code of its own; and without holding the calling thread while the
+//! child gets going.
 //!
 //! std (and so tokio) falls back to `fork` as soon as a `pre_exec` hook is set, which is how
 //! the child used to join its cgroup. A fork copies the page tables of the whole gateway and
 //! write-protects every page it has, so the gateway then takes a copy-on-write fault on each page
 //! it touches after every spawn: measured, that was the largest single cost of a short run. Here
-//! the child shares the parent's memory (the calling thread waits until the child has exec'd or
-//! exited), does only async-signal-safe system calls on data prepared by the parent (no
-//! allocation), and then execs:
+//! the child shares the parent's memory, makes only raw system calls on data prepared by the
+//! parent (see [`super::child`]), and then execs:
 //!
 //! 1. every signal handler the gateway installed is reset to the default (the child must never
 //!    run a gateway handler in the gateway's memory; all signals are blocked until then);
@@ -18,19 +18,31 @@
 //! 4. the pipes become its stdin, stdout and stderr;
 //! 5. an empty signal mask (as std gives a child), then `execve`.
 //!
-//! A failure at any step is written to memory the parent reads once the child has exited.
+//! A failure at any step is written to a close-on-exec pipe, and the child exits with 127; the
+//! parent reads that pipe once the child has exited ([`Spawned::start_failure`]).
 //!
-//! On cgroup v2 the child is born in its run's cgroup instead (`clone3` with `CLONE_INTO_CGROUP`,
-//! Linux 5.7): moving a process between cgroups takes a lock whose writer waits for an RCU grace
-//! period while the lock is idle, so a run started after a quiet spell waited 6–15 ms in its
-//! `cgroup.procs` write (measured here with 20 ms between starts; 0.1 ms when they follow each
-//! other closely). std and libc have no `clone3` that runs a function on a new stack, so
-//! `clone3_vm` is the few instructions that do (x86-64). Elsewhere, or where `clone3` is refused
-//! (an older kernel; seccomp profiles that answer `ENOSYS`), the child moves itself as in step 2.
+//! **The parent does not wait for the exec.** `posix_spawn` (and this module until now) passes
+//! `CLONE_VFORK`: the calling thread sleeps until the child execs. Traced with `perf sched`, that
+//! thread — one of the two HTTP workers on a 2-core machine — was usually woken only after the
+//! child had *exited*: the child ran on the parent's CPU, and the woken parent queued behind it
+//! while the other CPU idled (a median 0.93 ms per `echo` run, the child's whole life). So the
+//! child is started with `clone3` without `CLONE_VFORK` on x86-64: the caller goes on at once
+//! and keeps the child's stack and arguments in [`Spawned`] until the child is reaped (a stack
+//! of which the child touched a few pages, and the argument strings). Nothing waits for the exec
+//! itself: a failed one is an exit with a report, read at the end.
+//!
+//! On cgroup v2 the child is born in its run's cgroup (`CLONE_INTO_CGROUP`, Linux 5.7): moving a
+//! process between cgroups takes a lock whose writer waits for an RCU grace period while the
+//! lock is idle, so a run started after a quiet spell waited 6–15 ms in its `cgroup.procs` write
+//! (measured here with 20 ms between starts; 0.1 ms when they follow each other closely).
+//! Without `CLONE_INTO_CGROUP` (Linux 5.3–5.6, cgroup v1) the child moves itself as in step 2;
+//! without `clone3` (other architectures, seccomp profiles that answer `ENOSYS`) the child is
+//! started with `clone(CLONE_VM | CLONE_VFORK)` as `posix_spawn` does.
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
@@ -43,8 +55,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-/// Stack of the child while it shares the parent's memory (it only makes system calls).
-const CHILD_STACK: usize = 64 * 1024;
+use super::child::{CHILD_STACK, ChildArgs, STEP_CGROUP, child_main, clone3_vm};
 
 /// What to start.
 pub struct SpawnSpec<'a> {
@@ -78,87 +89,38 @@ pub struct Spawned {
     pidfd: AsyncFd<OwnedFd>,
     status: Option<ExitStatus>,
     born_in_cgroup: bool,
+    /// The read end of the pipe the child reports a failed step on (non-blocking).
+    report: OwnedFd,
+    /// What the child runs on until it execs; kept until it is reaped.
+    memory: Option<ChildMemory>,
     pub stdin: Option<pipe::Sender>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
 }
 
-/// Shared between the parent and the child (the child writes, the parent reads after the child
-/// has exec'd or exited).
-#[repr(C)]
-struct ChildArgs {
-    path: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    /// stdin's read end, stdout's and stderr's write ends (all ≥ 3, close-on-exec).
-    fds: [libc::c_int; 3],
-    /// `cgroup.procs` to join, or null.
-    procs: *const libc::c_char,
-    /// The working directory to change to, or null.
-    cwd: *const libc::c_char,
-    /// 0, or the step that failed (1: cgroup, 2: set-up, 3: exec).
-    failed_at: libc::c_int,
-    errno: libc::c_int,
+/// Everything the child reads before it execs, and its stack: owned here, at addresses that do
+/// not move, until the child has been reaped.
+struct ChildMemory {
+    args: Box<ChildArgs>,
+    stack: Vec<u8>,
+    _strings: (CString, Vec<CString>, Vec<CString>, Option<CString>, Option<CString>),
+    _pointers: (Vec<*const libc::c_char>, Vec<*const libc::c_char>),
 }
 
-/// The child, on its own stack in the parent's memory. Only async-signal-safe calls.
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` points to the parent's `ChildArgs`, alive until the parent resumes (after
-    // this process has exec'd or exited); only system calls follow.
-    unsafe {
-        let a = &mut *(arg as *mut ChildArgs);
-        unsafe fn fail(a: &mut ChildArgs, step: libc::c_int) -> ! {
-            // SAFETY: reads this thread's errno, then ends the child without running anything.
-            unsafe {
-                a.errno = *libc::__errno_location();
-                a.failed_at = step;
-                libc::_exit(127)
-            }
-        }
-        // 1. No gateway handler may run here: every caught signal back to its default.
-        for sig in 1..libc::SIGRTMAX() + 1 {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction != libc::SIG_DFL
-                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-            {
-                // SIGPIPE too: the Rust runtime ignores it; a CLI gets the default, as from std.
-                let mut new: libc::sigaction = std::mem::zeroed();
-                new.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &new, std::ptr::null_mut());
-            }
-        }
-        // 2. Into the run's cgroup before any code of the program runs.
-        if !a.procs.is_null() {
-            let fd = libc::open(a.procs, libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(a, 1);
-            }
-            libc::close(fd);
-        }
-        // 3. Its own process group; 4. the pipes as 0, 1, 2 (dup2 clears close-on-exec).
-        if libc::setpgid(0, 0) != 0 {
-            fail(a, 2);
-        }
-        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
-            fail(a, 2);
-        }
-        for (target, fd) in a.fds.into_iter().enumerate() {
-            if libc::dup2(fd, target as libc::c_int) < 0 {
-                fail(a, 2);
-            }
-        }
-        // 5. An empty signal mask, then the program.
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::execve(a.path, a.argv, a.envp);
-        fail(a, 3)
+// SAFETY: the raw pointers point into the value's own heap allocations, which move with it; the
+// parent never reads or writes through them after the clone.
+unsafe impl Send for ChildMemory {}
+
+impl std::fmt::Debug for ChildMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChildMemory")
     }
 }
 
-/// Whether `clone3` into a cgroup is worth trying (cleared once the kernel shows it has none).
+/// Whether `clone3` is worth trying (cleared once the kernel shows it has none).
 static CLONE3: AtomicBool = AtomicBool::new(cfg!(target_arch = "x86_64"));
+/// Whether `CLONE_INTO_CGROUP` is (cleared once the kernel shows it is too old for it).
+static INTO_CGROUP: AtomicBool = AtomicBool::new(true);
 
 /// The directory of a `…/cgroup.procs` file, opened for `CLONE_INTO_CGROUP`.
 fn cgroup_dir(procs: &CStr) -> Option<OwnedFd> {
@@ -169,92 +131,6 @@ fn cgroup_dir(procs: &CStr) -> Option<OwnedFd> {
     // SAFETY: `fd` is a new descriptor when not negative.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
-
-/// `struct clone_args` of `clone3(2)`, up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)`: the child is born in the
-/// cgroup `cgroup` (a directory descriptor) and runs [`child_main`]`(arg)` on `stack`
-/// ([`CHILD_STACK`] bytes, 16-byte aligned), never returning here. Returns the child's pid
-/// (the parent resumes once it has exec'd or exited), or `-errno`.
-///
-/// # Safety
-/// As for `clone(2)` with `CLONE_VM`: `stack` and whatever `arg` points to must stay alive
-/// until this returns, and signals should be blocked.
-#[cfg(target_arch = "x86_64")]
-unsafe fn clone3_vm(
-    stack: *mut u8,
-    cgroup: libc::c_int,
-    pidfd: &mut libc::c_int,
-    arg: *mut libc::c_void,
-) -> libc::c_long {
-    let mut args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP,
-        pidfd: pidfd as *mut libc::c_int as u64,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: stack as u64,
-        stack_size: CHILD_STACK as u64,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: cgroup as u64,
-    };
-    debug_assert_eq!(stack as usize % 16, 0, "the child's stack top must be 16-byte aligned");
-    let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
-    let ret: libc::c_long;
-    // SAFETY: the kernel starts the child after `syscall` with rax = 0 and rsp = the top of
-    // `stack` (stack + stack_size), every other register as the parent's: it calls `entry(arg)`
-    // (kept in r12/r13, which the syscall preserves) on that aligned stack and exits with its
-    // result, never returning into this frame. The parent gets the pid or -errno in rax;
-    // `syscall` clobbers rcx and r11.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "mov edi, eax",
-            "mov eax, {exit}",
-            "syscall",
-            "ud2",
-            "2:",
-            exit = const libc::SYS_exit,
-            inlateout("rax") libc::SYS_clone3 => ret,
-            in("rdi") &mut args as *mut CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") arg,
-            in("r13") entry,
-            lateout("rcx") _,
-            lateout("r11") _,
-        );
-    }
-    ret
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_vm(_: *mut u8, _: libc::c_int, _: &mut libc::c_int, _: *mut libc::c_void) -> libc::c_long {
-    -(libc::ENOSYS as libc::c_long)
-}
-
-/// `CLONE_INTO_CGROUP` (linux/sched.h), not in every libc crate.
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
@@ -283,6 +159,16 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: `dup` is new.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The gateway's environment as `KEY=value` strings, read once: it does not change while the
@@ -326,8 +212,9 @@ fn environment(
     envp.push(std::ptr::null());
     Ok((added, envp))
 }
-
-/// Starts the child (see the module's documentation). Must be called on a Tokio runtime.
+/// Starts the child (see the module's documentation) and returns as soon as it exists; a step
+/// that fails in the child is an exit with status 127, and [`Spawned::start_failure`] says
+/// which. Must be called on a Tokio runtime.
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let start = SpawnError::Start;
     let path = cstring(spec.program.as_os_str().as_bytes()).map_err(start)?;
@@ -336,118 +223,146 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     for a in spec.args {
         args.push(cstring(a.as_bytes()).map_err(start)?);
     }
-    let (_env, envp) = environment(spec.env, spec.env_remove).map_err(start)?;
+    let (env, envp) = environment(spec.env, spec.env_remove).map_err(start)?;
     let cwd = spec
         .cwd
         .map(|d| cstring(d.as_os_str().as_bytes()))
         .transpose()
         .map_err(start)?;
+    let procs = spec.cgroup_procs.map(CStr::to_owned);
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
 
     let (stdin_r, stdin_w) = pipe_above_stdio().map_err(start)?;
     let (stdout_r, stdout_w) = pipe_above_stdio().map_err(start)?;
     let (stderr_r, stderr_w) = pipe_above_stdio().map_err(start)?;
-    let mut child = ChildArgs {
-        path: path.as_ptr(),
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        fds: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
-        procs: spec.cgroup_procs.map_or(std::ptr::null(), |p| p.as_ptr()),
-        cwd: cwd.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
-        failed_at: 0,
-        errno: 0,
+    let (report_r, report_w) = pipe_above_stdio().map_err(start)?;
+    set_nonblocking(&report_r).map_err(start)?;
+    let procs_ptr = procs.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
+    let mut memory = ChildMemory {
+        args: Box::new(ChildArgs {
+            path: path.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            fds: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
+            procs: procs_ptr,
+            cwd: cwd.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+            report: report_w.as_raw_fd(),
+        }),
+        stack: Vec::with_capacity(CHILD_STACK),
+        _strings: (path, args, env, cwd, None),
+        _pointers: (argv, envp),
     };
-    let mut stack = Vec::<u8>::with_capacity(CHILD_STACK);
-    let mut pidfd: libc::c_int = -1;
     let born_in = match spec.cgroup_procs {
-        Some(procs) if spec.cgroup_v2 && CLONE3.load(Ordering::Relaxed) => cgroup_dir(procs),
+        Some(procs) if spec.cgroup_v2 && CLONE3.load(Ordering::Relaxed) && INTO_CGROUP.load(Ordering::Relaxed) => {
+            cgroup_dir(procs)
+        }
         _ => None,
     };
+    memory._strings.4 = procs;
+    let mut pidfd: libc::c_int = -1;
+    let mut born = false;
     // SAFETY: all signals are blocked around the clone (restored at once in the parent; the
-    // child resets handlers before unblocking). The child runs `child_main` on `stack` (the top,
-    // 16-byte aligned) with `child`, both alive until clone returns: with CLONE_VFORK this thread
-    // resumes only once the child has exec'd or exited.
+    // child resets handlers before unblocking). The child runs `child_main` on `memory.stack`
+    // (the top, 16-byte aligned) with `memory.args`, both kept unchanged until it has been
+    // reaped (`Spawned::wait`, `reap_in_background`).
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        // Every access until clone returns goes through this pointer (the child writes through it).
-        let args: *mut ChildArgs = &mut child;
-        let arg = args.cast();
-        let mut pid = -1;
-        if let Some(dir) = &born_in {
-            (*args).procs = std::ptr::null();
-            pid = clone3_vm(stack.as_mut_ptr(), dir.as_raw_fd(), &mut pidfd, arg);
-            if pid < 0 {
-                // Refused: the child moves itself. ENOSYS: no clone3 (or seccomp says so);
-                // E2BIG, EINVAL: a clone3 without CLONE_INTO_CGROUP (Linux 5.3–5.6). Neither
-                // changes, so later runs do not ask again.
-                if [libc::ENOSYS, libc::E2BIG, libc::EINVAL].contains(&(-pid as libc::c_int)) {
-                    CLONE3.store(false, Ordering::Relaxed);
+        let stack = memory.stack.as_mut_ptr();
+        let top = (stack.add(CHILD_STACK) as usize & !15) as *mut u8;
+        let arg: *mut libc::c_void = (&mut *memory.args as *mut ChildArgs).cast();
+        let enosys = -(libc::ENOSYS as libc::c_long);
+        let mut pid: libc::c_long = -1;
+        if CLONE3.load(Ordering::Relaxed) {
+            let mut refused = None;
+            if let Some(dir) = &born_in {
+                memory.args.procs = std::ptr::null();
+                pid = clone3_vm(stack, Some(dir.as_raw_fd()), &mut pidfd, arg);
+                born = pid > 0;
+                if pid < 0 {
+                    // E2BIG, EINVAL: a clone3 without CLONE_INTO_CGROUP (Linux 5.3–5.6), which
+                    // does not change; any other refusal is this cgroup's. Either way the child
+                    // moves itself.
+                    if [libc::E2BIG, libc::EINVAL].contains(&(-pid as libc::c_int)) {
+                        INTO_CGROUP.store(false, Ordering::Relaxed);
+                    }
+                    memory.args.procs = procs_ptr;
+                    refused = Some(pid);
                 }
-                (*args).procs = spec.cgroup_procs.map_or(std::ptr::null(), |p| p.as_ptr());
+            }
+            if pid < 0 && refused != Some(enosys) {
+                pid = clone3_vm(stack, None, &mut pidfd, arg);
+            }
+            if pid == enosys {
+                // No clone3 (or seccomp says so): later runs do not ask again.
+                CLONE3.store(false, Ordering::Relaxed);
             }
         }
         if pid < 0 {
-            let top = (stack.as_mut_ptr().add(CHILD_STACK) as usize & !15) as *mut libc::c_void;
             pid = libc::clone(
                 child_main,
-                top,
+                top.cast(),
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
                 arg,
                 &mut pidfd as *mut libc::c_int,
             ) as libc::c_long;
+            if pid < 0 {
+                pid = -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN) as libc::c_long);
+            }
         }
-        let error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
-            return Err(start(error));
+            return Err(start(io::Error::from_raw_os_error(-pid as i32)));
         }
         pid as i32
     };
-    drop(stack);
     // SAFETY: CLONE_PIDFD gave us a new descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop((stdin_r, stdout_w, stderr_w));
-    if child.failed_at != 0 {
-        // It has exited already (_exit): reap it.
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        let error = io::Error::from_raw_os_error(child.errno);
-        return Err(match child.failed_at {
-            1 => SpawnError::Cgroup(error),
-            _ => SpawnError::Start(error),
-        });
-    }
-    let registered = (|| -> io::Result<Spawned> {
-        Ok(Spawned {
-            pid,
-            born_in_cgroup: child.procs.is_null() && born_in.is_some(),
+    // The child has its own copies of these (no CLONE_FILES).
+    drop((stdin_r, stdout_w, stderr_w, report_w));
+    let registered = (|| -> io::Result<_> {
+        Ok((
             // SAFETY: an OwnedFd keeps its descriptor open and unchanged while the AsyncFd owns it.
-            pidfd: unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(io::Error::from)?,
-            status: None,
-            stdin: Some(pipe::Sender::from_owned_fd(stdin_w)?),
+            unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(io::Error::from)?,
+            pipe::Sender::from_owned_fd(stdin_w)?,
             // Driven by the output runtime (see `super::output_runtime`).
-            stdout: Some(super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stdout_r))?),
-            stderr: Some(super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stderr_r))?),
-        })
+            super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stdout_r))?,
+            super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stderr_r))?,
+        ))
     })();
-    registered.map_err(|e| {
-        reap_in_background(pid);
-        start(e)
-    })
+    match registered {
+        Ok((pidfd, stdin, stdout, stderr)) => Ok(Spawned {
+            pid,
+            born_in_cgroup: born,
+            pidfd,
+            status: None,
+            report: report_r,
+            memory: Some(memory),
+            stdin: Some(stdin),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }),
+        Err(e) => {
+            reap_in_background(pid, Some(memory));
+            Err(start(e))
+        }
+    }
 }
 
-/// SIGKILLs `pid` (our child) and reaps it off the caller's thread.
-fn reap_in_background(pid: i32) {
+/// SIGKILLs `pid` (our child) and reaps it off the caller's thread; `memory` (what the child
+/// may still be running on) goes only once it is reaped.
+fn reap_in_background(pid: i32, memory: Option<ChildMemory>) {
     // SAFETY: `pid` is our unreaped child, so the number cannot name another process.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Leaked, not freed, if the thread cannot be started.
+    let memory = ManuallyDrop::new(memory);
     let _ = std::thread::Builder::new().name("reaper".into()).spawn(move || {
         let mut status = 0;
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
+        drop(ManuallyDrop::into_inner(memory));
     });
 }
 
@@ -459,6 +374,27 @@ impl Spawned {
     /// Whether the child was born in its cgroup (`CLONE_INTO_CGROUP`) rather than moved there.
     pub fn born_in_cgroup(&self) -> bool {
         self.born_in_cgroup
+    }
+
+    /// Once the child has exited: the step that failed before it could run its program
+    /// (joining its cgroup, or the exec), if one did. Read once.
+    pub fn start_failure(&mut self) -> Option<SpawnError> {
+        let mut report = [0u8; 8];
+        // SAFETY: reads into a local buffer from our own non-blocking descriptor.
+        let got = unsafe { libc::read(self.report.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) };
+        if got <= 0 {
+            // End of file (it exec'd), or nothing yet: a sibling spawned meanwhile may still hold
+            // a copy of the write end until its own exec.
+            return None;
+        }
+        let error = match got {
+            8 => io::Error::from_raw_os_error(i32::from_ne_bytes([report[4], report[5], report[6], report[7]])),
+            _ => io::Error::other("the child's report of a failed start was cut short"),
+        };
+        Some(match i32::from_ne_bytes([report[0], report[1], report[2], report[3]]) {
+            STEP_CGROUP => SpawnError::Cgroup(error),
+            _ => SpawnError::Start(error),
+        })
     }
 
     /// Waits for the child to exit and reaps it; later calls return the same status.
@@ -474,6 +410,7 @@ impl Spawned {
             if done == self.pid {
                 let status = ExitStatus::from_raw(status);
                 self.status = Some(status);
+                self.memory = None;
                 return Ok(status);
             }
             if done < 0 {
@@ -491,7 +428,7 @@ impl Spawned {
 impl Drop for Spawned {
     fn drop(&mut self) {
         if self.status.is_none() {
-            reap_in_background(self.pid);
+            reap_in_background(self.pid, self.memory.take());
         }
     }
 }
@@ -501,6 +438,19 @@ mod tests {
     use super::*;
     use crate::run::containment::Containment;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Spawns a child that is expected to fail, and returns what its exit reports.
+    async fn failure(spec: &SpawnSpec<'_>) -> Result<ExitStatus, SpawnError> {
+        let mut child = spawn(spec)?;
+        let status = child.wait().await.unwrap();
+        match child.start_failure() {
+            Some(e) => {
+                assert_eq!(status.code(), Some(127));
+                Err(e)
+            }
+            None => Ok(status),
+        }
+    }
 
     async fn output(mut child: Spawned, stdin: &[u8]) -> (String, ExitStatus) {
         let mut w = child.stdin.take().unwrap();
@@ -574,7 +524,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = CString::new(dir.path().join("cgroup.procs").into_os_string().into_vec()).unwrap();
         let missing = CString::new("/nonexistent/cgroup.procs").unwrap();
-        let before = CLONE3.load(Ordering::Relaxed);
+        let before = (CLONE3.load(Ordering::Relaxed), INTO_CGROUP.load(Ordering::Relaxed));
         for (procs, cgroup_v2) in [(&missing, true), (&missing, false), (&plain, true)] {
             let spec = SpawnSpec {
                 program: Path::new("/bin/true"),
@@ -585,13 +535,16 @@ mod tests {
                 cgroup_v2,
                 cwd: None,
             };
-            let result = spawn(&spec);
+            let result = failure(&spec).await;
             assert!(
                 matches!(result, Err(SpawnError::Cgroup(_))),
                 "{procs:?} {cgroup_v2}: {result:?}"
             );
         }
-        assert_eq!(CLONE3.load(Ordering::Relaxed), before);
+        assert_eq!(
+            (CLONE3.load(Ordering::Relaxed), INTO_CGROUP.load(Ordering::Relaxed)),
+            before
+        );
     }
 
     #[tokio::test]
@@ -605,10 +558,59 @@ mod tests {
             cgroup_v2: false,
             cwd: None,
         };
-        match spawn(&spec) {
+        match failure(&spec).await {
             Err(SpawnError::Start(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A file that is not executable: the child's exec fails, and its report says why.
+    #[tokio::test]
+    async fn a_program_that_cannot_be_executed_is_a_start_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("not-executable");
+        std::fs::write(&program, "#!/bin/sh\n").unwrap();
+        let spec = SpawnSpec {
+            program: &program,
+            args: &[],
+            env: &BTreeMap::new(),
+            env_remove: &[],
+            cgroup_procs: None,
+            cgroup_v2: false,
+            cwd: None,
+        };
+        match failure(&spec).await {
+            Err(SpawnError::Start(e)) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Dropped before it was waited for, the child is killed and reaped (and the memory it may
+    /// still be running on freed only then).
+    #[tokio::test]
+    async fn a_child_dropped_unwaited_is_killed_and_reaped() {
+        let args = ["30".to_string()];
+        let spec = SpawnSpec {
+            program: Path::new("/bin/sleep"),
+            args: &args,
+            env: &BTreeMap::new(),
+            env_remove: &[],
+            cgroup_procs: None,
+            cgroup_v2: false,
+            cwd: None,
+        };
+        let child = spawn(&spec).unwrap();
+        assert!(child.memory.is_some());
+        let proc_dir = format!("/proc/{}", child.id());
+        drop(child);
+        // Reaped: not even a zombie is left.
+        for _ in 0..1000 {
+            if !Path::new(&proc_dir).exists() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{proc_dir} is still there");
     }
 
     #[tokio::test]

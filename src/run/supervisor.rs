@@ -212,6 +212,8 @@ async fn drive(
         Some(status) => status,
         None => execution.terminate(limits.kill_grace).await,
     };
+    // A child that could not join its cgroup or exec its program exited at once, saying why.
+    let start_failure = exited.and_then(|_| execution.start_failure());
     // Anything still in the group is a leftover of this run; so is anything that left the group.
     // Once the scope is empty, no pipe of the run is held open any more.
     execution.finish(exited.is_some()).await;
@@ -224,6 +226,13 @@ async fn drive(
     }
     ended.cancel();
     drain(pumps).await;
+    if let Some(StartFailure { code, message }) = start_failure {
+        send_text(sink, Stream::Stderr, &message).await;
+        return End {
+            code,
+            reason: EndReason::SpawnFailed,
+        };
+    }
     // A pump that stops reading at the cap (or at a broken log) closes its pipe, and the child
     // may die of that (SIGPIPE) in the same instant, or exit by itself before the pump reached
     // the cap in what the pipe still held: either way its output was cut, and that is the reason.

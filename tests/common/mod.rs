@@ -27,7 +27,7 @@ pub fn fixtures() -> PathBuf {
 
 /// The CLIs every test gateway allows.
 pub const TEST_CLIS: &str = "echo-stdin,args,show-env,exit-code,ignore-term,spawn-tree,slow-partial,split-utf8,\
-    bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli,node-probe,escape-setsid,escape-node";
+    bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli,no-interpreter,node-probe,escape-setsid,escape-node";
 
 /// Which database a test gateway records its runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
