@@ -77,8 +77,13 @@ impl Process {
     }
 
     /// Sends `signal` to the whole group; an empty group (the normal case at the end) is fine.
+    /// A child that has not made its group yet (it is started without waiting for its exec)
+    /// gets the signal itself: it keeps it pending until it unblocks signals just before its
+    /// exec, with default handlers by then.
     pub fn signal(&self, signal: Signal) {
-        let _ = killpg(self.pgid, signal);
+        if killpg(self.pgid, signal) == Err(nix::errno::Errno::ESRCH) {
+            self.child.signal(signal as i32);
+        }
     }
 
     /// Waits up to `grace` for the process to exit.
@@ -178,4 +183,40 @@ fn inherited_secrets() -> &'static [&'static str] {
             .filter(|key| std::env::var_os(key).is_some())
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::containment::Containment;
+
+    /// A stop can come right after the start, before the child has made its own process group
+    /// (nothing waits for its exec): the signal still reaches it, and it ends by that signal,
+    /// not by the SIGKILL after the grace.
+    #[tokio::test]
+    async fn a_signal_right_after_the_start_reaches_the_child() {
+        let containment = Containment::detect(&format!("unit-process-{}", std::process::id()));
+        let launch = Launch {
+            program: "sleep".into(),
+            args: vec!["30".into()],
+            env: Default::default(),
+            container: None,
+            model: None,
+            env_remove: Vec::new(),
+            cwd: None,
+        };
+        let path = std::env::var_os("PATH").unwrap();
+        for i in 0..50 {
+            let scope = containment.scope(&format!("signalled-{i}")).unwrap();
+            let mut process = Process::start(&launch, &path, &scope).unwrap();
+            process.signal(Signal::SIGTERM);
+            let status = process
+                .wait_for(Duration::from_secs(10))
+                .await
+                .expect("ended by SIGTERM");
+            assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "start {i}: {status:?}");
+            process.finish(true).await;
+            scope.end().await;
+        }
+    }
 }

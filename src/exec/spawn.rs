@@ -397,6 +397,21 @@ impl Spawned {
         })
     }
 
+    /// Sends `signal` to the child itself, through its pidfd: once it has been reaped, nothing
+    /// (its pid may name another process by then).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: a signal to the process our own pidfd names; no pointers but a null info.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.get_ref().as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
     /// Waits for the child to exit and reaps it; later calls return the same status.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
