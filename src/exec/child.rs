@@ -169,19 +169,15 @@ unsafe fn reset_signal_handlers() {
         restorer: usize,
         mask: u64,
     }
-    let default = KernelSigaction {
+    const DEFAULT: KernelSigaction = KernelSigaction {
         handler: libc::SIG_DFL,
         flags: 0,
         restorer: 0,
         mask: 0,
     };
+    let default = DEFAULT;
     for sig in 1..=64usize {
-        let mut old = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
+        let mut old = DEFAULT;
         // SAFETY: reads and writes this signal's disposition through local structs.
         unsafe {
             if sys(
