@@ -36,8 +36,9 @@
 //! lock is idle, so a run started after a quiet spell waited 6–15 ms in its `cgroup.procs` write
 //! (measured here with 20 ms between starts; 0.1 ms when they follow each other closely).
 //! Without `CLONE_INTO_CGROUP` (Linux 5.3–5.6, cgroup v1) the child moves itself as in step 2;
-//! without `clone3` (other architectures, seccomp profiles that answer `ENOSYS`) the child is
-//! started with `clone(CLONE_VM | CLONE_VFORK)` as `posix_spawn` does.
+//! where `clone3` is refused (Docker's default seccomp profile answers `ENOSYS`, so a gateway in
+//! a container meets this) the older `clone` starts it the same way, without `CLONE_VFORK`.
+//! Only other architectures use `clone(CLONE_VM | CLONE_VFORK)` as `posix_spawn` does.
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
@@ -55,7 +56,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use super::child::{CHILD_STACK, ChildArgs, STEP_CGROUP, child_main, clone3_vm};
+use super::child::{CHILD_STACK, ChildArgs, STEP_CGROUP, child_main, clone_vm, clone3_vm};
 
 /// What to start.
 pub struct SpawnSpec<'a> {
@@ -216,6 +217,11 @@ fn environment(
 /// that fails in the child is an exit with status 127, and [`Spawned::start_failure`] says
 /// which. Must be called on a Tokio runtime.
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    spawn_with(spec, CLONE3.load(Ordering::Relaxed))
+}
+
+/// [`spawn`], trying `clone3` first or not.
+fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError> {
     let start = SpawnError::Start;
     let path = cstring(spec.program.as_os_str().as_bytes()).map_err(start)?;
     let mut args = Vec::with_capacity(spec.args.len() + 1);
@@ -253,9 +259,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         _pointers: (argv, envp),
     };
     let born_in = match spec.cgroup_procs {
-        Some(procs) if spec.cgroup_v2 && CLONE3.load(Ordering::Relaxed) && INTO_CGROUP.load(Ordering::Relaxed) => {
-            cgroup_dir(procs)
-        }
+        Some(procs) if spec.cgroup_v2 && try_clone3 && INTO_CGROUP.load(Ordering::Relaxed) => cgroup_dir(procs),
         _ => None,
     };
     memory._strings.4 = procs;
@@ -275,7 +279,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         let arg: *mut libc::c_void = (&mut *memory.args as *mut ChildArgs).cast();
         let enosys = -(libc::ENOSYS as libc::c_long);
         let mut pid: libc::c_long = -1;
-        if CLONE3.load(Ordering::Relaxed) {
+        if try_clone3 {
             let mut refused = None;
             if let Some(dir) = &born_in {
                 memory.args.procs = std::ptr::null();
@@ -301,6 +305,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             }
         }
         if pid < 0 {
+            pid = clone_vm(top, &mut pidfd, arg);
+        }
+        if pid == enosys {
             pid = libc::clone(
                 child_main,
                 top.cast(),
@@ -484,8 +491,10 @@ mod tests {
     #[tokio::test]
     async fn the_child_starts_in_its_scope_with_its_pipes_and_environment() {
         let containment = Containment::detect(&format!("unit-spawn-{}", std::process::id()));
-        for born in [true, false] {
-            let scope = containment.scope(&format!("spawned-{born}")).unwrap();
+        // Born in its cgroup by clone3; moving itself after clone3; and after the older clone
+        // (where clone3 is refused, as under Docker's seccomp profile).
+        for (born, clone3) in [(true, true), (false, true), (false, false)] {
+            let scope = containment.scope(&format!("spawned-{born}-{clone3}")).unwrap();
             let mut env = BTreeMap::new();
             env.insert("CLIGATE_SPAWN_TEST".to_string(), "a b".to_string());
             let mut vars = env.clone();
@@ -504,7 +513,7 @@ mod tests {
                 cgroup_v2: scope.cgroup_v2() && born,
                 cwd: None,
             };
-            let child = spawn(&spec).unwrap();
+            let child = spawn_with(&spec, clone3).unwrap();
             let expect_born = spec.cgroup_v2 && CLONE3.load(Ordering::Relaxed);
             assert_eq!(child.born_in_cgroup(), expect_born, "born in its cgroup: {born}");
             let (out, status) = output(child, b"hello\n").await;
@@ -560,6 +569,19 @@ mod tests {
             (CLONE3.load(Ordering::Relaxed), INTO_CGROUP.load(Ordering::Relaxed)),
             before
         );
+        // The same through the older clone (where clone3 is refused).
+        let spec = SpawnSpec {
+            program: Path::new("/bin/true"),
+            args: &[],
+            env: &BTreeMap::new(),
+            env_remove: &[],
+            cgroup_procs: Some(&missing),
+            cgroup_v2: true,
+            cwd: None,
+        };
+        let mut child = spawn_with(&spec, false).unwrap();
+        assert_eq!(child.wait().await.unwrap().code(), Some(127));
+        assert!(matches!(child.start_failure(), Some(SpawnError::Cgroup(_))));
     }
 
     #[tokio::test]
