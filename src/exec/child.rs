@@ -1,6 +1,6 @@
 //! The child's side of a spawn (see [`super::spawn`]): the few system calls a new process makes
 //! between `clone` and `execve`, while it still runs in the gateway's memory, and the `clone3`
-//! that starts it on a stack of its own.
+//! (or older `clone`) that starts it on a stack of its own.
 //!
 //! The child shares the gateway's memory *and* the thread-local storage of the thread that
 //! cloned it, and that thread goes on running at once (there is no `CLONE_VFORK` on the usual
@@ -29,8 +29,8 @@ pub struct ChildArgs {
     /// The working directory to change to, or null.
     pub cwd: *const libc::c_char,
     /// The write end of a close-on-exec pipe: a failed step is written there as two native
-    /// `i32`s (the step — 1: cgroup, 2: set-up, 3: exec — and the errno). The parent reads
-    /// end-of-file once the child has exec'd.
+    /// `i32`s (the step — 1: cgroup, 2: set-up, 3: exec — and the errno), read by the parent
+    /// once the child has exited.
     pub report: libc::c_int,
 }
 
@@ -40,7 +40,7 @@ pub const STEP_CGROUP: i32 = 1;
 /// The child, on its own stack. Never returns: it execs, or reports and exits with 127.
 pub extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points to the parent's `ChildArgs`, kept alive by the parent until this
-    // process has exec'd or exited; only raw system calls on that data and this stack follow.
+    // process has been reaped; only raw system calls on that data and this stack follow.
     unsafe {
         let a = &*(arg as *const ChildArgs);
         // 1. No gateway handler may run here: every caught signal back to its default (all
@@ -112,8 +112,9 @@ unsafe fn fail(report: libc::c_int, step: i32, ret: libc::c_long) -> ! {
     // SAFETY: writes a local array; then the process ends.
     unsafe {
         sys(libc::SYS_write, [report as usize, message.as_ptr() as usize, 8, 0]);
-        sys(libc::SYS_exit_group, [127, 0, 0, 0]);
-        std::hint::unreachable_unchecked()
+        loop {
+            sys(libc::SYS_exit_group, [127, 0, 0, 0]);
+        }
     }
 }
 
