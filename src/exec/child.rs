@@ -266,38 +266,21 @@ pub unsafe fn clone3_vm(
         set_tid_size: 0,
         cgroup: cgroup.unwrap_or(0) as u64,
     };
-    debug_assert_eq!(stack as usize % 16, 0, "the child's stack top must be 16-byte aligned");
-    let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
-    let ret: libc::c_long;
-    // SAFETY: the kernel starts the child after `syscall` with rax = 0 and rsp = the top of
-    // `stack` (stack + stack_size), every other register as the parent's: it calls `entry(arg)`
-    // (kept in r12/r13, which the syscall preserves) on that aligned stack and exits with its
-    // result, never returning into this frame. The parent gets the pid or -errno in rax;
-    // `syscall` clobbers rcx and r11.
+    debug_assert_eq!(stack as usize % 16, 0, "the child's stack must be 16-byte aligned");
+    // SAFETY: the caller's; `args` lives until the system call has returned in the parent.
     unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "mov edi, eax",
-            "mov eax, {exit}",
-            "syscall",
-            "ud2",
-            "2:",
-            exit = const libc::SYS_exit,
-            inlateout("rax") libc::SYS_clone3 => ret,
-            in("rdi") &mut args as *mut CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") arg,
-            in("r13") entry,
-            lateout("rcx") _,
-            lateout("r11") _,
-        );
+        clone_running_child(
+            libc::SYS_clone3,
+            [
+                &mut args as *mut CloneArgs as usize,
+                std::mem::size_of::<CloneArgs>(),
+                0,
+                0,
+                0,
+            ],
+            arg,
+        )
     }
-    ret
 }
 
 /// `clone(CLONE_VM | CLONE_PIDFD)`, the older system call, for where `clone3` is refused (Docker's
@@ -310,10 +293,42 @@ pub unsafe fn clone3_vm(
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn clone_vm(top: *mut u8, pidfd: &mut libc::c_int, arg: *mut libc::c_void) -> libc::c_long {
     debug_assert_eq!(top as usize % 16, 0, "the child's stack top must be 16-byte aligned");
+    // SAFETY: the caller's. The x86-64 `clone` takes (flags, stack, parent_tid, child_tid, tls);
+    // with CLONE_PIDFD the pidfd is written to `parent_tid`.
+    unsafe {
+        clone_running_child(
+            libc::SYS_clone,
+            [
+                (libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD) as usize,
+                top as usize,
+                pidfd as *mut libc::c_int as usize,
+                0,
+                0,
+            ],
+            arg,
+        )
+    }
+}
+
+/// Makes the clone system call `number` with `args` (in rdi, rsi, rdx, r10, r8). In the child,
+/// which the kernel starts on its new stack, calls [`child_main`]`(arg)` and exits with its
+/// result, never returning here; in the parent, returns the child's pid or a negated errno.
+///
+/// # Safety
+/// As for [`clone3_vm`]; `args` must give the child a new stack, 16-byte aligned at its top.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone_running_child(
+    number: libc::c_long,
+    [a, b, c, d, e]: [usize; 5],
+    arg: *mut libc::c_void,
+) -> libc::c_long {
     let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
     let ret: libc::c_long;
-    // SAFETY: as in `clone3_vm`; the x86-64 `clone` takes (flags, stack, parent_tid, child_tid,
-    // tls), and with CLONE_PIDFD the pidfd is written to `parent_tid`.
+    // SAFETY: the kernel starts the child after `syscall` with rax = 0 and rsp = the top of its
+    // new stack, every other register as the parent's: it calls `entry(arg)` (kept in r12/r13,
+    // which the syscall preserves) on that aligned stack and exits with its result, never
+    // returning into this frame. The parent gets the pid or -errno in rax; `syscall` clobbers
+    // rcx and r11.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -328,12 +343,12 @@ pub unsafe fn clone_vm(top: *mut u8, pidfd: &mut libc::c_int, arg: *mut libc::c_
             "ud2",
             "2:",
             exit = const libc::SYS_exit,
-            inlateout("rax") libc::SYS_clone => ret,
-            in("rdi") (libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD) as usize,
-            in("rsi") top,
-            in("rdx") pidfd as *mut libc::c_int,
-            in("r10") 0usize,
-            in("r8") 0usize,
+            inlateout("rax") number => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            in("r10") d,
+            in("r8") e,
             in("r12") arg,
             in("r13") entry,
             lateout("rcx") _,

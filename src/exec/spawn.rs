@@ -138,10 +138,11 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 }
 
 /// A close-on-exec pipe whose two fds are ≥ 3 (so that moving them to 0–2 never clobbers one).
-fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+/// `flags` are more `pipe2` flags (`O_NONBLOCK`; a duplicate keeps them).
+fn pipe_above_stdio(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills `fds` with two new descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both descriptors are new and owned here.
@@ -160,16 +161,6 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: `dup` is new.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a valid descriptor.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The gateway's environment as `KEY=value` strings, read once: it does not change while the
@@ -238,11 +229,11 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
     let procs = spec.cgroup_procs.map(CStr::to_owned);
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
 
-    let (stdin_r, stdin_w) = pipe_above_stdio().map_err(start)?;
-    let (stdout_r, stdout_w) = pipe_above_stdio().map_err(start)?;
-    let (stderr_r, stderr_w) = pipe_above_stdio().map_err(start)?;
-    let (report_r, report_w) = pipe_above_stdio().map_err(start)?;
-    set_nonblocking(&report_r).map_err(start)?;
+    let (stdin_r, stdin_w) = pipe_above_stdio(0).map_err(start)?;
+    let (stdout_r, stdout_w) = pipe_above_stdio(0).map_err(start)?;
+    let (stderr_r, stderr_w) = pipe_above_stdio(0).map_err(start)?;
+    // Non-blocking: read once the child has exited, when it holds a report or nothing.
+    let (report_r, report_w) = pipe_above_stdio(libc::O_NONBLOCK).map_err(start)?;
     let procs_ptr = procs.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
     let mut memory = ChildMemory {
         args: Box::new(ChildArgs {
@@ -255,14 +246,13 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
             report: report_w.as_raw_fd(),
         }),
         stack: Vec::with_capacity(CHILD_STACK),
-        _strings: (path, args, env, cwd, None),
+        _strings: (path, args, env, cwd, procs),
         _pointers: (argv, envp),
     };
     let born_in = match spec.cgroup_procs {
         Some(procs) if spec.cgroup_v2 && try_clone3 && INTO_CGROUP.load(Ordering::Relaxed) => cgroup_dir(procs),
         _ => None,
     };
-    memory._strings.4 = procs;
     let mut pidfd: libc::c_int = -1;
     let mut born = false;
     // SAFETY: all signals are blocked around the clone (restored at once in the parent; the
@@ -485,6 +475,20 @@ mod tests {
         (out, status)
     }
 
+    /// A spawn of `program` with `args`, the gateway's environment, and no cgroup.
+    fn plain<'a>(program: &'a Path, args: &'a [String]) -> SpawnSpec<'a> {
+        static NO_ENV: BTreeMap<String, String> = BTreeMap::new();
+        SpawnSpec {
+            program,
+            args,
+            env: &NO_ENV,
+            env_remove: &[],
+            cgroup_procs: None,
+            cgroup_v2: false,
+            cwd: None,
+        }
+    }
+
     /// The child's first code already runs in the run's cgroup (or carries the marker), in its
     /// own process group, with the environment asked for and default signal handling — born in
     /// a cgroup v2 where the kernel has `clone3`, and moving itself there otherwise.
@@ -546,18 +550,14 @@ mod tests {
     #[tokio::test]
     async fn a_cgroup_that_cannot_be_entered_is_a_cgroup_error_either_way() {
         let dir = tempfile::tempdir().unwrap();
-        let plain = CString::new(dir.path().join("cgroup.procs").into_os_string().into_vec()).unwrap();
+        let plain_dir = CString::new(dir.path().join("cgroup.procs").into_os_string().into_vec()).unwrap();
         let missing = CString::new("/nonexistent/cgroup.procs").unwrap();
         let before = (CLONE3.load(Ordering::Relaxed), INTO_CGROUP.load(Ordering::Relaxed));
-        for (procs, cgroup_v2) in [(&missing, true), (&missing, false), (&plain, true)] {
+        for (procs, cgroup_v2) in [(&missing, true), (&missing, false), (&plain_dir, true)] {
             let spec = SpawnSpec {
-                program: Path::new("/bin/true"),
-                args: &[],
-                env: &BTreeMap::new(),
-                env_remove: &[],
                 cgroup_procs: Some(procs),
                 cgroup_v2,
-                cwd: None,
+                ..plain(Path::new("/bin/true"), &[])
             };
             let result = failure(&spec).await;
             assert!(
@@ -571,13 +571,9 @@ mod tests {
         );
         // The same through the older clone (where clone3 is refused).
         let spec = SpawnSpec {
-            program: Path::new("/bin/true"),
-            args: &[],
-            env: &BTreeMap::new(),
-            env_remove: &[],
             cgroup_procs: Some(&missing),
             cgroup_v2: true,
-            cwd: None,
+            ..plain(Path::new("/bin/true"), &[])
         };
         let mut child = spawn_with(&spec, false).unwrap();
         assert_eq!(child.wait().await.unwrap().code(), Some(127));
@@ -586,15 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_a_start_error_and_nothing_is_left() {
-        let spec = SpawnSpec {
-            program: Path::new("/nonexistent/cligate-nothing"),
-            args: &[],
-            env: &BTreeMap::new(),
-            env_remove: &[],
-            cgroup_procs: None,
-            cgroup_v2: false,
-            cwd: None,
-        };
+        let spec = plain(Path::new("/nonexistent/cligate-nothing"), &[]);
         match failure(&spec).await {
             Err(SpawnError::Start(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
             other => panic!("{other:?}"),
@@ -607,15 +595,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let program = dir.path().join("not-executable");
         std::fs::write(&program, "#!/bin/sh\n").unwrap();
-        let spec = SpawnSpec {
-            program: &program,
-            args: &[],
-            env: &BTreeMap::new(),
-            env_remove: &[],
-            cgroup_procs: None,
-            cgroup_v2: false,
-            cwd: None,
-        };
+        let spec = plain(&program, &[]);
         match failure(&spec).await {
             Err(SpawnError::Start(e)) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}"),
             other => panic!("{other:?}"),
@@ -627,15 +607,7 @@ mod tests {
     #[tokio::test]
     async fn a_child_dropped_unwaited_is_killed_and_reaped() {
         let args = ["30".to_string()];
-        let spec = SpawnSpec {
-            program: Path::new("/bin/sleep"),
-            args: &args,
-            env: &BTreeMap::new(),
-            env_remove: &[],
-            cgroup_procs: None,
-            cgroup_v2: false,
-            cwd: None,
-        };
+        let spec = plain(Path::new("/bin/sleep"), &args);
         let child = spawn(&spec).unwrap();
         assert!(child.memory.is_some());
         let proc_dir = format!("/proc/{}", child.id());
@@ -657,15 +629,7 @@ mod tests {
             "-c".to_string(),
             "yes | head -c1 >/dev/null; kill -0 $$; exec yes".to_string(),
         ];
-        let spec = SpawnSpec {
-            program: Path::new("/bin/sh"),
-            args: &args,
-            env: &BTreeMap::new(),
-            env_remove: &[],
-            cgroup_procs: None,
-            cgroup_v2: false,
-            cwd: None,
-        };
+        let spec = plain(Path::new("/bin/sh"), &args);
         let mut child = spawn(&spec).unwrap();
         drop(child.stdout.take());
         let status = child.wait().await.unwrap();
