@@ -14,6 +14,7 @@
 //! - [`cursor`], [`time`]: the paging cursor and RFC 3339 formatting.
 
 pub mod callbacks;
+mod checkpoint;
 pub mod cursor;
 pub mod idempotency;
 pub mod record;

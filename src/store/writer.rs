@@ -12,8 +12,9 @@
 //! 425 µs on average (`cligate_store_seconds`, 600 submits at one a time). PostgreSQL needs none
 //! of this (its pool runs writes in parallel) and executes the same [`Op`]s through sqlx.
 //!
-//! Checkpoints (copying the WAL back into the database file) are the same thread's, between two
-//! batches, so that no commit a run waits for also waits for one (see [`run`]).
+//! Checkpoints (copying the WAL back into the database file) are never made inside a commit a run
+//! waits for: a thread of their own makes the bulk of each, and this one finishes it between two
+//! batches (see [`super::checkpoint`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,15 +24,13 @@ use rusqlite::{OpenFlags, TransactionBehavior};
 use sqlx::AnyConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpoints;
 use super::record::{Finish, RunRecord};
 
 /// Statements per transaction at most.
 const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer at most; callers wait for room beyond that.
 const QUEUE: usize = 4096;
-/// Commits between two checkpoints at most (about SQLite's own 1000-page threshold, at 12–24
-/// pages a commit).
-const CHECKPOINT_EVERY: u64 = 64;
 
 /// One write of the hot path.
 #[derive(Debug)]
@@ -225,10 +224,11 @@ impl Writer {
         conn.busy_timeout(Duration::from_secs(5))?;
         // Checkpoints are the writer's own, between batches (see `run`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoints = Checkpoints::start(path);
         let (jobs, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("cligate-store-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, checkpoints))
             .context("starting the store's writer thread")?;
         Ok(Writer { jobs })
     }
@@ -246,18 +246,12 @@ impl Writer {
     }
 }
 
-/// Commits what is queued, in batches; every [`CHECKPOINT_EVERY`] commits, once the batch's
-/// callers have their answers, copies the WAL back into the database file. SQLite's automatic
-/// checkpoint ran inside the commit that crossed its threshold (1000 pages, every 40–80 runs
-/// here), so the runs waiting for that commit waited for the checkpoint's copying and two
-/// `fsync`s too (latency p99 3–4× the p50); now only a write that arrives during a checkpoint
-/// waits for it. The checkpoint is this thread's, not another's beside it: with nothing written
-/// meanwhile it copies everything, so the next transaction starts the WAL over (a checkpointer
-/// on its own connection let a busy writer grow the WAL without bound: 50–112 MB in a test's
-/// 4500 back-to-back commits, on a loaded machine).
-fn run(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Job>) {
+/// Commits what is queued, in batches. SQLite's automatic checkpoint ran inside the commit that
+/// crossed its threshold (1000 pages, every 40–80 runs here), so the runs waiting for that commit
+/// waited for the checkpoint's copying and two `fsync`s too (latency p99 3–4× the p50); it is off,
+/// and after each batch's callers have their answers [`Checkpoints::committed`] sees to them.
+fn run(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Job>, mut checkpoints: Checkpoints) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut commits = 0u64;
     while let Some(job) = rx.blocking_recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -270,12 +264,7 @@ fn run(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Job>) {
         for ((_, reply), result) in batch.drain(..).zip(results) {
             let _ = reply.send(result);
         }
-        commits += 1;
-        if commits.is_multiple_of(CHECKPOINT_EVERY)
-            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        {
-            tracing::warn!(error = %e, "cannot checkpoint the database's write-ahead log");
-        }
+        checkpoints.committed(&conn);
     }
 }
 

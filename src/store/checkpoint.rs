@@ -1,0 +1,117 @@
+//! Checkpoints of the SQLite WAL (copying its frames back into the database file) without
+//! stopping the writer for them. A checkpoint every 64 commits copies ~100 pages and makes two
+//! `fsync`s, the first over the megabyte or two of WAL written since the last one (8.6 ms of the
+//! ~12 ms traced here). When the writer made it between two batches, a write that arrived
+//! meanwhile waited for all of it: latency p99 of one-at-a-time runs was 10–12 ms, against 3.1 ms
+//! with no checkpoints at all.
+//!
+//! So the bulk of each checkpoint is made by a thread of its own on a connection of its own, while
+//! the writer goes on committing; SQLite allows one checkpointer beside one writer. That alone
+//! never lets the WAL start over: the writer only restarts it when *every* frame has been copied,
+//! and a writer that never pauses always adds frames during the pass (a test's 4500 commits grew
+//! it to 112 MB that way). So once the pass is done the writer itself copies what was added
+//! during it, between two batches: a few pages, and two `fsync`s of little. Its next transaction
+//! then starts the WAL over.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OpenFlags};
+
+/// Commits between two checkpoints at most (about SQLite's own 1000-page threshold, at 12–24
+/// pages a commit).
+const EVERY: u64 = 64;
+
+const IDLE: u8 = 0;
+const COPYING: u8 = 1;
+const COPIED: u8 = 2;
+
+/// The writer's side: counts commits, starts the background pass, finishes each pass.
+pub(super) struct Checkpoints {
+    commits: u64,
+    /// `None` when the thread could not be started: the writer then checkpoints alone.
+    background: Option<Background>,
+}
+
+struct Background {
+    state: Arc<AtomicU8>,
+    go: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Checkpoints {
+    /// Starts the checkpointer thread on its own connection to the database at `path`.
+    pub(super) fn start(path: &Path) -> Checkpoints {
+        let background = match Background::start(path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "checkpoints are made by the store's writer alone");
+                None
+            }
+        };
+        Checkpoints { commits: 0, background }
+    }
+
+    /// Called by the writer after each commit, once that batch's callers have their answers.
+    pub(super) fn committed(&mut self, conn: &Connection) {
+        self.commits += 1;
+        match &self.background {
+            None => {
+                if self.commits >= EVERY {
+                    self.commits = 0;
+                    passive(conn);
+                }
+            }
+            Some(b) => match b.state.load(Ordering::Acquire) {
+                // The pass is over: copy what came meanwhile, so the WAL can start over.
+                COPIED => {
+                    passive(conn);
+                    b.state.store(IDLE, Ordering::Release);
+                }
+                IDLE if self.commits >= EVERY => {
+                    self.commits = 0;
+                    b.state.store(COPYING, Ordering::Release);
+                    if b.go.try_send(()).is_err() {
+                        // The thread is gone: from now on the writer checkpoints alone.
+                        self.background = None;
+                        passive(conn);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+impl Background {
+    fn start(path: &Path) -> Result<Background> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .context("opening the database for checkpoints")?;
+        let state = Arc::new(AtomicU8::new(IDLE));
+        let (go, passes) = std::sync::mpsc::sync_channel::<()>(1);
+        let done = state.clone();
+        std::thread::Builder::new()
+            .name("cligate-store-checkpoint".into())
+            .spawn(move || {
+                // Ends when the writer (the only sender) is dropped.
+                while passes.recv().is_ok() {
+                    passive(&conn);
+                    done.store(COPIED, Ordering::Release);
+                }
+            })
+            .context("starting the store's checkpoint thread")?;
+        Ok(Background { state, go })
+    }
+}
+
+/// Copies every frame no reader still needs back into the database file; never waits for the
+/// writer (SQLite's PASSIVE mode).
+fn passive(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "cannot checkpoint the database's write-ahead log");
+    }
+}
