@@ -27,6 +27,8 @@ const EVERY: u64 = 64;
 const IDLE: u8 = 0;
 const COPYING: u8 = 1;
 const COPIED: u8 = 2;
+/// The thread has ended (it only does when the writer is gone, or by a panic).
+const GONE: u8 = 3;
 
 /// The writer's side: counts commits, starts the background pass, finishes each pass.
 pub(super) struct Checkpoints {
@@ -67,12 +69,21 @@ impl Checkpoints {
                 // The pass is over: copy what came meanwhile, so the WAL can start over.
                 COPIED => {
                     passive(conn);
-                    b.state.store(IDLE, Ordering::Release);
+                    // (Unless the thread has ended meanwhile: then GONE stays for the next call.)
+                    let _ = b
+                        .state
+                        .compare_exchange(COPIED, IDLE, Ordering::AcqRel, Ordering::Acquire);
+                }
+                GONE => {
+                    self.background = None;
+                    passive(conn);
                 }
                 IDLE if self.commits >= EVERY => {
                     self.commits = 0;
-                    b.state.store(COPYING, Ordering::Release);
-                    if b.go.try_send(()).is_err() {
+                    let started = b
+                        .state
+                        .compare_exchange(IDLE, COPYING, Ordering::AcqRel, Ordering::Acquire);
+                    if started.is_err() || b.go.try_send(()).is_err() {
                         // The thread is gone: from now on the writer checkpoints alone.
                         self.background = None;
                         passive(conn);
@@ -97,6 +108,8 @@ impl Background {
         std::thread::Builder::new()
             .name("cligate-store-checkpoint".into())
             .spawn(move || {
+                // However the thread ends, the writer stops waiting for its pass.
+                let _gone = Gone(done.clone());
                 // Ends when the writer (the only sender) is dropped.
                 while passes.recv().is_ok() {
                     passive(&conn);
@@ -108,10 +121,70 @@ impl Background {
     }
 }
 
+struct Gone(Arc<AtomicU8>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.store(GONE, Ordering::Release);
+    }
+}
+
 /// Copies every frame no reader still needs back into the database file; never waits for the
 /// writer (SQLite's PASSIVE mode).
 fn passive(conn: &Connection) {
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
         tracing::warn!(error = %e, "cannot checkpoint the database's write-ahead log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commits `n` transactions of one 4 KiB row each, telling `checkpoints` after each; returns
+    /// the largest size the WAL reached.
+    fn commit(conn: &Connection, checkpoints: &mut Checkpoints, wal: &Path, n: usize) -> u64 {
+        let mut largest = 0;
+        for _ in 0..n {
+            conn.execute("INSERT INTO t (x) VALUES (zeroblob(4096))", []).unwrap();
+            checkpoints.committed(conn);
+            largest = largest.max(std::fs::metadata(wal).unwrap().len());
+        }
+        largest
+    }
+
+    #[test]
+    fn when_its_thread_is_gone_the_writer_checkpoints_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let wal = dir.path().join("t.db-wal");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute("CREATE TABLE t (x BLOB)", []).unwrap();
+
+        // With its thread: 2000 commits of a page and an overflow page each (16 MiB of WAL
+        // frames if it never started over) stay under 2 MiB.
+        let mut checkpoints = Checkpoints::start(&path);
+        assert!(commit(&conn, &mut checkpoints, &wal, 2000) < 2 << 20);
+
+        // The thread ended (as a panic would end it) in the middle of a pass.
+        let (go, passes) = std::sync::mpsc::sync_channel(1);
+        drop(passes);
+        let state = Arc::new(AtomicU8::new(COPYING));
+        drop(Gone(state.clone()));
+        checkpoints.background = Some(Background { state, go });
+        assert!(commit(&conn, &mut checkpoints, &wal, 2000) < 2 << 20);
+        assert!(checkpoints.background.is_none(), "the writer went on alone");
+
+        // Ended while idle: the writer finds out when it hands over the next pass.
+        let (go, passes) = std::sync::mpsc::sync_channel(1);
+        drop(passes);
+        checkpoints.background = Some(Background {
+            state: Arc::new(AtomicU8::new(IDLE)),
+            go,
+        });
+        assert!(commit(&conn, &mut checkpoints, &wal, 2000) < 2 << 20);
+        assert!(checkpoints.background.is_none(), "the writer went on alone");
     }
 }
