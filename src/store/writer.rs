@@ -222,7 +222,7 @@ impl Writer {
         .context("opening the database for writing")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        // Checkpoints are the writer's own, between batches (see `run`).
+        // No checkpoint inside a commit: see `super::checkpoint`.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpoints = Checkpoints::start(path);
         let (jobs, rx) = mpsc::channel(QUEUE);
