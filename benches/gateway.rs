@@ -1136,7 +1136,7 @@ async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<()
     }
     g.sort();
     d.sort();
-    for p in [0.5, 0.9] {
+    for p in [0.5, 0.9, 0.99] {
         let (gv, dv) = (percentile(&g, p), percentile(&d, p));
         report.row(
             &format!("latency p{:.0}, total time, runs 20 ms apart (ms)", p * 100.0),
