@@ -51,9 +51,14 @@ impl Registry {
 
     /// Asks the session's run to end; false when no such run is running.
     pub fn stop(&self, session_id: &str, reason: EndReason) -> bool {
+        // Checked before the request: the run may end on another thread as soon as it is asked
+        // to (a queued one at once), and that stop was still accepted.
         self.get(session_id).is_some_and(|run| {
-            run.request_stop(reason);
-            !matches!(run.state(), RunState::Finished(_))
+            let running = !matches!(run.state(), RunState::Finished(_));
+            if running {
+                run.request_stop(reason);
+            }
+            running
         })
     }
 

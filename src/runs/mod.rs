@@ -199,10 +199,12 @@ impl Runs {
         let run = run
             .filter(|r| caller.may_see(r.owner.as_deref()))
             .ok_or_else(not_running)?;
-        run.request_stop(EndReason::Stopped);
+        // Checked before the request, not after: a run stopped while queued may end at once on
+        // another thread, and that stop was still accepted.
         if matches!(run.state(), RunState::Finished(_)) {
             return Err(not_running());
         }
+        run.request_stop(EndReason::Stopped);
         Ok(())
     }
 
