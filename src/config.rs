@@ -119,6 +119,8 @@ settings! {
             "runs executing at once";
         MAX_QUEUED_RUNS => max_queued: usize = "64", |v| Ok(whole(v)? as usize),
             "requests waiting for a run slot; more are refused with 503";
+        DETACHED_RUN_NICE => detached_nice: i32 = "10", niceness,
+            "CPU niceness (0-19) of detached runs: the gateway's work for them and their CLI processes yield the CPU to request handling, so submits and reads stay quick while runs execute; 0 = no lower";
         QUEUE_TIMEOUT_SECONDS => queue_timeout: Option<Duration> = "30", optional_seconds,
             "longest wait for a run slot before 503; 0 = no limit";
         MAX_REQUEST_BYTES => max_request_bytes: usize = "16777216", request_bytes,
@@ -292,6 +294,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_concurrent: usize,
     pub max_queued: usize,
+    /// `DETACHED_RUN_NICE`: the niceness detached runs execute at (0–19).
+    pub detached_nice: i32,
     pub queue_timeout: Option<Duration>,
     pub max_request_bytes: usize,
     /// Longest time to receive a request's head and body.
@@ -478,6 +482,7 @@ impl Values {
             shutdown_grace: self.shutdown_grace,
             max_concurrent: self.max_concurrent,
             max_queued: self.max_queued,
+            detached_nice: self.detached_nice,
             queue_timeout: self.queue_timeout,
             max_request_bytes: self.max_request_bytes,
             request_read_timeout: self.request_read_timeout,
@@ -626,6 +631,14 @@ fn at_least_one(value: Value) -> Result<usize, String> {
     match whole(value)? {
         0 => Err("must be at least 1".to_string()),
         n => Ok(n as usize),
+    }
+}
+
+/// A nice value a process may take without privileges: 0 (as the gateway) to 19 (lowest).
+fn niceness(value: Value) -> Result<i32, String> {
+    match whole(value)? {
+        n @ 0..=19 => Ok(n as i32),
+        n => Err(format!("{n} is not a niceness from 0 to 19")),
     }
 }
 
@@ -959,6 +972,8 @@ mod tests {
             ("RUN_RETENTION_BYTES", "0"),
             ("RUN_RETENTION_BYTES", "1G"),
             ("DATA_DIR_MIN_FREE_BYTES", "lots"),
+            ("DETACHED_RUN_NICE", "20"),
+            ("DETACHED_RUN_NICE", "-5"),
         ];
         for (name, value) in cases {
             let err = config(&[(name, value)]).unwrap_err().to_string();

@@ -136,7 +136,11 @@ impl Metrics {
             "Bytes of CLI output streamed, by stream",
             m.bytes.clone(),
         );
-        registry.register("active_runs", "Runs executing now", m.active_runs.clone());
+        registry.register(
+            "active_runs",
+            "Runs holding a run slot now (executing or finishing)",
+            m.active_runs.clone(),
+        );
         registry.register(
             "queued_requests",
             "Run requests waiting for a slot now",

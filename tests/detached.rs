@@ -270,3 +270,47 @@ async fn keys_hold_across_a_restart_and_queued_runs_end_interrupted() {
     assert_eq!(again.json()["state"], "finished");
     assert_eq!(gw.get("/runs").await.json()["runs"].as_array().unwrap().len(), 3);
 }
+
+/// The niceness a run's CLI was started with, from the `nice` it runs (`sh -c nice`).
+async fn niceness(gw: &Gateway, detached: bool) -> i64 {
+    let body = json!({"cli": "sh", "args": ["-c", "nice"]});
+    let out = if detached {
+        let r = submit(gw, &body, &[]).await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let id = r.json()["run_id"].as_str().unwrap().to_string();
+        assert_eq!(until_state(gw, &id, "finished").await["exit_code"], 0);
+        let log = gw.get(&format!("/runs/{id}/events")).await.json();
+        let content = log["content"].as_str().unwrap().to_string();
+        let line = content
+            .lines()
+            .find(|l| l.contains("\"stdout\""))
+            .expect("an stdout frame")
+            .to_string();
+        serde_json::from_str::<Value>(&line).unwrap()["data"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    } else {
+        let frames = gw.run_to_end(body).await;
+        assert_eq!(frames.exit().0, 0);
+        frames.stdout()
+    };
+    out.trim().parse().unwrap_or_else(|_| panic!("not a niceness: {out:?}"))
+}
+
+/// Detached runs execute at `DETACHED_RUN_NICE` (10 by default) above the gateway's own
+/// niceness, so that the CPU goes to request handling first; attached runs, whose client waits
+/// for every frame, keep the gateway's. 0 keeps detached runs at the gateway's priority.
+#[tokio::test]
+async fn detached_runs_execute_below_the_gateways_priority() {
+    let gw = Gateway::start(&[]).await;
+    let own = niceness(&gw, false).await;
+    assert_eq!(niceness(&gw, true).await, (own + 10).min(19));
+    // Attached runs are unaffected by the detached ones before them.
+    assert_eq!(niceness(&gw, false).await, own);
+
+    let gw = Gateway::start(&[("DETACHED_RUN_NICE", "3")]).await;
+    assert_eq!(niceness(&gw, true).await, (own + 3).min(19));
+    let gw = Gateway::start(&[("DETACHED_RUN_NICE", "0")]).await;
+    assert_eq!(niceness(&gw, true).await, own);
+}

@@ -48,7 +48,7 @@ impl Runs {
         if waits {
             self.metrics.detached_queued.inc();
         }
-        self.tasks.spawn(async move {
+        let life = async move {
             let permit = tokio::select! {
                 permit = reservation.slot(None) => permit.ok(),
                 _ = run.stop_requested() => None,
@@ -67,7 +67,9 @@ impl Runs {
                     stderr_bytes: 0,
                 };
                 drop(claim);
-                service.finish(&run, outcome, None, false, None, (registration, None)).await;
+                service
+                    .finish(&run, outcome, None, false, None, (registration, None))
+                    .await;
                 return;
             };
             if queued == Some(RecordState::Queued) {
@@ -152,12 +154,18 @@ impl Runs {
             // The branch is free once its last git step is done, before the exit frame: a
             // client that starts the next run on it as soon as it reads `exit` is not refused.
             drop(claim);
-            service.metrics.active_runs.dec();
             let git = git.map(|g| serde_json::to_value(g).expect("serialises"));
             service
                 .finish(&run, outcome, model, container, git, (registration, Some(permit)))
                 .await;
-        });
+        };
+        // A detached run yields the CPU to request handling (see `super::priority`).
+        match queued {
+            Some(_) => self
+                .tasks
+                .spawn_on(life, &super::priority::detached_runtime(self.config.detached_nice)),
+            None => self.tasks.spawn(life),
+        };
     }
 
     /// The one finish hook: record the end, then write the exit frame (so a reader that sees it
@@ -223,7 +231,12 @@ impl Runs {
         };
         log.close();
         drop(registration);
-        drop(permit);
+        // A run counts as active for as long as it holds its slot (a run stopped while queued
+        // never had one).
+        if let Some(permit) = permit {
+            drop(permit);
+            self.metrics.active_runs.dec();
+        }
         self.callbacks.run_ended(&run.id);
 
         let metrics = &self.metrics;

@@ -8,6 +8,7 @@
 //! for records and sources, `retention` removes old runs.
 
 mod life;
+mod priority;
 mod read;
 mod retention;
 mod submit;
