@@ -119,7 +119,7 @@ settings! {
             "runs executing at once";
         MAX_QUEUED_RUNS => max_queued: usize = "64", |v| Ok(whole(v)? as usize),
             "requests waiting for a run slot; more are refused with 503";
-        DETACHED_RUN_NICE => detached_nice: i32 = "10", niceness,
+        DETACHED_RUN_NICE => detached_nice: i32 = "15", niceness,
             "CPU niceness (0-19) of detached runs: the gateway's work for them and their CLI processes yield the CPU to request handling, so submits and reads stay quick while runs execute; 0 = no lower";
         QUEUE_TIMEOUT_SECONDS => queue_timeout: Option<Duration> = "30", optional_seconds,
             "longest wait for a run slot before 503; 0 = no limit";
