@@ -97,13 +97,18 @@ impl Checkpoints {
     }
 }
 
+/// A connection of the thread that opens it (the writer's, the checkpoint thread's) to the
+/// database at `path`, which exists.
+pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
 impl Background {
     fn start(path: &Path) -> Result<Background> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .context("opening the database for checkpoints")?;
+        let conn = open(path).context("opening the database for checkpoints")?;
         let state = Arc::new(AtomicU8::new(IDLE));
         let (go, passes) = std::sync::mpsc::sync_channel::<()>(1);
         let done = state.clone();

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use rusqlite::{OpenFlags, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 use sqlx::AnyConnection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -215,11 +215,7 @@ pub(super) struct Writer {
 impl Writer {
     /// Opens the database at `path` (which exists, in WAL mode) for writing and starts the thread.
     pub(super) fn start(path: &Path) -> Result<Writer> {
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .context("opening the database for writing")?;
+        let conn = super::checkpoint::open(path).context("opening the database for writing")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         // No checkpoint inside a commit: see `super::checkpoint`.
