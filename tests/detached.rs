@@ -279,7 +279,7 @@ async fn niceness(gw: &Gateway, detached: bool) -> i64 {
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         let id = r.json()["run_id"].as_str().unwrap().to_string();
         assert_eq!(until_state(gw, &id, "finished").await["exit_code"], 0);
-        let log = gw.get(&format!("/runs/{id}/events")).await.json();
+        let log = gw.get(&format!("/runs/{id}/log")).await.json();
         let content = log["content"].as_str().unwrap().to_string();
         let line = content
             .lines()

@@ -12,6 +12,7 @@
 //! 1.8 ms at 15 (the default), 1.5 ms at 19.
 //!
 //! A run's pipes are still read on [`crate::exec::output_runtime`], at the gateway's priority.
+//! The callback delivery that a detached run's end starts runs here too: it is that run's work.
 //! Attached runs stay on the HTTP runtime: their client is waiting for every frame.
 
 use std::collections::HashMap;
