@@ -8,8 +8,8 @@
 //! and what those threads start (the CLI, `docker run`, git) inherits it: the kernel then gives the
 //! CPU to request handling first, and the runs take what is left, which on a gateway that is not
 //! answering requests is all of it. Measured on two cores (`--only detached`): submit p50 5.6–6.8
-//! ms on the HTTP runtime, about 4 ms on a runtime of its own at nice 0, 2.1–2.4 ms at nice 10,
-//! 1.8 ms at 15 (the default), 1.5 ms at 19.
+//! ms on the HTTP runtime, about 4 ms on a runtime of its own at nice 0, 1.8–2.4 ms at nice 10
+//! (above 2 in six rounds of seven), 1.4–2.0 ms at 15 (the default), 1.5 ms at 19.
 //!
 //! A run's pipes are still read on [`crate::exec::output_runtime`], at the gateway's priority.
 //! The callback delivery that a detached run's end starts runs here too: it is that run's work.
