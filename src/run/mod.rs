@@ -95,6 +95,18 @@ impl Run {
         true
     }
 
+    /// A caller's stop (session or run id): asks the run to end unless it has ended, and
+    /// answers whether it was still going. A stop asked for twice is accepted twice. The check
+    /// comes before the request: a run asked to end may end at once on another thread (a queued
+    /// one does), and that stop was still accepted.
+    pub fn stop(&self, reason: EndReason) -> bool {
+        if matches!(self.state(), RunState::Finished(_)) {
+            return false;
+        }
+        self.request_stop(reason);
+        true
+    }
+
     /// Why the run was asked to end, if it was.
     pub fn stop_reason(&self) -> Option<EndReason> {
         self.stop_reason.get().copied()

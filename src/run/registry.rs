@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::Run;
 use super::frame::EndReason;
-use super::{Run, RunState};
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -51,15 +51,7 @@ impl Registry {
 
     /// Asks the session's run to end; false when no such run is running.
     pub fn stop(&self, session_id: &str, reason: EndReason) -> bool {
-        // Checked before the request: the run may end on another thread as soon as it is asked
-        // to (a queued one at once), and that stop was still accepted.
-        self.get(session_id).is_some_and(|run| {
-            let running = !matches!(run.state(), RunState::Finished(_));
-            if running {
-                run.request_stop(reason);
-            }
-            running
-        })
+        self.get(session_id).is_some_and(|run| run.stop(reason))
     }
 
     /// Asks every run to end.
@@ -104,7 +96,7 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::End;
+    use crate::run::{End, RunState};
 
     #[test]
     fn a_session_runs_once_at_a_time() {
@@ -131,5 +123,28 @@ mod tests {
             reason: EndReason::Exited,
         }));
         assert!(!run.request_stop(EndReason::Stopped));
+        assert!(!run.stop(EndReason::Stopped));
+    }
+
+    /// A run that ends on another thread as soon as it is asked to (as a queued run does) was
+    /// still going when the stop came: the stop is accepted, never answered "not running".
+    #[test]
+    fn a_stop_is_accepted_when_the_run_ends_at_once() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        for i in 0..3000 {
+            let reg = Arc::new(Registry::default());
+            let run = Arc::new(Run::new(format!("s{i}"), "c".into()));
+            let _entry = reg.insert(run.clone()).unwrap();
+            let ends = run.clone();
+            let ended = runtime.spawn(async move {
+                let reason = ends.stop_requested().await;
+                ends.set_state(RunState::Finished(End { code: 143, reason }));
+            });
+            assert!(reg.stop(&format!("s{i}"), EndReason::Stopped), "round {i}");
+            runtime.block_on(ended).unwrap();
+        }
     }
 }

@@ -24,10 +24,10 @@ use crate::callbacks::{self, Callbacks};
 use crate::config::Config;
 use crate::exec::Executor;
 use crate::metrics::Metrics;
+use crate::run::Run;
 use crate::run::containment::Containment;
 use crate::run::frame::EndReason;
 use crate::run::registry::Registry;
-use crate::run::{Run, RunState};
 use crate::runlog::LogDir;
 use crate::store::time::now_ms;
 use crate::store::{Finish, RecordState, Store};
@@ -200,13 +200,10 @@ impl Runs {
         let run = run
             .filter(|r| caller.may_see(r.owner.as_deref()))
             .ok_or_else(not_running)?;
-        // Checked before the request, not after: a run stopped while queued may end at once on
-        // another thread, and that stop was still accepted.
-        if matches!(run.state(), RunState::Finished(_)) {
-            return Err(not_running());
+        match run.stop(EndReason::Stopped) {
+            true => Ok(()),
+            false => Err(not_running()),
         }
-        run.request_stop(EndReason::Stopped);
-        Ok(())
     }
 
     /// Shutdown: no new runs; running runs get `grace` to finish, then are ended.
