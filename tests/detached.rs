@@ -279,17 +279,11 @@ async fn niceness(gw: &Gateway, detached: bool) -> i64 {
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         let id = r.json()["run_id"].as_str().unwrap().to_string();
         assert_eq!(until_state(gw, &id, "finished").await["exit_code"], 0);
-        let log = gw.get(&format!("/runs/{id}/log")).await.json();
-        let content = log["content"].as_str().unwrap().to_string();
-        let line = content
-            .lines()
-            .find(|l| l.contains("\"stdout\""))
-            .expect("an stdout frame")
-            .to_string();
-        serde_json::from_str::<Value>(&line).unwrap()["data"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        RunStream::request(gw.addr, "GET", &format!("/runs/{id}/stream"), None, &[])
+            .await
+            .collect()
+            .await
+            .stdout()
     } else {
         let frames = gw.run_to_end(body).await;
         assert_eq!(frames.exit().0, 0);
