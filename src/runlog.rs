@@ -523,15 +523,34 @@ impl LogFile {
 }
 
 fn read_file(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+    use std::os::fd::AsRawFd;
+    // Read into the buffer's spare capacity: zeroing 64 KiB per read first cost the readers of a
+    // fast run about 3% of the gateway's CPU.
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `len - filled` bytes, all within the spare capacity
+        // (`with_capacity(len)`), and `set_len` below keeps only the bytes it wrote.
+        let n = unsafe {
+            nix::libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - filled,
+                (offset + filled as u64) as nix::libc::off_t,
+            )
+        };
+        match n {
             0 => break,
-            n => filled += n,
+            n if n > 0 => unsafe { buf.set_len(filled + n as usize) },
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
     }
-    buf.truncate(filled);
     Ok(buf.freeze())
 }
 

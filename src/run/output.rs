@@ -2,11 +2,9 @@
 //! bounded pieces, partial lines released on demand, and UTF-8 decoded incrementally so that a
 //! character is never split (invalid bytes become U+FFFD).
 
-use std::borrow::Cow;
-
 use bytes::BytesMut;
 
-use super::frame::{Stream, encode_output};
+use super::frame::{Stream, encode_output_bytes};
 
 /// Largest `data` of one frame, in bytes of the child's output. Longer lines are sent in pieces,
 /// so a child printing one enormous line never makes the gateway hold it whole.
@@ -104,13 +102,7 @@ impl LineFramer {
     }
 
     fn encode(&self, bytes: &[u8], out: &mut BytesMut) {
-        // `from_utf8` checks valid text many times faster than the lossy decoder, which is
-        // only needed when there is something to replace.
-        let text: Cow<str> = match std::str::from_utf8(bytes) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(bytes),
-        };
-        encode_output(self.stream, &text, out);
+        encode_output_bytes(self.stream, bytes, out);
     }
 }
 
