@@ -1153,6 +1153,68 @@ async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<()
     Ok(())
 }
 
+/// The least that any gateway pays per byte it streams: the generator's stdout read in 64 KiB
+/// pieces, each piece written to a loopback TCP socket (whose other end a second thread reads
+/// and drops) and, with `log`, also appended to a file there — no framing, no escaping, no HTTP,
+/// no readers. Returns the relaying thread's own CPU time (what a gateway's process would pay;
+/// the sink's reading is the client's side).
+fn bare_relay(gen_path: &str, arg: &str, log: Option<&Path>) -> Result<Duration, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let sink = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut socket, _) = listener.accept()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            match socket.read(&mut buf)? {
+                0 => return Ok(got),
+                n => got += n as u64,
+            }
+        }
+    });
+    let mut socket = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let file = match log {
+        Some(path) => Some(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        None => None,
+    };
+    let mut child = std::process::Command::new(gen_path)
+        .arg(arg)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{gen_path}: {e}"))?;
+    let mut pipe = child.stdout.take().expect("piped stdout");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut relayed = 0u64;
+    let cpu0 = rusage(libc::RUSAGE_THREAD);
+    loop {
+        let n = pipe.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        socket.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        if let Some(file) = &file {
+            file.write_all_at(&buf[..n], relayed).map_err(|e| e.to_string())?;
+        }
+        relayed += n as u64;
+    }
+    let cpu = rusage(libc::RUSAGE_THREAD) - cpu0;
+    drop(socket);
+    let got = sink.join().expect("sink thread").map_err(|e| e.to_string())?;
+    child.wait().map_err(|e| e.to_string())?;
+    if let Some(path) = log {
+        let _ = std::fs::remove_file(path);
+    }
+    let want: u64 = arg.parse().unwrap_or(0);
+    if relayed != want || got != want {
+        return Err(format!(
+            "bare relay: read {relayed}, delivered {got}, want {want} bytes"
+        ));
+    }
+    Ok(cpu)
+}
+
 async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
     let total = ((STREAM_BYTES as f64 * env.scale.min(1.0)) as u64 / LINE).max(1024) * LINE;
     println!("== streaming throughput ({} MiB of {LINE}-byte lines)", total >> 20);
@@ -1173,6 +1235,9 @@ async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result
     let mut gw_wall = Duration::ZERO;
     let mut frames = 0;
     let mut max_frame = 0;
+    // The bare relay's CPU seconds per round, without and with a log file.
+    let (mut relay, mut relay_log) = (Vec::new(), Vec::new());
+    let mut gw_cpu = Vec::new();
     for _ in 0..3 {
         let mut h = crc32fast::Hasher::new();
         let (c0, (s0, k0)) = (self_cpu(), proc_times(gw.pid()));
@@ -1180,6 +1245,7 @@ async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result
         // The gateway has reaped the generator once the exit frame is out.
         let (c1, (s1, k1)) = (self_cpu(), proc_times(gw.pid()));
         via[0] += s1 - s0;
+        gw_cpu.push((s1 - s0).as_secs_f64());
         via[1] += k1 - k0;
         via[2] += c1 - c0;
         gw_wall += r.total;
@@ -1218,6 +1284,17 @@ async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result
             return Err(format!("direct stream corrupt: {} bytes crc {crc:08x}", r.stdout_bytes));
         }
         d.push(total as f64 / r.total.as_secs_f64());
+
+        // The floors: a bare relay without and with a log file.
+        let (path, a) = (gen_path.to_string(), arg.clone());
+        let log = env.work.join("bare-relay.log");
+        let (plain, logged) = tokio::task::spawn_blocking(move || {
+            Ok::<_, String>((bare_relay(&path, &a, None)?, bare_relay(&path, &a, Some(&log))?))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        relay.push(plain.as_secs_f64());
+        relay_log.push(logged.as_secs_f64());
     }
     let mem_rss = rss_kib(mem_gw.pid());
     mem_gw.stop();
@@ -1241,6 +1318,29 @@ async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result
     );
     let gib = 3.0 * total as f64 / (1u64 << 30) as f64;
     let per_gib = |d: Duration| d.as_secs_f64() / gib;
+    // Per round, so that the medians compare like with like.
+    let round_gib = total as f64 / (1u64 << 30) as f64;
+    let (gw_gib, relay_gib, relay_log_gib) = (
+        median(&mut gw_cpu) / round_gib,
+        median(&mut relay) / round_gib,
+        median(&mut relay_log) / round_gib,
+    );
+    report.row(
+        "gateway CPU per GiB streamed (CPU s), vs a bare relay with a log file",
+        format!("{gw_gib:.2}"),
+        format!("{relay_log_gib:.2} (bare relay + log)"),
+        Some(gw_gib / relay_log_gib),
+        "≤ 0.7 CPU s (absolute)",
+        Some(gw_gib <= 0.7),
+    );
+    report.row(
+        "a bare relay, pipe → loopback socket, no log (CPU s per GiB)",
+        format!("{relay_gib:.2}"),
+        "—".into(),
+        None,
+        "— (info: the floor)",
+        None,
+    );
     let via_total: f64 = via.iter().map(|d| per_gib(*d)).sum();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     // If all of the work spread perfectly over every core, this is as fast as it could go.
@@ -1255,6 +1355,12 @@ async fn bench_throughput(env: &Env, gw: &Server, report: &mut Report) -> Result
         per_gib(raw[0]),
         per_gib(raw[1]),
         ceiling * (1 << 20) as f64 / d,
+    ));
+    report.note(format!(
+        "Floors: in each round, after the three sides above, the driver relays the same generator's stdout itself, with nothing but what any gateway must do: read the pipe in 64 KiB pieces and write each piece to a loopback TCP socket (another thread reads and drops it), once like that and once also appending each piece to a file with pwrite (as a log does); no framing, escaping, HTTP or readers. Its thread's CPU (getrusage RUSAGE_THREAD, medians of 3): {relay_gib:.2} CPU s per GiB without the file, {relay_log_gib:.2} with it (the rounds, sorted: {}; {}). The gateway's own CPU per GiB in its rounds: {}. Whatever a gateway does beyond that costs more, so a gateway that keeps a log file cannot go below the second figure on this machine.",
+        relay.iter().map(|c| format!("{:.2}", c / round_gib)).collect::<Vec<_>>().join(", "),
+        relay_log.iter().map(|c| format!("{:.2}", c / round_gib)).collect::<Vec<_>>().join(", "),
+        gw_cpu.iter().map(|c| format!("{:.2}", c / round_gib)).collect::<Vec<_>>().join(", "),
     ));
     report.note(format!(
         "Log vs no log: the gateway above (log file in its own temp DATA_DIR, the default) against a second gateway of the same build with `RUN_LOG_IN_MEMORY=true` (same writer and readers, the frames kept in memory instead of a file); the three sides interleaved round by round (file log, in-memory log, raw pipe), median of 3, the same checks. A run's log holds {log_bytes} bytes for {total} bytes of stdout ({:.3}×); the driver deletes each log file after its run so that the rounds do not pile up on disk. The in-memory gateway's process used {:.2} CPU s per GiB (file-log gateway {:.2}); it keeps the whole log of a live run in memory (VmRSS {:.0} MiB after its last run), so its side pays page faults for fresh memory that the file side does not.",
