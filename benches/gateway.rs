@@ -11,12 +11,14 @@
 //! - fan-out: one 256 MiB run followed by 50 `/runs/{id}/stream` readers vs the run alone;
 //! - re-attach: first-frame latency of `/stream?offset=N` and `/log?offset=N` on a finished log;
 //! - docker mode: one `docker run --rm -i` through the gateway vs the same command directly;
-//! - a peer: adnanh/webhook running `true` per request, both driven by `wrk`.
+//! - a peer: adnanh/webhook running `true` per request, both driven by `wrk`;
+//! - floors, for the spawn, latency and streaming rows: what any HTTP gateway pays at least —
+//!   a bare hyper spawner, and a bare relay of the pipe to a socket (with and without a file).
 //!
 //! Every gateway gets a fresh temp `DATA_DIR` (removed when it stops). All traffic goes to
 //! 127.0.0.1; every loop is bounded in time and count. The same executable,
 //! called as `cligate-bench-lines BYTES` (a symlink), is the output generator for the streaming
-//! tests.
+//! tests, and called as `cligate-bench-spawner` the bare HTTP spawner.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -99,6 +101,75 @@ fn generate(total: u64) -> ! {
         off += n as u64;
     }
     std::process::exit(0)
+}
+
+/// Name under which this executable is the bare HTTP spawner (the spawn rate's floor).
+const SPAWNER_NAME: &str = "cligate-bench-spawner";
+
+/// The floor of the spawn rows: the least an HTTP gateway does for a run. A hyper server on
+/// `LISTEN_ADDR` (the same HTTP/1.1 stack and runtime as cligate, TCP_NODELAY like it) that for
+/// `POST /run {"cli", "args"}` answers a streamed NDJSON body: a session frame at once, then,
+/// once the program (spawned with `tokio::process`, stdio piped, read to EOF, waited for) has
+/// ended, one stdout frame with its output and the exit frame. No run store, no log file, no
+/// cgroup, no limits, no allow-list: nothing a gateway keeps or enforces.
+fn bare_spawner() -> ! {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame as BodyFrame;
+    let addr = std::env::var("LISTEN_ADDR").expect("LISTEN_ADDR");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind LISTEN_ADDR");
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { continue };
+            let _ = socket.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let cli = v["cli"].as_str().unwrap_or("true").to_string();
+                    let args: Vec<String> = v["args"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                        .unwrap_or_default();
+                    let frames = async_stream::stream! {
+                        yield Ok::<_, std::convert::Infallible>(BodyFrame::data(bytes::Bytes::from_static(
+                            b"{\"type\":\"session\",\"id\":\"bare\",\"run_id\":\"bare\"}\n",
+                        )));
+                        let out = tokio::process::Command::new(&cli)
+                            .args(&args)
+                            .stdin(Stdio::null())
+                            .kill_on_drop(true)
+                            .output()
+                            .await;
+                        let mut tail = Vec::new();
+                        let code = match out {
+                            Ok(out) => {
+                                if !out.stdout.is_empty() {
+                                    let data = String::from_utf8_lossy(&out.stdout);
+                                    let frame = serde_json::json!({"type": "stdout", "data": data});
+                                    tail.extend_from_slice(frame.to_string().as_bytes());
+                                    tail.push(b'\n');
+                                }
+                                out.status.code().unwrap_or(1)
+                            }
+                            Err(_) => 127,
+                        };
+                        tail.extend_from_slice(format!("{{\"type\":\"exit\",\"code\":{code},\"reason\":\"exited\"}}\n").as_bytes());
+                        yield Ok(BodyFrame::data(bytes::Bytes::from(tail)));
+                    };
+                    hyper::Response::builder()
+                        .header("content-type", "application/x-ndjson")
+                        .body(StreamBody::new(frames))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    })
 }
 
 /// CRC-32 of the first `total` bytes of the stream, computed in-process.
@@ -377,6 +448,16 @@ impl Env {
         let mut server = Server::spawn(name, cmd, addr, &self.work.join(format!("{name}.log")));
         server.data_dir = Some(data_dir);
         server
+    }
+
+    /// Starts the bare HTTP spawner (the floor of the spawn rows, see [`bare_spawner`]).
+    fn start_bare_spawner(&self) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = std::process::Command::new(self.bin_dir.join(SPAWNER_NAME));
+        cmd.env_clear()
+            .env("PATH", self.path())
+            .env("LISTEN_ADDR", addr.to_string());
+        Server::spawn("bare-spawner", cmd, addr, &self.work.join("bare-spawner.log"))
     }
 }
 
@@ -790,6 +871,7 @@ async fn rate_direct(conc: usize, dur: Duration) -> Result<f64, String> {
 async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result<(), String> {
     println!("== spawn rate (`true`, keep-alive connections)");
     let mut client_notes = Vec::new();
+    let bare = env.start_bare_spawner();
     for conc in [1usize, 8, 32] {
         // Warm-up: connections, page cache, the gateway's allocator.
         rate_gateway(gw.addr, conc, env.secs(0.3)).await?;
@@ -797,6 +879,11 @@ async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result
         let (mut g, mut d) = (Vec::new(), Vec::new());
         let (mut client_cpu, mut gw_cpu, mut wall, mut runs) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
         let (mut direct_cpu, mut direct_runs) = (Duration::ZERO, 0u64);
+        // The bare spawner, at concurrency 8 only (the row with the target).
+        let (mut b, mut bare_cpu, mut bare_runs) = (Vec::new(), Duration::ZERO, 0u64);
+        if conc == 8 {
+            rate_gateway(bare.addr, conc, env.secs(0.3)).await?;
+        }
         for _ in 0..3 {
             let (c0, s0, t0) = (self_cpu(), proc_cpu(gw.pid()), Instant::now());
             let (rate, n) = rate_gateway(gw.addr, conc, env.secs(1.0)).await?;
@@ -810,6 +897,13 @@ async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result
             direct_cpu += self_cpu() - c0;
             direct_runs += (rate * env.secs(1.0).as_secs_f64()) as u64;
             d.push(rate);
+            if conc == 8 {
+                let s0 = proc_cpu(bare.pid());
+                let (rate, n) = rate_gateway(bare.addr, conc, env.secs(1.0)).await?;
+                bare_cpu += proc_cpu(bare.pid()) - s0;
+                bare_runs += n;
+                b.push(rate);
+            }
         }
         let (g, d) = (median(&mut g), median(&mut d));
         let (target, met) = if conc == 8 {
@@ -825,6 +919,22 @@ async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result
             target,
             met,
         );
+        if conc == 8 {
+            let b = median(&mut b);
+            report.row(
+                "spawn rate, concurrency 8, a bare HTTP spawner (runs/s)",
+                format!("{b:.0}"),
+                format!("{d:.0}"),
+                Some(b / d),
+                "— (info: the floor)",
+                None,
+            );
+            client_notes.push(format!(
+                "the bare HTTP spawner at c=8: {:.0} µs CPU/run, the gateway {:.2}× its rate",
+                bare_cpu.as_secs_f64() * 1e6 / bare_runs.max(1) as f64,
+                g / b
+            ));
+        }
         client_notes.push(format!(
             "c={conc}: client {:.0} µs CPU/run ({:.0}% of one core), gateway process {:.0} µs CPU/run ({:.0}% of one core), direct loop {:.0} µs CPU/run",
             client_cpu.as_secs_f64() * 1e6 / runs as f64,
@@ -835,7 +945,7 @@ async fn bench_spawn_rate(env: &Env, gw: &Server, report: &mut Report) -> Result
         ));
     }
     report.note(format!(
-        "Spawn rate: median of 3 interleaved 1 s rounds per side; client = this driver's own HTTP/1.1 client (tokio, raw socket, keep-alive, one connection per worker); {}.",
+        "Spawn rate: median of 3 interleaved 1 s rounds per side; client = this driver's own HTTP/1.1 client (tokio, raw socket, keep-alive, one connection per worker); {}. The bare HTTP spawner (this driver as `cligate-bench-spawner`, at c=8 as a third side of each round) is the floor of any HTTP gateway: hyper and tokio like cligate, a session frame, `tokio::process` with piped stdio read to EOF, the exit frame — and nothing else (no run store, no log, no cgroup, no limits).",
         client_notes.join("; ")
     ));
     Ok(())
@@ -1080,6 +1190,13 @@ async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<()
     }
     let (mut g_first, mut g_total, mut g_session) = (Vec::new(), Vec::new(), Vec::new());
     let (mut d_first, mut d_total) = (Vec::new(), Vec::new());
+    // The floor: the bare HTTP spawner, a third side of each round.
+    let bare = env.start_bare_spawner();
+    let mut bare_conn = HttpConn::new(bare.addr);
+    for _ in 0..20 {
+        gateway_run(&mut bare_conn, &body, &mut |_| {}).await?;
+    }
+    let mut b_total = Vec::new();
     for _ in 0..n {
         let mut out = Vec::new();
         let r = gateway_run(&mut conn, &body, &mut |d| out.extend_from_slice(d)).await?;
@@ -1092,8 +1209,22 @@ async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<()
         let d = direct_run("echo", &["hi"], &[], &mut |_| {}).await?;
         d_first.push(d.first_output.ok_or("no direct output")?);
         d_total.push(d.total);
+        let mut out = Vec::new();
+        let r = gateway_run(&mut bare_conn, &body, &mut |d| out.extend_from_slice(d)).await?;
+        if out != b"hi\n" {
+            return Err(format!("echo through the bare spawner gave {out:?}"));
+        }
+        b_total.push(r.total);
     }
-    for v in [&mut g_first, &mut g_total, &mut g_session, &mut d_first, &mut d_total] {
+    drop(bare);
+    for v in [
+        &mut g_first,
+        &mut g_total,
+        &mut g_session,
+        &mut d_first,
+        &mut d_total,
+        &mut b_total,
+    ] {
         v.sort();
     }
     for (label, g, d) in [
@@ -1118,10 +1249,20 @@ async fn bench_latency(env: &Env, gw: &Server, report: &mut Report) -> Result<()
             );
         }
     }
+    let (bv, dv) = (percentile(&b_total, 0.5), percentile(&d_total, 0.5));
+    report.row(
+        "latency p50, total time, a bare HTTP spawner (ms)",
+        format!("{:.3}", ms(bv)),
+        format!("{:.3}", ms(dv)),
+        Some(bv.as_secs_f64() / dv.as_secs_f64()),
+        "— (info: the floor)",
+        None,
+    );
     report.note(format!(
-        "Latency: {n} runs of `echo hi` each way, one at a time, gateway and direct runs alternating; gateway over one keep-alive connection, timed from writing the request; direct timed from spawn. The first frame (`session`) arrives at p50 {:.3} ms / p99 {:.3} ms; the rows use the first *output* frame, the one that compares with the child's first byte.",
+        "Latency: {n} runs of `echo hi` each way, one at a time, gateway, direct and bare-spawner runs alternating; gateway and bare spawner each over one keep-alive connection, timed from writing the request; direct timed from spawn. The first frame (`session`) arrives at p50 {:.3} ms / p99 {:.3} ms; the rows use the first *output* frame, the one that compares with the child's first byte. The bare HTTP spawner (see the spawn rate) sends its output with the exit frame, so only its total time is a row; its p99 {:.3} ms.",
         ms(percentile(&g_session, 0.5)),
         ms(percentile(&g_session, 0.99)),
+        ms(percentile(&b_total, 0.99)),
     ));
 
     // Runs the way a review bot starts them: now and then, the machine quiet in between.
@@ -2109,6 +2250,9 @@ fn main() {
             .unwrap_or(STREAM_BYTES);
         generate(total);
     }
+    if Path::new(&argv0).file_name().and_then(|n| n.to_str()) == Some(SPAWNER_NAME) {
+        bare_spawner();
+    }
     // `cargo bench` passes `--bench`; the only option is `--only NAME[,NAME…]`.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let only: Option<Vec<String>> = args
@@ -2140,6 +2284,7 @@ fn main() {
     std::fs::create_dir_all(&bin_dir).expect("work dir");
     let me = std::env::current_exe().expect("own path");
     std::os::unix::fs::symlink(&me, bin_dir.join(GEN_NAME)).expect("generator symlink");
+    std::os::unix::fs::symlink(&me, bin_dir.join(SPAWNER_NAME)).expect("spawner symlink");
     let env = Env {
         cligate,
         bin_dir,
