@@ -762,6 +762,19 @@ mod tests {
         owner_of(pid as u32).is_some()
     }
 
+    /// Whether `pid` is gone within 5 s. A SIGKILL is delivered when the process next runs, so
+    /// on a busy machine it can still be there just after `kill` returned.
+    async fn dies(pid: i32) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(pid) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// Starts `sh` with a setsid'd grandchild in `scope`; returns both pids once known.
     async fn escapee_in(scope: &Scope) -> (tokio::process::Child, i32) {
         let mut cmd = tokio::process::Command::new("sh");
@@ -833,7 +846,7 @@ mod tests {
         let (mut child, escapee) = escapee_in(&second).await;
         assert!(second.end().await >= 2);
         let _ = child.wait().await;
-        assert!(!alive(escapee));
+        assert!(dies(escapee).await);
         containment.end_all();
         if let Kind::Cgroup { instance_dir, .. } = &containment.kind {
             assert!(!instance_dir.exists());
@@ -864,12 +877,12 @@ mod tests {
         });
         assert!(swept.await.unwrap() >= 2);
         let _ = left_child.wait().await;
-        assert!(!alive(left_escapee));
+        assert!(dies(left_escapee).await);
         assert!(alive(running_escapee));
 
         assert!(tokio::task::spawn_blocking(move || live.end_all()).await.unwrap() >= 2);
         let _ = running_child.wait().await;
-        assert!(!alive(running_escapee));
+        assert!(dies(running_escapee).await);
         if let Kind::Cgroup { instance_dir, .. } = &dead.kind {
             assert!(!instance_dir.exists(), "{}", instance_dir.display());
         }
@@ -898,7 +911,7 @@ mod tests {
         let (mut child, escapee) = escapee_in(&scope).await;
         assert!(scope.end().await >= 2);
         let _ = child.wait().await;
-        assert!(!alive(escapee));
+        assert!(dies(escapee).await);
         containment.end_all();
         sweep_spares_live_owners("v1", |i| Containment::cgroup_v1(i).unwrap()).await;
     }
