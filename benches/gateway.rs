@@ -123,11 +123,18 @@ fn bare_spawner() -> ! {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind LISTEN_ADDR");
         loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = socket.set_nodelay(true);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let cli = v["cli"].as_str().unwrap_or("true").to_string();
                     let args: Vec<String> = v["args"]
@@ -135,9 +142,12 @@ fn bare_spawner() -> ! {
                         .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
                         .unwrap_or_default();
                     let frames = async_stream::stream! {
-                        yield Ok::<_, std::convert::Infallible>(BodyFrame::data(bytes::Bytes::from_static(
-                            b"{\"type\":\"session\",\"id\":\"bare\",\"run_id\":\"bare\"}\n",
-                        )));
+                        let encoded = |frames: &[Frame]| {
+                            let mut out = bytes::BytesMut::new();
+                            frames.iter().for_each(|f| f.encode(&mut out));
+                            Ok::<_, std::convert::Infallible>(BodyFrame::data(out.freeze()))
+                        };
+                        yield encoded(&[Frame::Session { id: "bare".into(), run_id: "bare".into() }]);
                         let out = tokio::process::Command::new(&cli)
                             .args(&args)
                             .stdin(Stdio::null())
@@ -148,17 +158,15 @@ fn bare_spawner() -> ! {
                         let code = match out {
                             Ok(out) => {
                                 if !out.stdout.is_empty() {
-                                    let data = String::from_utf8_lossy(&out.stdout);
-                                    let frame = serde_json::json!({"type": "stdout", "data": data});
-                                    tail.extend_from_slice(frame.to_string().as_bytes());
-                                    tail.push(b'\n');
+                                    let data = String::from_utf8_lossy(&out.stdout).into_owned();
+                                    tail.push(Frame::Stdout { data });
                                 }
                                 out.status.code().unwrap_or(1)
                             }
                             Err(_) => 127,
                         };
-                        tail.extend_from_slice(format!("{{\"type\":\"exit\",\"code\":{code},\"reason\":\"exited\"}}\n").as_bytes());
-                        yield Ok(BodyFrame::data(bytes::Bytes::from(tail)));
+                        tail.push(Frame::Exit { code, reason: client::EndReason::Exited });
+                        yield encoded(&tail);
                     };
                     hyper::Response::builder()
                         .header("content-type", "application/x-ndjson")
@@ -2243,15 +2251,16 @@ fn command_line(program: &str, args: &[&str]) -> String {
 
 fn main() {
     let argv0 = std::env::args().next().unwrap_or_default();
-    if Path::new(&argv0).file_name().and_then(|n| n.to_str()) == Some(GEN_NAME) {
-        let total = std::env::args()
-            .nth(1)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(STREAM_BYTES);
-        generate(total);
-    }
-    if Path::new(&argv0).file_name().and_then(|n| n.to_str()) == Some(SPAWNER_NAME) {
-        bare_spawner();
+    match Path::new(&argv0).file_name().and_then(|n| n.to_str()) {
+        Some(GEN_NAME) => {
+            let total = std::env::args()
+                .nth(1)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(STREAM_BYTES);
+            generate(total);
+        }
+        Some(SPAWNER_NAME) => bare_spawner(),
+        _ => {}
     }
     // `cargo bench` passes `--bench`; the only option is `--only NAME[,NAME…]`.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
