@@ -121,6 +121,8 @@ settings! {
             "requests waiting for a run slot; more are refused with 503";
         DETACHED_RUN_NICE => detached_nice: i32 = "15", niceness,
             "CPU niceness (0-19) of detached runs: the gateway's work for them and their CLI processes yield the CPU to request handling, so submits and reads stay quick while runs execute; 0 = no lower";
+        STREAM_READER_NICE => reader_nice: i32 = "10", niceness,
+            "CPU niceness (0-19) of connections whose first request is GET /runs/{id}/stream: followers of a run's log yield the CPU to the runs and to request handling, and catch up from the log; 0 = no lower";
         QUEUE_TIMEOUT_SECONDS => queue_timeout: Option<Duration> = "30", optional_seconds,
             "longest wait for a run slot before 503; 0 = no limit";
         MAX_REQUEST_BYTES => max_request_bytes: usize = "16777216", request_bytes,
@@ -296,6 +298,8 @@ pub struct Config {
     pub max_queued: usize,
     /// `DETACHED_RUN_NICE`: the niceness detached runs execute at (0–19).
     pub detached_nice: i32,
+    /// `STREAM_READER_NICE`: the niceness of connections that follow a run's log (0–19).
+    pub reader_nice: i32,
     pub queue_timeout: Option<Duration>,
     pub max_request_bytes: usize,
     /// Longest time to receive a request's head and body.
@@ -483,6 +487,7 @@ impl Values {
             max_concurrent: self.max_concurrent,
             max_queued: self.max_queued,
             detached_nice: self.detached_nice,
+            reader_nice: self.reader_nice,
             queue_timeout: self.queue_timeout,
             max_request_bytes: self.max_request_bytes,
             request_read_timeout: self.request_read_timeout,
@@ -974,6 +979,7 @@ mod tests {
             ("DATA_DIR_MIN_FREE_BYTES", "lots"),
             ("DETACHED_RUN_NICE", "20"),
             ("DETACHED_RUN_NICE", "-5"),
+            ("STREAM_READER_NICE", "20"),
         ];
         for (name, value) in cases {
             let err = config(&[(name, value)]).unwrap_err().to_string();

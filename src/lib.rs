@@ -16,6 +16,7 @@
 //! - [`run::registry`]: running sessions, for stop and duplicate checks.
 //! - [`runlog`]: each run's append-only log, read from byte offsets by every stream.
 //! - [`config`], [`metrics`], [`body`]: settings, Prometheus, bodies.
+//! - [`priority`]: runtimes at a lower CPU priority, for detached runs and log followers.
 //! - [`store`]: durable run records (SQLite or PostgreSQL).
 //! - [`replicas`]: several gateways on one PostgreSQL: heartbeats, dead replicas' runs;
 //!   requests about another replica's run are forwarded by [`api::forward`].
@@ -30,6 +31,7 @@ pub mod callbacks;
 pub mod config;
 pub mod exec;
 pub mod metrics;
+pub mod priority;
 pub mod replicas;
 pub mod run;
 pub mod runlog;

@@ -26,7 +26,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -286,6 +286,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let slots = Arc::new(Semaphore::new(cap.effective));
     let mut warned_full: Option<Instant> = None;
     let graceful = GracefulShutdown::new();
+    // Cancelled at shutdown: a connection that has not sent its first request by then is closed.
+    let closing = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let permit = match slots.clone().try_acquire_owned() {
@@ -319,17 +321,45 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| api::handle(app.clone(), client, req));
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (http, watcher, closing) = (http.clone(), graceful.watcher(), closing.clone());
         tokio::spawn(async move {
             let _slot = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %client, error = %e, "connection ended");
+            let readers = match app.config.reader_nice {
+                0 => None,
+                nice => match lane(&stream, app.config.request_read_timeout, &closing).await {
+                    // Nothing came in time or before the shutdown (hyper would close it then
+                    // too), or the peer left.
+                    None => return,
+                    Some(Lane::Requests) => None,
+                    Some(Lane::Follower) => Some(crate::priority::reader_runtime(nice)),
+                },
+            };
+            let serve = async move |stream: TcpStream| {
+                let service = service_fn(move |req| api::handle(app.clone(), client, req));
+                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                if let Err(e) = conn.await {
+                    tracing::debug!(client = %client, error = %e, "connection ended");
+                }
+            };
+            match readers {
+                None => serve(stream).await,
+                Some(runtime) => {
+                    // A socket belongs to the runtime it was registered with: it moves over as
+                    // a plain descriptor (still non-blocking) and is registered there again.
+                    let Ok(stream) = stream.into_std() else { return };
+                    let served = runtime.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => serve(stream).await,
+                            Err(e) => tracing::warn!(client = %client, error = %e, "cannot move a connection"),
+                        }
+                    });
+                    let _ = served.await;
+                }
             }
         });
     }
     drop(listener);
+    closing.cancel();
     shut_down(&app, graceful, (stop_heartbeat, heartbeat)).await;
     stop_janitor.cancel();
     let _ = janitor.await;
@@ -368,12 +398,79 @@ async fn shut_down(
     tracing::info!("shut down");
 }
 
+/// Which runtime serves a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The HTTP workers': every connection but a log follower's.
+    Requests,
+    /// The log followers', at `STREAM_READER_NICE` (see [`crate::priority`]).
+    Follower,
+}
+
+/// The lane of a connection, from the start of its first request (read without taking it off
+/// the socket: hyper reads it next). `None` when the peer sent nothing within `wait` or before
+/// `closing`, or closed.
+async fn lane(stream: &TcpStream, wait: Duration, closing: &CancellationToken) -> Option<Lane> {
+    let mut head = [0u8; 160];
+    let n = tokio::select! {
+        peeked = tokio::time::timeout(wait, stream.peek(&mut head)) => peeked.ok()?.ok()?,
+        () = closing.cancelled() => return None,
+    };
+    match n {
+        0 => None,
+        n if follows_a_log(&head[..n]) => Some(Lane::Follower),
+        _ => Some(Lane::Requests),
+    }
+}
+
+/// Whether a request head starts with `GET /runs/{id}/stream` (with or without a query). A head
+/// cut short before the end of its path is not one: it is served as any other request.
+fn follows_a_log(head: &[u8]) -> bool {
+    let Some(rest) = head.strip_prefix(b"GET /runs/") else {
+        return false;
+    };
+    let Some(end) = rest.iter().position(|&b| b == b' ' || b == b'?') else {
+        return false;
+    };
+    let mut segments = rest[..end].split(|&b| b == b'/');
+    matches!(
+        (segments.next(), segments.next(), segments.next()),
+        (Some(id), Some(b"stream"), None) if !id.is_empty()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Config {
         Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn only_a_get_of_a_runs_stream_follows_a_log() {
+        for head in [
+            "GET /runs/abc/stream HTTP/1.1\r\n",
+            "GET /runs/abc/stream?offset=12 HTTP/1.1\r\nhost: x\r\n",
+            "GET /runs/a%20b/stream?",
+        ] {
+            assert!(follows_a_log(head.as_bytes()), "{head}");
+        }
+        for head in [
+            "",
+            "GET /runs/abc/stream",
+            "GET /runs/abc/strea",
+            "GET /runs//stream HTTP/1.1",
+            "GET /runs/abc HTTP/1.1",
+            "GET /runs/abc/log?offset=0 HTTP/1.1",
+            "GET /runs/abc/stream/x HTTP/1.1",
+            "GET /runs/abc/streams HTTP/1.1",
+            "POST /runs/abc/stream HTTP/1.1",
+            "GET /sessions/abc/stream HTTP/1.1",
+            "get /runs/abc/stream HTTP/1.1",
+        ] {
+            assert!(!follows_a_log(head.as_bytes()), "{head}");
+        }
     }
 
     #[test]

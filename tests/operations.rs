@@ -443,3 +443,107 @@ async fn json_logs_name_each_run_and_never_a_secret_and_sigterm_exits_cleanly() 
         "part of the API key is in the log:\n{text}"
     );
 }
+
+/// The nice value of each thread of process `pid` named `name` (`/proc/<pid>/task/*/stat`,
+/// field 19).
+fn thread_nices(pid: u32, name: &str) -> Vec<i64> {
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        if &stat[open + 1..close] == name {
+            nices.push(stat[close + 2..].split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    nices
+}
+
+/// Sends one request on `conn` and reads its whole body.
+async fn exchange(conn: &mut common::client::Conn, method: &str, path: &str, body: Option<Value>) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let body = body.map(|b| b.to_string().into_bytes());
+    let response = conn.send(method, path, body, &[]).await.unwrap();
+    assert_eq!(response.status(), 200, "{method} {path}");
+    response.into_body().collect().await.unwrap().to_bytes().to_vec()
+}
+
+/// The `stdout` data of an NDJSON stream that ends with its exit frame.
+fn ndjson_stdout(body: &[u8]) -> String {
+    let frames: Vec<Value> = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(frames.last().unwrap()["type"], "exit", "{frames:?}");
+    frames
+        .iter()
+        .filter(|f| f["type"] == "stdout")
+        .map(|f| f["data"].as_str().unwrap())
+        .collect()
+}
+
+/// A connection whose first request follows a run's log (`GET /runs/{id}/stream`) is served on
+/// threads at `STREAM_READER_NICE` above the gateway's own niceness, so that fifty followers of a
+/// busy run cannot take the CPU from it; every other connection on the HTTP workers. A run
+/// started over a follower's connection still executes at the gateway's priority (a CLI
+/// inherits the priority of the thread that starts it). `0` keeps followers on the workers.
+#[tokio::test]
+async fn log_followers_are_served_below_the_gateways_priority() {
+    let nice = json!({"cli": "sh", "args": ["-c", "nice"]});
+    let gw = Binary::start(&[("STREAM_READER_NICE", "7")]).await;
+    let own = thread_nices(gw.pid(), "cligate")[0];
+    let first = common::run_to_end(gw.addr, nice.clone()).await;
+    assert_eq!(first.exit().0, 0);
+    assert_eq!(first.stdout().trim(), own.to_string());
+    let runs = request(gw.addr, "GET", "/runs", None, &[]).await.json();
+    let id = runs["runs"][0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        thread_nices(gw.pid(), "cligate-reader"),
+        Vec::<i64>::new(),
+        "no follower yet"
+    );
+
+    let mut conn = common::client::Conn::open(gw.addr).await.unwrap();
+    let streamed = exchange(&mut conn, "GET", &format!("/runs/{id}/stream"), None).await;
+    assert_eq!(ndjson_stdout(&streamed).trim(), own.to_string());
+    let readers = thread_nices(gw.pid(), "cligate-reader");
+    assert!(!readers.is_empty(), "the follower was served on the HTTP workers");
+    assert!(
+        readers.iter().all(|&n| n == (own + 7).min(19)),
+        "{readers:?}, own {own}"
+    );
+    // The same connection starts a run: its CLI has the gateway's niceness, not the follower's.
+    let started = exchange(&mut conn, "POST", "/run", Some(nice.clone())).await;
+    assert_eq!(ndjson_stdout(&started).trim(), own.to_string());
+    // A request head cut off before its path ends is served as any other (here: an error).
+    let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /runs/")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        format!("{id}/stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(r#"{"type":"exit","code":0"#),
+        "{answer}"
+    );
+
+    let gw = Binary::start(&[("STREAM_READER_NICE", "0")]).await;
+    common::run_to_end(gw.addr, nice).await;
+    let runs = request(gw.addr, "GET", "/runs", None, &[]).await.json();
+    let id = runs["runs"][0]["run_id"].as_str().unwrap().to_string();
+    let reply = request(gw.addr, "GET", &format!("/runs/{id}/stream"), None, &[]).await;
+    assert_eq!(ndjson_stdout(&reply.body).trim(), own.to_string());
+    assert_eq!(thread_nices(gw.pid(), "cligate-reader"), Vec::<i64>::new());
+}

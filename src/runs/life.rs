@@ -159,12 +159,12 @@ impl Runs {
                 .finish(&run, outcome, model, container, git, (registration, Some(permit)))
                 .await;
         };
-        // A detached run yields the CPU to request handling (see `super::priority`).
+        // A detached run yields the CPU to request handling (see `crate::priority`).
         match queued {
             Some(_) => self
                 .tasks
-                .spawn_on(life, &super::priority::detached_runtime(self.config.detached_nice)),
-            None => self.tasks.spawn(life),
+                .spawn_on(life, &crate::priority::detached_runtime(self.config.detached_nice)),
+            None => self.tasks.spawn_on(life, &self.requests_runtime),
         };
     }
 

@@ -8,7 +8,6 @@
 //! for records and sources, `retention` removes old runs.
 
 mod life;
-mod priority;
 mod read;
 mod retention;
 mod submit;
@@ -93,6 +92,10 @@ pub struct Runs {
     pub registry: Arc<Registry>,
     /// Every run's supervising task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The HTTP workers' runtime, where attached runs execute whichever runtime their request
+    /// was served on (a connection that follows a log is served at a lower priority, see
+    /// [`crate::priority`], and what a run's task starts inherits its thread's priority).
+    pub requests_runtime: tokio::runtime::Handle,
     /// How a run's processes are kept together and ended (cgroup or `/proc` marker).
     pub containment: Arc<Containment>,
     /// Where CLIs run: local processes or docker containers.
@@ -150,6 +153,7 @@ impl Runs {
             metrics,
             registry: Arc::new(Registry::default()),
             tasks: TaskTracker::new(),
+            requests_runtime: tokio::runtime::Handle::current(),
             containment,
             executor,
             config,

@@ -1,5 +1,8 @@
-//! Where detached runs execute: a runtime of their own whose threads run at `DETACHED_RUN_NICE`.
+//! Runtimes whose threads run at a lower priority (a higher nice value) than the HTTP workers,
+//! for work that can wait while requests are answered: detached runs (`DETACHED_RUN_NICE`) and
+//! connections that follow a run's log (`STREAM_READER_NICE`).
 //!
+//! # Detached runs
 //! Nobody waits on a connection for a detached run, while the client that submits it waits for
 //! its `202`. On a busy gateway both want the same cores: the HTTP workers that answer submits and
 //! reads, and the work of the runs already going (starting the child, its end, its record). On
@@ -14,23 +17,44 @@
 //! A run's pipes are still read on [`crate::exec::output_runtime`], at the gateway's priority.
 //! The callback delivery that a detached run's end starts runs here too: it is that run's work.
 //! Attached runs stay on the HTTP runtime: their client is waiting for every frame.
+//!
+//! # Log followers
+//! A connection whose first request is `GET /runs/{id}/stream` is served here (see
+//! [`crate::server`]): a follower of a run's log writes each byte the run writes once more, to its
+//! own socket, and fifty followers of one fast run did fifty times the run's own work on the same
+//! cores as the run's pipe reader and the CLI itself. Served at the gateway's priority they took
+//! the CPU evenly with the run and halved its rate (`--only fanout`: 0.49× the same run without
+//! readers). At a higher nice value they take what the run leaves, fall behind while it writes
+//! and catch up from the log (every follower reads from its own offset; nothing is lost or held
+//! in memory for it); a follower of a run that is not busy is served at once, as before.
+//! The attached `/run` reader stays on the HTTP runtime: it is the run's own client.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use tokio::runtime::{Handle, Runtime};
 
-/// The runtime of detached runs at `nice` (0 = the gateway's own priority): made on first use and
-/// kept for the life of the process, like the output runtime. One per value, so that gateways with
-/// different settings in one process (tests) each get theirs.
+/// The runtime of detached runs at `nice` (0 = the gateway's own priority).
 pub fn detached_runtime(nice: i32) -> Handle {
-    static RUNTIMES: OnceLock<Mutex<HashMap<i32, &'static Runtime>>> = OnceLock::new();
+    runtime("cligate-detached", nice)
+}
+
+/// The runtime of connections that follow a run's log, at `nice`.
+pub fn reader_runtime(nice: i32) -> Handle {
+    runtime("cligate-reader", nice)
+}
+
+/// The runtime `name` at `nice`: made on first use and kept for the life of the process, like
+/// the output runtime. One per name and value, so that gateways with different settings in one
+/// process (tests) each get theirs.
+fn runtime(name: &'static str, nice: i32) -> Handle {
+    static RUNTIMES: OnceLock<Mutex<HashMap<(&'static str, i32), &'static Runtime>>> = OnceLock::new();
     let mut runtimes = RUNTIMES.get_or_init(Default::default).lock().expect("runtimes lock");
-    let runtime = runtimes.entry(nice).or_insert_with(|| {
+    let runtime = runtimes.entry((name, nice)).or_insert_with(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores)
-            .thread_name("cligate-detached")
+            .thread_name(name)
             .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()
@@ -42,7 +66,7 @@ pub fn detached_runtime(nice: i32) -> Handle {
 
 /// Raises the calling thread's nice value by `nice` (on Linux a nice value is a thread's, and
 /// the processes it starts inherit it). Lowering one's priority needs no privilege; should it
-/// fail anyway, the runs execute at the gateway's priority, which is only slower for submits.
+/// fail anyway, the work runs at the gateway's priority, which is only slower for requests.
 fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
@@ -52,7 +76,7 @@ fn lower_priority(nice: i32) {
     // SAFETY: nice(2) only changes the calling thread's scheduling weight. It answers -1 both
     // for a new value of -1 and for an error; errno tells them apart.
     if unsafe { nix::libc::nice(nice) } == -1 && Errno::last_raw() != 0 {
-        tracing::warn!(nice, error = %Errno::last(), "cannot lower the priority of detached runs");
+        tracing::warn!(nice, error = %Errno::last(), "cannot lower the priority of a runtime's threads");
     }
 }
 
