@@ -64,6 +64,7 @@ impl Process {
             env_remove: &remove,
             cgroup_procs: scope.cgroup_procs(),
             cgroup_v2: scope.cgroup_v2(),
+            cgroup_dir: scope.cgroup_dir(),
             cwd: launch.cwd.as_deref(),
         };
         let child = super::spawn::spawn(&spec).map_err(|e| failure(&shown, e))?;

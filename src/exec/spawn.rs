@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -71,6 +71,8 @@ pub struct SpawnSpec<'a> {
     pub cgroup_procs: Option<&'a CStr>,
     /// That cgroup is a cgroup v2 one: the child is born in it where the kernel allows.
     pub cgroup_v2: bool,
+    /// That cgroup's directory, opened (`O_PATH`) by its owner; opened here when `None`.
+    pub cgroup_dir: Option<BorrowedFd<'a>>,
     /// The child's working directory (the gateway's when `None`).
     pub cwd: Option<&'a Path>,
 }
@@ -249,8 +251,15 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
         _strings: (path, args, env, cwd, procs),
         _pointers: (argv, envp),
     };
+    let opened;
     let born_in = match spec.cgroup_procs {
-        Some(procs) if spec.cgroup_v2 && try_clone3 && INTO_CGROUP.load(Ordering::Relaxed) => cgroup_dir(procs),
+        Some(procs) if spec.cgroup_v2 && try_clone3 && INTO_CGROUP.load(Ordering::Relaxed) => match spec.cgroup_dir {
+            Some(dir) => Some(dir.as_raw_fd()),
+            None => {
+                opened = cgroup_dir(procs);
+                opened.as_ref().map(|d| d.as_raw_fd())
+            }
+        },
         _ => None,
     };
     let mut pidfd: libc::c_int = -1;
@@ -271,9 +280,9 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
         let mut pid: libc::c_long = -1;
         if try_clone3 {
             let mut refused = None;
-            if let Some(dir) = &born_in {
+            if let Some(dir) = born_in {
                 memory.args.procs = std::ptr::null();
-                pid = clone3_vm(stack, Some(dir.as_raw_fd()), &mut pidfd, arg);
+                pid = clone3_vm(stack, Some(dir), &mut pidfd, arg);
                 born = pid > 0;
                 if pid < 0 {
                     // E2BIG, EINVAL: a clone3 without CLONE_INTO_CGROUP (Linux 5.3–5.6), which
@@ -485,6 +494,7 @@ mod tests {
             env_remove: &[],
             cgroup_procs: None,
             cgroup_v2: false,
+            cgroup_dir: None,
             cwd: None,
         }
     }
@@ -515,6 +525,7 @@ mod tests {
                 env_remove: &["HOME"],
                 cgroup_procs: scope.cgroup_procs(),
                 cgroup_v2: scope.cgroup_v2() && born,
+                cgroup_dir: scope.cgroup_dir(),
                 cwd: None,
             };
             let child = spawn_with(&spec, clone3).unwrap();
@@ -557,6 +568,7 @@ mod tests {
             let spec = SpawnSpec {
                 cgroup_procs: Some(procs),
                 cgroup_v2,
+                cgroup_dir: None,
                 ..plain(Path::new("/bin/true"), &[])
             };
             let result = failure(&spec).await;
@@ -573,6 +585,7 @@ mod tests {
         let spec = SpawnSpec {
             cgroup_procs: Some(&missing),
             cgroup_v2: true,
+            cgroup_dir: None,
             ..plain(Path::new("/bin/true"), &[])
         };
         let mut child = spawn_with(&spec, false).unwrap();
