@@ -11,7 +11,9 @@
 //! parent (see [`super::child`]), and then execs:
 //!
 //! 1. every signal handler the gateway installed is reset to the default (the child must never
-//!    run a gateway handler in the gateway's memory; all signals are blocked until then);
+//!    run a gateway handler in the gateway's memory; all signals are blocked until then): by the
+//!    kernel where `clone3` takes `CLONE_CLEAR_SIGHAND`, so that the child only resets SIGPIPE,
+//!    else one signal at a time;
 //! 2. it writes itself into the run's cgroup (`cgroup.procs`), when there is one and it was not
 //!    born there (below);
 //! 3. `setpgid(0, 0)`: its own process group, and `chdir` to its working directory if it has one;
@@ -246,6 +248,7 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
             procs: procs_ptr,
             cwd: cwd.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
             report: report_w.as_raw_fd(),
+            handlers_cleared: false,
         }),
         stack: Vec::with_capacity(CHILD_STACK),
         _strings: (path, args, env, cwd, procs),
@@ -280,6 +283,8 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
         let mut pid: libc::c_long = -1;
         if try_clone3 {
             let mut refused = None;
+            // Set for the child, which reads it once it runs (it shares this memory).
+            memory.args.handlers_cleared = true;
             if let Some(dir) = born_in {
                 memory.args.procs = std::ptr::null();
                 pid = clone3_vm(stack, Some(dir), &mut pidfd, arg);
@@ -298,10 +303,14 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
             if pid < 0 && refused != Some(enosys) {
                 pid = clone3_vm(stack, None, &mut pidfd, arg);
             }
-            if pid == enosys {
-                // No clone3 (or seccomp says so): later runs do not ask again.
+            if pid == enosys || pid == -(libc::EINVAL as libc::c_long) {
+                // No clone3 (or seccomp says so), or one without CLONE_CLEAR_SIGHAND (Linux
+                // 5.3–5.4): later runs do not ask again.
                 CLONE3.store(false, Ordering::Relaxed);
             }
+        }
+        if pid < 0 {
+            memory.args.handlers_cleared = false;
         }
         if pid < 0 {
             pid = clone_vm(top, &mut pidfd, arg);
