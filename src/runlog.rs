@@ -36,6 +36,10 @@ const RECENT_BYTES: usize = 128 * 1024;
 
 /// Empty files the background thread keeps ready; it refills the pool when it falls below half.
 const SPARES: usize = 64;
+/// Files of kept logs given back before the background thread is woken to recycle them: one
+/// wake per run was a futex wake and a context switch on a busy two-core machine; the pool keeps
+/// enough ready files for the lag, and the thread's one-second timer recycles stragglers.
+const RETURN_BATCH: usize = 16;
 /// Empty files kept at most (recycled logs beyond the refill target), so that a burst of runs
 /// as large as this finds a file for each without creating one.
 const SPARES_MAX: usize = 1024;
@@ -89,8 +93,11 @@ impl Spares {
     /// here when there is no such thread).
     fn give_back(&self, path: PathBuf, file: File) {
         if self.refilled.load(Ordering::Relaxed) {
-            self.pool.lock().expect("spares lock").returned.push((path, file));
-            self.low.notify_one();
+            let mut pool = self.pool.lock().expect("spares lock");
+            pool.returned.push((path, file));
+            if pool.returned.len() >= RETURN_BATCH {
+                self.low.notify_one();
+            }
         } else if let Err(e) = self.recycle(&path, &file) {
             tracing::warn!(path = %path.display(), error = %e, "cannot reuse a kept log's file");
         }
@@ -125,7 +132,7 @@ impl Spares {
                     tracing::warn!(path = %path.display(), error = %e, "cannot reuse a kept log's file");
                 }
             }
-            // Filled up only once below half, not on every wake (a file given back wakes it).
+            // Filled up only once below half, not on every wake (files given back wake it).
             let ready = pool.pool.lock().expect("spares lock").ready.len();
             let missing = if ready < SPARES / 2 { SPARES - ready } else { 0 };
             let mut failed = false;
@@ -144,7 +151,7 @@ impl Spares {
             // Woken when the pool runs low or a file comes back; the timeout notices a dropped
             // directory. After a failure (a full or read-only disk) the next try to fill the pool
             // waits for the timeout: no spinning.
-            let idle = |p: &mut Pool| p.returned.is_empty() && (failed || p.ready.len() >= SPARES / 2);
+            let idle = |p: &mut Pool| p.returned.len() < RETURN_BATCH && (failed || p.ready.len() >= SPARES / 2);
             drop(pool.low.wait_timeout_while(guard, Duration::from_secs(1), idle));
         }
     }
