@@ -588,8 +588,9 @@ async fn sqlite_lives_in_data_dir_in_wal_mode() {
 /// the WAL does not grow with every commit: after each background pass the writer copies what
 /// came meanwhile, so the WAL can start over. 1500 runs are 4500 commits of 12–24 pages each,
 /// about 200 MiB of WAL frames if the WAL never started over (without the writer's part it
-/// reached 112 MB here); with a checkpoint every 64 commits it stays a few MiB, whether the
-/// runs come one at a time or eight at once (commits overlapping each pass).
+/// reached 112 MB here); with a checkpoint every 256 commits it stays under 20 MiB (17 MiB
+/// measured at eight at once), whether the runs come one at a time or eight at once (commits
+/// overlapping each pass).
 async fn the_wal_stays_small(concurrency: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(None, dir.path()).await.unwrap();
@@ -614,7 +615,7 @@ async fn the_wal_stays_small(concurrency: usize) {
         t.await.unwrap();
     }
     let largest = largest.load(Ordering::Relaxed);
-    assert!(largest < 16 << 20, "the WAL grew to {largest} bytes");
+    assert!(largest < 32 << 20, "the WAL grew to {largest} bytes");
     let (newest, _) = store.list(&ListQuery::default()).await.unwrap();
     assert_eq!((newest.len(), newest[0].run_id.as_str()), (50, "wal-1499"));
     assert_eq!(newest[0].state, RecordState::Finished);
