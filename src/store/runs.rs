@@ -131,27 +131,8 @@ impl Store {
             None => None,
             Some(text) => Some(Cursor::decode(text).ok_or_else(|| ListError::Invalid("malformed cursor".into()))?),
         };
-        let mut sql = format!("SELECT {COLUMNS} FROM runs WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        let filters = [
-            ("state", query.state.map(|s| s.as_str())),
-            ("cli", query.cli.as_deref()),
-            ("session_id", query.session_id.as_deref()),
-            ("owner", query.owner.as_deref()),
-        ];
-        for (column, value) in filters {
-            if value.is_some() {
-                sql.push_str(&format!(" AND {column} = ${}", next()));
-            }
-        }
-        if cursor.is_some() {
-            sql.push_str(&format!(" AND (created_at, run_id) < (${}, ${})", next(), next()));
-        }
-        sql.push_str(&format!(" ORDER BY created_at DESC, run_id DESC LIMIT ${}", next()));
+        let filters = list_filters(query);
+        let sql = list_sql(query, cursor.is_some());
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (_, value) in filters {
             if let Some(v) = value {
@@ -226,6 +207,45 @@ fn count(n: u64) -> Result<i64> {
 }
 
 /// A row of [`COLUMNS`] → record.
+/// The column filters of a list query, in the order of their parameters.
+fn list_filters(query: &ListQuery) -> [(&'static str, Option<&str>); 4] {
+    [
+        ("state", query.state.map(|s| s.as_str())),
+        ("cli", query.cli.as_deref()),
+        ("session_id", query.session_id.as_deref()),
+        ("owner", query.owner.as_deref()),
+    ]
+}
+
+/// The SQL of a list query (`$n` for each filter given, the cursor's two values, the limit).
+/// A state filter also names its partial index's own condition: there is no index on the state
+/// column itself (see `migrations/*/0006_state_indexes.sql`), and SQLite only uses a partial index
+/// for a query that repeats its `WHERE` term.
+fn list_sql(query: &ListQuery, cursor: bool) -> String {
+    let mut sql = format!("SELECT {COLUMNS} FROM runs WHERE 1 = 1");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for (column, value) in list_filters(query) {
+        if value.is_some() {
+            sql.push_str(&format!(" AND {column} = ${}", next()));
+        }
+    }
+    match query.state {
+        Some(RecordState::Queued | RecordState::Running) => sql.push_str(" AND state IN ('queued', 'running')"),
+        Some(RecordState::Interrupted) => sql.push_str(" AND state = 'interrupted'"),
+        // Most records: read in order from runs_newest.
+        Some(RecordState::Finished) | None => {}
+    }
+    if cursor {
+        sql.push_str(&format!(" AND (created_at, run_id) < (${}, ${})", next(), next()));
+    }
+    sql.push_str(&format!(" ORDER BY created_at DESC, run_id DESC LIMIT ${}", next()));
+    sql
+}
+
 pub(super) fn decode(row: &AnyRow) -> Result<RunRecord> {
     let text = |i: usize| -> Result<String> { Ok(row.try_get::<String, _>(i)?) };
     let opt_text = |i: usize| -> Result<Option<String>> { Ok(row.try_get::<Option<String>, _>(i)?) };
@@ -268,4 +288,60 @@ pub(super) fn decode(row: &AnyRow) -> Result<RunRecord> {
         branch_hold: None,
         state_hold: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `plan` reads the index `name`.
+    fn reads(plan: &str, name: &str) -> bool {
+        plan.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w == ["INDEX", name])
+    }
+
+    /// The plan SQLite makes for `sql` (its steps, joined).
+    fn plan(db: &std::path::Path, sql: &str) -> String {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let steps = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |row| row.get::<_, String>(3))
+            .unwrap();
+        steps.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Without an index on the state column, each state filter and an instance's active runs still
+    /// read an index in the listing's order: the partial ones for queued/running and for
+    /// interrupted records, `runs_newest` for finished ones; nothing is sorted in memory.
+    #[tokio::test]
+    async fn state_filters_and_active_runs_read_an_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(None, dir.path()).await.unwrap();
+        let db = dir.path().join("cligate.db");
+        let cases = [
+            (Some(RecordState::Queued), "runs_active_newest"),
+            (Some(RecordState::Running), "runs_active_newest"),
+            (Some(RecordState::Interrupted), "runs_interrupted_newest"),
+            (Some(RecordState::Finished), "runs_newest"),
+            (None, "runs_newest"),
+        ];
+        for (state, index) in cases {
+            for cursor in [false, true] {
+                let query = ListQuery {
+                    state,
+                    ..ListQuery::default()
+                };
+                let plan = plan(&db, &list_sql(&query, cursor));
+                assert!(reads(&plan, index), "{state:?}: {plan}");
+                assert!(!plan.contains("TEMP B-TREE"), "{state:?}: {plan}");
+            }
+        }
+        let active = "SELECT run_id FROM runs WHERE instance = 'i' AND state IN ('queued', 'running') \
+                      ORDER BY created_at DESC, run_id DESC";
+        let plan = plan(&db, active);
+        assert!(reads(&plan, "runs_active_newest"), "{plan}");
+    }
 }
