@@ -14,6 +14,12 @@
 //! - The cap is clamped so that connections plus runs cannot exhaust the file descriptors the
 //!   process may open ([`ConnectionCap`]); the binary first raises its soft `RLIMIT_NOFILE` to
 //!   the hard limit ([`raise_fd_limit`]).
+//!
+//! # Log followers
+//! A connection whose first request is `GET /runs/{id}/stream` is served on the log followers'
+//! runtime, at `STREAM_READER_NICE` (see [`crate::priority`]); every other one on the HTTP
+//! workers. The first request is peeked at (left on the socket for hyper), within the same
+//! `REQUEST_READ_TIMEOUT_SECONDS`; a connection that has sent nothing by the shutdown is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
