@@ -58,7 +58,7 @@ fn runtime(name: &'static str, nice: i32) -> Handle {
             .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()
-            .expect("the detached runs' runtime starts");
+            .expect("a lower-priority runtime starts");
         Box::leak(Box::new(runtime))
     });
     runtime.handle().clone()

@@ -311,8 +311,6 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
         }
         if pid < 0 {
             memory.args.handlers_cleared = false;
-        }
-        if pid < 0 {
             pid = clone_vm(top, &mut pidfd, arg);
         }
         if pid == enosys {

@@ -206,7 +206,6 @@ fn count(n: u64) -> Result<i64> {
     i64::try_from(n).map_err(|_| anyhow!("byte count {n} is too large to store"))
 }
 
-/// A row of [`COLUMNS`] → record.
 /// The column filters of a list query, in the order of their parameters.
 fn list_filters(query: &ListQuery) -> [(&'static str, Option<&str>); 4] {
     [
@@ -246,6 +245,7 @@ fn list_sql(query: &ListQuery, cursor: bool) -> String {
     sql
 }
 
+/// A row of [`COLUMNS`] → record.
 pub(super) fn decode(row: &AnyRow) -> Result<RunRecord> {
     let text = |i: usize| -> Result<String> { Ok(row.try_get::<String, _>(i)?) };
     let opt_text = |i: usize| -> Result<Option<String>> { Ok(row.try_get::<Option<String>, _>(i)?) };
