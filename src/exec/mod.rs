@@ -9,6 +9,7 @@
 mod child;
 pub mod docker;
 pub mod local;
+mod lookup;
 mod process;
 pub mod spawn;
 

@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use super::lookup::lookups;
 use super::spawn::{SpawnError, SpawnSpec, Spawned};
 use super::{Execution, Launch, StartFailure, Stdio};
-use crate::config::resolve_program;
 use crate::run::containment::Scope;
 use crate::run::plan::GATEWAY_SECRETS;
 
@@ -30,7 +30,7 @@ pub struct Process {
 
 impl Process {
     /// Starts `launch` in a new process group inside `scope` (see [`super::spawn`]: no fork),
-    /// looking a bare program name up on `search_path`. Returns once the child exists: a
+    /// looking a bare program name up on `search_path` (see [`super::lookup`]). Returns once the child exists: a
     /// child that then fails to join its cgroup or to exec exits at once, and
     /// [`Execution::start_failure`] says why.
     pub fn start(launch: &Launch, search_path: &OsStr, scope: &Scope) -> Result<Process, StartFailure> {
@@ -38,7 +38,7 @@ impl Process {
         let program = launch
             .program
             .to_str()
-            .and_then(|p| resolve_program(p, search_path))
+            .and_then(|p| lookups().resolve(p, search_path))
             .ok_or_else(|| StartFailure {
                 code: 127,
                 message: format!("cligate: '{shown}' was not found on PATH\n"),
