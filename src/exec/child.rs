@@ -9,14 +9,15 @@
 //! `errno` too. On x86-64 every call here is a raw `syscall`; elsewhere the parent waits for the
 //! child (`CLONE_VFORK`) and libc's wrappers are used.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use nix::libc;
 
 /// Stack of the child while it shares the parent's memory: it only makes system calls, and the
 /// stack is held until the child is reaped, so it is small.
 pub const CHILD_STACK: usize = 16 * 1024;
 
-/// What the child needs, prepared by the parent. It only reads it; a failure is reported on the
-/// `report` pipe, never written here.
+/// What the child needs, prepared by the parent. It only reads it, except for [`Self::report`].
 #[repr(C)]
 pub struct ChildArgs {
     pub path: *const libc::c_char,
@@ -28,10 +29,11 @@ pub struct ChildArgs {
     pub procs: *const libc::c_char,
     /// The working directory to change to, or null.
     pub cwd: *const libc::c_char,
-    /// The write end of a close-on-exec pipe: a failed step is written there as two native
-    /// `i32`s (the step — 1: cgroup, 2: set-up, 3: exec — and the errno), read by the parent
-    /// once the child has exited.
-    pub report: libc::c_int,
+    /// A failed step, written by the child before it exits: the step (1: cgroup, 2: set-up,
+    /// 3: exec; 0 while none failed) and the errno. The child shares this memory until it
+    /// execs, so no pipe is needed to tell the parent, which reads it once the child has been
+    /// reaped (the kernel's exit and wait order the stores before the read).
+    pub report: [AtomicI32; 2],
     /// The child was started by `clone3` with `CLONE_CLEAR_SIGHAND`: the kernel has set every
     /// caught signal back to its default already, and only an ignored SIGPIPE is left to reset
     /// (one system call instead of two per signal, 70 per run).
@@ -66,12 +68,12 @@ pub extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 ],
             );
             if fd < 0 {
-                fail(a.report, STEP_CGROUP, fd);
+                fail(a, STEP_CGROUP, fd);
             }
             let written = sys(libc::SYS_write, [fd as usize, b"0".as_ptr() as usize, 1, 0]);
             if written != 1 {
                 fail(
-                    a.report,
+                    a,
                     STEP_CGROUP,
                     if written < 0 {
                         written
@@ -85,19 +87,19 @@ pub extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // 3. Its own process group, and its working directory.
         let done = sys(libc::SYS_setpgid, [0, 0, 0, 0]);
         if done < 0 {
-            fail(a.report, 2, done);
+            fail(a, 2, done);
         }
         if !a.cwd.is_null() {
             let done = sys(libc::SYS_chdir, [a.cwd as usize, 0, 0, 0]);
             if done < 0 {
-                fail(a.report, 2, done);
+                fail(a, 2, done);
             }
         }
         // 4. The pipes as 0, 1, 2 (`dup3` clears close-on-exec; the fds are ≥ 3, never equal).
         for (target, fd) in a.fds.into_iter().enumerate() {
             let done = sys(libc::SYS_dup3, [fd as usize, target, 0, 0]);
             if done < 0 {
-                fail(a.report, 2, done);
+                fail(a, 2, done);
             }
         }
         // 5. An empty signal mask (as std gives a child), then the program.
@@ -107,19 +109,20 @@ pub extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             [libc::SIG_SETMASK as usize, &none as *const u64 as usize, 0, 8],
         );
         let done = sys(libc::SYS_execve, [a.path as usize, a.argv as usize, a.envp as usize, 0]);
-        fail(a.report, 3, done)
+        fail(a, 3, done)
     }
 }
 
-/// Reports `step` and the error of `ret` (a negated errno) on `report`, then exits with 127.
+/// Reports `step` and the error of `ret` (a negated errno) in `a`, then exits with 127.
 ///
 /// # Safety
 /// Only in the child.
-unsafe fn fail(report: libc::c_int, step: i32, ret: libc::c_long) -> ! {
-    let message = [step, (-ret) as i32];
-    // SAFETY: writes a local array; then the process ends.
+unsafe fn fail(a: &ChildArgs, step: i32, ret: libc::c_long) -> ! {
+    // Plain stores to memory the parent reads after reaping this process; no call, no errno.
+    a.report[1].store((-ret) as i32, Ordering::Relaxed);
+    a.report[0].store(step, Ordering::Release);
+    // SAFETY: the process ends.
     unsafe {
-        sys(libc::SYS_write, [report as usize, message.as_ptr() as usize, 8, 0]);
         loop {
             sys(libc::SYS_exit_group, [127, 0, 0, 0]);
         }

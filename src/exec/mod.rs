@@ -68,7 +68,8 @@ pub struct Prepared {
 
 /// The pipes of a started launch, each taken once by the supervisor.
 pub struct Stdio {
-    pub stdin: pipe::Sender,
+    /// The write end of its stdin, blocking: registered only when there is something to write.
+    pub stdin: std::os::fd::OwnedFd,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
 }

@@ -20,8 +20,9 @@
 //! 4. the pipes become its stdin, stdout and stderr;
 //! 5. an empty signal mask (as std gives a child), then `execve`.
 //!
-//! A failure at any step is written to a close-on-exec pipe, and the child exits with 127; the
-//! parent reads that pipe once the child has exited ([`Spawned::start_failure`]).
+//! A failure at any step is written into the memory the child shares with the parent (no pipe
+//! is needed for it), and the child exits with 127; the parent reads it once the child has been
+//! reaped ([`Spawned::start_failure`]).
 //!
 //! **The parent does not wait for the exec.** `posix_spawn` (and this module until now) passes
 //! `CLONE_VFORK`: the calling thread sleeps until the child execs. Traced with `perf sched`, that
@@ -94,11 +95,14 @@ pub struct Spawned {
     pidfd: AsyncFd<OwnedFd>,
     status: Option<ExitStatus>,
     born_in_cgroup: bool,
-    /// The read end of the pipe the child reports a failed step on (non-blocking).
-    report: OwnedFd,
+    /// The child's report of a failed step (step, errno), taken from its memory when it was
+    /// reaped; `None` until then.
+    report: Option<[i32; 2]>,
     /// What the child runs on until it execs; kept until it is reaped.
     memory: Option<ChildMemory>,
-    pub stdin: Option<pipe::Sender>,
+    /// The write end of its stdin (blocking, not registered with a runtime: most runs write
+    /// nothing and only close it).
+    pub stdin: Option<OwnedFd>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
 }
@@ -115,6 +119,14 @@ struct ChildMemory {
 // SAFETY: the raw pointers point into the value's own heap allocations, which move with it; the
 // parent never reads or writes through them after the clone.
 unsafe impl Send for ChildMemory {}
+
+impl ChildMemory {
+    /// The child's report of a failed step: `[0, _]` when none failed (so far).
+    fn report(&self) -> [i32; 2] {
+        let step = self.args.report[0].load(Ordering::Acquire);
+        [step, self.args.report[1].load(Ordering::Relaxed)]
+    }
+}
 
 impl std::fmt::Debug for ChildMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +164,16 @@ fn pipe_above_stdio(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: both descriptors are new and owned here.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// The read end of one of our own pipes as a non-blocking tokio receiver: without tokio's checks
+/// of what it is (an `fstat` and an `F_GETFL`), which would tell nothing new here.
+fn receiver(fd: OwnedFd) -> io::Result<pipe::Receiver> {
+    // SAFETY: sets the status flags of our own descriptor (a pipe's read end, opened with none).
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    pipe::Receiver::from_owned_fd_unchecked(fd)
 }
 
 fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
@@ -236,8 +258,6 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
     let (stdin_r, stdin_w) = pipe_above_stdio(0).map_err(start)?;
     let (stdout_r, stdout_w) = pipe_above_stdio(0).map_err(start)?;
     let (stderr_r, stderr_w) = pipe_above_stdio(0).map_err(start)?;
-    // Non-blocking: read once the child has exited, when it holds a report or nothing.
-    let (report_r, report_w) = pipe_above_stdio(libc::O_NONBLOCK).map_err(start)?;
     let procs_ptr = procs.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
     let mut memory = ChildMemory {
         args: Box::new(ChildArgs {
@@ -247,7 +267,7 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
             fds: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
             procs: procs_ptr,
             cwd: cwd.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
-            report: report_w.as_raw_fd(),
+            report: Default::default(),
             handlers_cleared: false,
         }),
         stack: Vec::with_capacity(CHILD_STACK),
@@ -334,15 +354,15 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
     // SAFETY: CLONE_PIDFD gave us a new descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     // The child has its own copies of these (no CLONE_FILES).
-    drop((stdin_r, stdout_w, stderr_w, report_w));
+    drop((stdin_r, stdout_w, stderr_w));
     let registered = (|| -> io::Result<_> {
         Ok((
             // SAFETY: an OwnedFd keeps its descriptor open and unchanged while the AsyncFd owns it.
             unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(io::Error::from)?,
-            pipe::Sender::from_owned_fd(stdin_w)?,
+            stdin_w,
             // Driven by the output runtime (see `super::output_runtime`).
-            super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stdout_r))?,
-            super::on_output_runtime(|| pipe::Receiver::from_owned_fd(stderr_r))?,
+            super::on_output_runtime(|| receiver(stdout_r))?,
+            super::on_output_runtime(|| receiver(stderr_r))?,
         ))
     })();
     match registered {
@@ -351,7 +371,7 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
             born_in_cgroup: born,
             pidfd,
             status: None,
-            report: report_r,
+            report: None,
             memory: Some(memory),
             stdin: Some(stdin),
             stdout: Some(stdout),
@@ -392,22 +412,19 @@ impl Spawned {
     /// Once the child has exited: the step that failed before it could run its program
     /// (joining its cgroup, or the exec), if one did. Read once.
     pub fn start_failure(&mut self) -> Option<SpawnError> {
-        let mut report = [0u8; 8];
-        // SAFETY: reads into a local buffer from our own non-blocking descriptor.
-        let got = unsafe { libc::read(self.report.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) };
-        if got <= 0 {
-            // End of file (it exec'd), or nothing yet: a sibling spawned meanwhile may still hold
-            // a copy of the write end until its own exec.
-            return None;
-        }
-        let error = match got {
-            8 => io::Error::from_raw_os_error(i32::from_ne_bytes([report[4], report[5], report[6], report[7]])),
-            _ => io::Error::other("the child's report of a failed start was cut short"),
+        let [step, errno] = match (&self.report, &self.memory) {
+            (Some(report), _) => *report,
+            // Not reaped yet (a caller that did not wait): whatever it has written so far.
+            (None, Some(memory)) => memory.report(),
+            (None, None) => return None,
         };
-        Some(match i32::from_ne_bytes([report[0], report[1], report[2], report[3]]) {
-            STEP_CGROUP => SpawnError::Cgroup(error),
-            _ => SpawnError::Start(error),
-        })
+        self.report = Some([0, 0]);
+        let error = io::Error::from_raw_os_error(errno);
+        match step {
+            0 => None,
+            STEP_CGROUP => Some(SpawnError::Cgroup(error)),
+            _ => Some(SpawnError::Start(error)),
+        }
     }
 
     /// Sends `signal` to the child itself, through its pidfd: once it has been reaped, nothing
@@ -438,7 +455,7 @@ impl Spawned {
             if done == self.pid {
                 let status = ExitStatus::from_raw(status);
                 self.status = Some(status);
-                self.memory = None;
+                self.report = self.memory.take().map(|m| m.report());
                 return Ok(status);
             }
             if done < 0 {
@@ -481,7 +498,7 @@ mod tests {
     }
 
     async fn output(mut child: Spawned, stdin: &[u8]) -> (String, ExitStatus) {
-        let mut w = child.stdin.take().unwrap();
+        let mut w = pipe::Sender::from_owned_fd(child.stdin.take().unwrap()).unwrap();
         w.write_all(stdin).await.unwrap();
         drop(w);
         let mut out = String::new();

@@ -174,7 +174,7 @@ async fn drive(
 ) -> End {
     run.set_state(RunState::Running { pid: execution.pid() });
     let Stdio {
-        stdin: mut stdin_pipe,
+        stdin: stdin_pipe,
         stdout,
         stderr,
     } = execution.stdio().expect("a started execution has its pipes");
@@ -184,8 +184,11 @@ async fn drive(
     // An empty stdin needs no task: dropping the pipe closes it.
     let writer = (!stdin.is_empty()).then(|| {
         tokio::spawn(async move {
-            let _ = stdin_pipe.write_all(stdin.as_bytes()).await;
-            let _ = stdin_pipe.shutdown().await;
+            let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_pipe) else {
+                return;
+            };
+            let _ = pipe.write_all(stdin.as_bytes()).await;
+            let _ = pipe.shutdown().await;
         })
     });
     let ended = CancellationToken::new();
