@@ -70,7 +70,8 @@ fn opt_text(s: Option<&str>) -> Param {
 }
 
 impl Op {
-    /// The statement (portable SQL, `$1…$n`) and its values in the order of their numbers.
+    /// The statement (portable SQL, `$1…$n`, each first used in the order of its number, so
+    /// that SQLite's index of `$k` is `k`) and its values in that order.
     fn statement(&self) -> Result<(&'static str, Vec<Param>), serde_json::Error> {
         Ok(match self {
             Op::Insert(run) => (
@@ -112,8 +113,8 @@ impl Op {
             ),
             Op::Finish { run_id, end, .. } => (
                 "UPDATE runs SET state = $1, exit_code = $2, reason = $3, finished_at = $4, stdout_bytes = $5, \
-                 stderr_bytes = $6, log_bytes = $7, git = COALESCE($9, git) \
-                 WHERE run_id = $8 AND state IN ('queued', 'running')",
+                 stderr_bytes = $6, log_bytes = $7, git = COALESCE($8, git) \
+                 WHERE run_id = $9 AND state IN ('queued', 'running')",
                 vec![
                     text(end.state.as_str()),
                     Param::Int(end.exit_code.map(i64::from)),
@@ -122,8 +123,8 @@ impl Op {
                     Param::Int(Some(saturate(end.stdout_bytes))),
                     Param::Int(Some(saturate(end.stderr_bytes))),
                     Param::Int(Some(saturate(end.log_bytes))),
-                    text(run_id),
                     Param::Text(end.git.as_ref().map(|v| v.to_string())),
+                    text(run_id),
                 ],
             ),
             Op::SetCallback { run_id, callback } => (
@@ -176,11 +177,9 @@ impl Op {
         fn run(tx: &rusqlite::Transaction, (sql, params): (&'static str, Vec<Param>)) -> Result<u64> {
             let mut stmt = tx.prepare_cached(sql)?;
             for (i, p) in params.iter().enumerate() {
-                // Bound by the number in the name (`$9` may come before `$8` in the text).
-                let name = format!("${}", i + 1);
-                let index = stmt
-                    .parameter_index(&name)?
-                    .ok_or_else(|| anyhow!("no parameter {name} in the statement"))?;
+                // `$k` is the k-th parameter: the statements use them in order (a unit test
+                // checks each).
+                let index = i + 1;
                 match p {
                     Param::Text(v) => stmt.raw_bind_parameter(index, v)?,
                     Param::Int(v) => stmt.raw_bind_parameter(index, v)?,
@@ -279,5 +278,72 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> Vec<Result<u64, Str
     match tx.commit() {
         Ok(()) => results,
         Err(e) => all(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RecordState;
+
+    /// Every hot statement uses `$1…$n` in order, so binding by position binds `$k` to the
+    /// k-th value; and each runs on the real schema, with a row to change.
+    #[test]
+    fn each_statement_numbers_its_parameters_in_order() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut migrations: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        migrations.sort();
+        for m in migrations {
+            conn.execute_batch(&std::fs::read_to_string(m).unwrap()).unwrap();
+        }
+        let end = Finish {
+            state: RecordState::Finished,
+            exit_code: Some(0),
+            reason: None,
+            finished_at: 2,
+            stdout_bytes: 3,
+            stderr_bytes: 4,
+            log_bytes: 5,
+            git: Some(serde_json::json!({"pushed": true})),
+        };
+        let ops = [
+            Op::Insert(Box::new(RunRecord::queued("r", "s", "true", "i", 1))),
+            Op::MarkRunning {
+                run_id: "r".into(),
+                at: 1,
+            },
+            Op::Finish {
+                run_id: "r".into(),
+                end,
+                log: Some(b"{}\n".to_vec()),
+            },
+            Op::SetCallback {
+                run_id: "r".into(),
+                callback: "{}".into(),
+            },
+        ];
+        for op in &ops {
+            let (sql, params) = op.statement().unwrap();
+            let stmt = conn.prepare(sql).unwrap();
+            assert_eq!(stmt.parameter_count(), params.len(), "{sql}");
+            for k in 1..=params.len() {
+                assert_eq!(stmt.parameter_name(k), Some(format!("${k}").as_str()), "{sql}");
+            }
+            drop(stmt);
+            let tx = conn.transaction().unwrap();
+            assert_eq!(op.execute_sqlite(&tx).unwrap(), 1, "{sql}");
+            tx.commit().unwrap();
+        }
+        let row: (String, i64, i64, String, String) = conn
+            .query_row(
+                "SELECT state, finished_at, log_bytes, git, callback FROM runs WHERE run_id = 'r'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(row, ("finished".into(), 2, 5, r#"{"pushed":true}"#.into(), "{}".into()));
     }
 }
