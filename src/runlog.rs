@@ -9,12 +9,16 @@
 //! Creating a file costs the file system an inode allocation, which on a busy ext4 is the largest
 //! single cost of a short run (measured: over a third of the gateway's CPU per `true` run, and
 //! 410 µs per file in a directory next to many recently deleted ones). So a run's log is not
-//! created on the run's path: a background thread keeps a few empty files ready and a run renames
-//! one into place. And most logs never free their inode: a finished run's log of at most
-//! [`KEEP_MAX`] bytes is kept with its record in the store (see `Runs::finish`), and once the last
-//! reader of the live log is gone its file is emptied and renamed back into that pool
-//! ([`RunLog::recycle_when_unused`]); a deleted log's file goes back there too. The pool's files
-//! outlive the process and are taken up again by the next one.
+//! created on the run's path: a background thread keeps a few empty files ready, each already
+//! named as the log of a run id nobody has had yet, and a new run takes one *with its name*: the
+//! run's id is the ready file's ([`LogDir::lease_run_id`]), so nothing is created or renamed on
+//! the run's path (renaming a ready file into place was 5% of the HTTP workers' time). And most
+//! logs never free their inode: a finished run's log of at most [`KEEP_MAX`] bytes is kept with
+//! its record in the store (see `Runs::finish`), and once the last reader of the live log is gone
+//! its file is emptied and renamed to a new id in that pool ([`RunLog::recycle_when_unused`]); a
+//! deleted log's file goes back there too. An id once handed out is never a ready file's name
+//! again. A ready file looks like the empty log of a run, so the next process tells them apart by
+//! the store: files no record names are taken up again, under new names ([`LogDir::adopt`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -45,8 +49,10 @@ const RETURN_BATCH: usize = 16;
 const SPARES_MAX: usize = 1024;
 /// The largest finished log kept in the store instead of its file.
 pub const KEEP_MAX: u64 = 16 * 1024;
-/// Names of the ready files in the log directory (never a run id: those have no leading dot).
+/// Names of the ready files of earlier versions (deleted at start-up).
 const SPARE_PREFIX: &str = ".spare-";
+/// The end of a log's file name; the rest is its run id.
+const SUFFIX: &str = ".ndjson";
 
 /// Where the logs live.
 #[derive(Debug, Clone)]
@@ -57,8 +63,8 @@ pub struct LogDir {
     spares: Arc<Spares>,
 }
 
-/// Empty files in the log directory, ready to become a run's log by a rename. Only their names
-/// are kept (no descriptor is held for them).
+/// Empty files in the log directory, each named as the log of a run id nobody has had yet, ready
+/// to become that run's log. Only their ids are kept (no descriptor is held for them).
 #[derive(Debug)]
 struct Spares {
     root: PathBuf,
@@ -67,26 +73,64 @@ struct Spares {
     low: Condvar,
     /// The background thread runs (it then empties given-back files, off the run's path).
     refilled: AtomicBool,
-    next: AtomicU64,
-    /// Part of every new name, so that names never meet those an earlier process left.
-    nonce: u32,
+    /// Files the background thread tried to make.
+    tries: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Pool {
-    ready: Vec<PathBuf>,
+    /// Ids of ready files.
+    ready: Vec<String>,
+    /// Ids of ready files handed out ([`LogDir::lease_run_id`]) whose log is not created yet.
+    lent: Vec<String>,
     /// Files of kept logs, to be emptied and made ready.
     returned: Vec<(PathBuf, File)>,
 }
 
 impl Spares {
-    fn take(&self) -> Option<PathBuf> {
+    fn path(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}{SUFFIX}"))
+    }
+
+    /// Lends the id of a ready file, if there is one.
+    fn lend(&self) -> Option<String> {
         let mut pool = self.pool.lock().expect("spares lock");
-        let spare = pool.ready.pop();
+        let id = pool.ready.pop()?;
+        pool.lent.push(id.clone());
         if pool.ready.len() < SPARES / 2 {
             self.low.notify_one();
         }
-        spare
+        Some(id)
+    }
+
+    /// Whether `id` was lent (and is no more): its ready file is there to be the log.
+    fn claim(&self, id: &str) -> bool {
+        let mut pool = self.pool.lock().expect("spares lock");
+        let found = pool.lent.iter().position(|l| l == id);
+        found.map(|i| pool.lent.swap_remove(i)).is_some()
+    }
+
+    /// A lent id whose log was never created: its file is ready again, under the same name
+    /// unless the id was `spent` (stored somewhere), then under a new one.
+    fn unlend(&self, id: &str, spent: bool) {
+        let mut pool = self.pool.lock().expect("spares lock");
+        let Some(i) = pool.lent.iter().position(|l| l == id) else {
+            return;
+        };
+        let id = pool.lent.swap_remove(i);
+        if !spent {
+            pool.ready.push(id);
+            return;
+        }
+        drop(pool);
+        let path = self.path(&id);
+        let recycled = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| self.recycle(&path, &file));
+        if recycled.is_err() {
+            let _ = remove_if_there(&path);
+        }
     }
 
     /// Hands the file of a kept log to the background thread to be recycled (or recycles it
@@ -103,24 +147,17 @@ impl Spares {
         }
     }
 
-    /// A fresh name for a ready file.
-    fn name(&self) -> PathBuf {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(format!("{SPARE_PREFIX}{}.{:08x}-{n}", std::process::id(), self.nonce))
-    }
-
-    /// Empties the file at `path` (through `file`, its open descriptor) and renames it into the
-    /// pool, or deletes it when the pool is full or it cannot be reused.
-    fn recycle(&self, path: &Path, file: &File) -> io::Result<()> {
+    /// Empties the file at `path` (through `file`, its open descriptor) and renames it to a new
+    /// id in the pool (`true`), or deletes it when the pool is full or it cannot be reused.
+    fn recycle(&self, path: &Path, file: &File) -> io::Result<bool> {
         if self.pool.lock().expect("spares lock").ready.len() < SPARES_MAX && file.set_len(0).is_ok() {
-            let spare = self.name();
-            if std::fs::rename(path, &spare).is_ok() {
-                self.pool.lock().expect("spares lock").ready.push(spare);
-                return Ok(());
+            let id = fresh_id();
+            if rename_new(path, &self.path(&id)).is_ok() {
+                self.pool.lock().expect("spares lock").ready.push(id);
+                return Ok(true);
             }
         }
-        remove_if_there(path)
+        remove_if_there(path).map(|()| false)
     }
 
     /// Keeps the pool filled until the log directory is dropped.
@@ -137,9 +174,10 @@ impl Spares {
             let missing = if ready < SPARES / 2 { SPARES - ready } else { 0 };
             let mut failed = false;
             for _ in 0..missing {
-                let path = pool.name();
-                match OpenOptions::new().write(true).create_new(true).open(&path) {
-                    Ok(_) => pool.pool.lock().expect("spares lock").ready.push(path),
+                pool.tries.fetch_add(1, Ordering::Relaxed);
+                let id = fresh_id();
+                match OpenOptions::new().write(true).create_new(true).open(pool.path(&id)) {
+                    Ok(_) => pool.pool.lock().expect("spares lock").ready.push(id),
                     // Logs are then created on the run's path, which reports the error.
                     Err(_) => {
                         failed = true;
@@ -157,6 +195,38 @@ impl Spares {
     }
 }
 
+/// A new run id: 32 hex digits, random.
+pub fn fresh_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A run id from [`LogDir::lease_run_id`]. Dropped before its log was created (the run was
+/// refused, or an idempotent retry named an earlier run), its ready file goes back to the pool.
+#[derive(Debug)]
+pub struct RunIdLease {
+    id: String,
+    spares: Arc<Spares>,
+    spent: bool,
+}
+
+impl RunIdLease {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id is about to be stored (with an idempotency key): should its run not be created,
+    /// it is never handed out again.
+    pub fn spend(&mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for RunIdLease {
+    fn drop(&mut self) {
+        self.spares.unlend(&self.id, self.spent);
+    }
+}
+
 /// The published state of a live log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogEnd {
@@ -167,44 +237,67 @@ pub struct LogEnd {
 }
 
 impl LogDir {
-    /// Uses (and creates) `root`; the ready files an earlier process left join the pool (emptied
-    /// again: a crash may have come between a recycled log's rename and anything else).
+    /// Uses (and creates) `root`. Ready files an earlier process left are taken up later, once
+    /// the store says which files are logs ([`LogDir::log_ids`], [`LogDir::adopt`]); those of
+    /// earlier versions (named `.spare-…`) are deleted.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<LogDir> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        let mut ready = Vec::new();
         for entry in std::fs::read_dir(&root)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(SPARE_PREFIX) {
-                let path = entry.path();
-                let emptied = ready.len() < SPARES_MAX
-                    && OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(0))
-                        .is_ok();
-                if emptied {
-                    ready.push(path);
-                } else {
-                    let _ = std::fs::remove_file(path);
-                }
+                let _ = std::fs::remove_file(entry.path());
             }
         }
         let spares = Spares {
             root: root.clone(),
-            pool: Mutex::new(Pool {
-                ready,
-                returned: Vec::new(),
-            }),
+            pool: Mutex::new(Pool::default()),
             low: Condvar::new(),
             refilled: AtomicBool::new(false),
-            next: AtomicU64::new(0),
-            nonce: uuid::Uuid::new_v4().as_u128() as u32,
+            tries: AtomicU64::new(0),
         };
         Ok(LogDir {
             root,
             memory: false,
             spares: Arc::new(spares),
         })
+    }
+
+    /// The run ids of the log files in the directory now: logs, or ready files an earlier
+    /// process left. Read before the background thread makes files of its own.
+    pub fn log_ids(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.root)?.flatten() {
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.strip_suffix(SUFFIX))
+                && !id.is_empty()
+                && !id.starts_with('.')
+            {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Takes up the files of `ids`, which no record names: ready files an earlier process
+    /// left, or logs of runs that were never recorded. Each is emptied and renamed to a new id
+    /// (an id that may have been handed out is not handed out again) into the pool while it has
+    /// room, and deleted beyond. Returns how many joined the pool.
+    pub fn adopt(&self, ids: impl IntoIterator<Item = String>) -> usize {
+        let mut adopted = 0;
+        for id in ids {
+            let path = self.spares.path(&id);
+            let recycled = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|file| self.spares.recycle(&path, &file));
+            match recycled {
+                Ok(true) => adopted += 1,
+                Ok(false) => {}
+                Err(_) => {
+                    let _ = remove_if_there(&path);
+                }
+            }
+        }
+        adopted
     }
 
     /// Keeps live logs in memory instead of files: the same writer and readers without the file
@@ -227,10 +320,25 @@ impl LogDir {
     }
 
     pub fn path(&self, run_id: &str) -> PathBuf {
-        self.root.join(format!("{run_id}.ndjson"))
+        self.spares.path(run_id)
     }
 
-    /// Creates the empty log of a new run.
+    /// The id of a new run: a ready file's, whose file becomes its log in [`LogDir::create`]
+    /// (no file is made or renamed on the run's path), or a fresh one when the pool is empty.
+    pub fn lease_run_id(&self) -> RunIdLease {
+        let id = match self.memory {
+            true => None,
+            false => self.spares.lend(),
+        };
+        RunIdLease {
+            id: id.unwrap_or_else(fresh_id),
+            spares: self.spares.clone(),
+            spent: false,
+        }
+    }
+
+    /// Creates the empty log of a new run: the ready file named by its id when the id was
+    /// leased from the pool, else a new file (never an existing one).
     pub fn create(&self, run_id: &str) -> io::Result<Arc<RunLog>> {
         if self.memory {
             return Ok(Arc::new(RunLog::new(None)));
@@ -243,12 +351,10 @@ impl LogDir {
                 spares: self.spares.clone(),
             })))
         };
-        if let Some(spare) = self.spares.take() {
-            // A run id names one run only: an existing log is never replaced.
-            if rename_new(&spare, &path).is_ok() {
-                return Ok(log(OpenOptions::new().read(true).write(true).open(&path)?));
-            }
-            let _ = std::fs::remove_file(&spare);
+        if self.spares.claim(run_id)
+            && let Ok(file) = OpenOptions::new().read(true).write(true).open(&path)
+        {
+            return Ok(log(file));
         }
         Ok(log(OpenOptions::new()
             .read(true)
@@ -293,7 +399,7 @@ impl LogDir {
     pub fn remove(&self, run_id: &str) -> io::Result<()> {
         let path = self.path(run_id);
         match OpenOptions::new().write(true).open(&path) {
-            Ok(file) => self.spares.recycle(&path, &file),
+            Ok(file) => self.spares.recycle(&path, &file).map(|_| ()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(_) => remove_if_there(&path),
         }
@@ -778,63 +884,109 @@ mod tests {
         assert!(logs.path("missing").exists());
     }
 
+    fn ready(logs: &LogDir) -> Vec<String> {
+        logs.spares.pool.lock().unwrap().ready.clone()
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
     #[test]
-    fn logs_are_made_from_ready_files_and_deleted_logs_become_ready_files() {
-        let (_tmp, logs) = dir();
+    fn a_new_run_takes_a_ready_file_with_its_name_and_deleted_logs_become_ready_files() {
+        let (tmp, logs) = dir();
         let logs = logs.keep_spares().unwrap();
-        let spares = |logs: &LogDir| {
-            std::fs::read_dir(logs.root())
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(SPARE_PREFIX))
-                .count()
-        };
         let start = std::time::Instant::now();
-        while spares(&logs) < SPARES {
+        while ready(&logs).len() < SPARES {
             assert!(start.elapsed() < Duration::from_secs(10), "the pool is never filled");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let log = logs.create("a").unwrap();
+        for id in ready(&logs) {
+            assert_eq!(id.len(), 32, "named as a run id: {id}");
+            assert_eq!(std::fs::metadata(logs.path(&id)).unwrap().len(), 0);
+        }
+
+        // The run's id is a ready file's name, and that file becomes its log.
+        let lease = logs.lease_run_id();
+        let id = lease.id().to_string();
+        let file = inode(&logs.path(&id));
+        assert!(!ready(&logs).contains(&id) && ready(&logs).len() == SPARES - 1);
+        let log = logs.create(&id).unwrap();
+        drop(lease);
+        assert_eq!(inode(&logs.path(&id)), file, "the ready file is the log, not renamed");
+        assert_eq!(
+            ready(&logs).len(),
+            SPARES - 1,
+            "a lease whose log was made gives nothing back"
+        );
         log.append(Bytes::from("{\"n\":1}\n")).unwrap();
-        assert_eq!(spares(&logs), SPARES - 1, "the log is a ready file renamed");
-        assert_eq!(std::fs::read(logs.path("a")).unwrap(), b"{\"n\":1}\n");
-        assert!(logs.create("a").is_err(), "a run's log is never replaced");
-        assert_eq!(std::fs::read(logs.path("a")).unwrap(), b"{\"n\":1}\n");
+        assert!(logs.create(&id).is_err(), "a run's log is never replaced");
+        assert_eq!(std::fs::read(logs.path(&id)).unwrap(), b"{\"n\":1}\n");
 
-        use std::os::unix::fs::MetadataExt;
-        let inode = std::fs::metadata(logs.path("a")).unwrap().ino();
-        logs.remove("a").unwrap();
-        assert!(!logs.path("a").exists());
-        let recycled = std::fs::read_dir(logs.root())
-            .unwrap()
-            .flatten()
-            .find(|e| e.metadata().unwrap().ino() == inode)
+        // A lease dropped unused gives its file back under the same name; a spent one (its id
+        // was stored) under a new name.
+        let unused = logs.lease_run_id();
+        let unused_id = unused.id().to_string();
+        drop(unused);
+        assert!(ready(&logs).contains(&unused_id));
+        let mut spent = logs.lease_run_id();
+        spent.spend();
+        let (spent_id, spent_file) = (spent.id().to_string(), inode(&logs.path(spent.id())));
+        drop(spent);
+        assert!(!logs.path(&spent_id).exists() && !ready(&logs).contains(&spent_id));
+        assert!(ready(&logs).iter().any(|r| inode(&logs.path(r)) == spent_file));
+
+        // A deleted log's inode becomes a ready file, emptied, under a new name.
+        logs.remove(&id).unwrap();
+        assert!(!logs.path(&id).exists());
+        let recycled = ready(&logs)
+            .into_iter()
+            .find(|r| inode(&logs.path(r)) == file)
             .expect("the deleted log's inode is a ready file");
-        assert_eq!(recycled.metadata().unwrap().len(), 0, "emptied");
-        logs.remove("a").unwrap();
+        assert_ne!(recycled, id);
+        assert_eq!(std::fs::metadata(logs.path(&recycled)).unwrap().len(), 0, "emptied");
+        logs.remove(&id).unwrap();
 
-        // A new process takes up the ready files of the last one (emptied) instead of deleting
-        // them, and makes its next log of one of them.
-        let left = spares(&logs);
+        // The next process: the files there are logs (with records) or ready files (without).
+        let lease = logs.lease_run_id();
+        let kept = lease.id().to_string();
+        let kept_log = logs.create(&kept).unwrap();
+        drop(lease);
+        kept_log.append(Bytes::from("{}\n")).unwrap();
+        drop(kept_log);
+        let left = ready(&logs);
         drop(logs);
-        let stale = std::fs::read_dir(_tmp.path().join("logs"))
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().starts_with(SPARE_PREFIX))
-            .unwrap()
-            .path();
-        std::fs::write(&stale, b"torn").unwrap();
-        let again = LogDir::open(_tmp.path().join("logs")).unwrap();
-        assert_eq!(spares(&again), left);
-        assert_eq!(std::fs::metadata(&stale).unwrap().len(), 0, "taken up emptied");
-        let before: Vec<u64> = std::fs::read_dir(again.root())
-            .unwrap()
-            .flatten()
-            .map(|e| e.metadata().unwrap().ino())
-            .collect();
-        again.create("b").unwrap();
-        assert_eq!(spares(&again), left - 1);
-        assert!(before.contains(&std::fs::metadata(again.path("b")).unwrap().ino()));
+        std::fs::write(tmp.path().join("logs").join(&left[0]).with_extension("ndjson"), b"torn").unwrap();
+        std::fs::write(tmp.path().join("logs/.spare-1.2-3"), b"").unwrap();
+        let again = LogDir::open(tmp.path().join("logs")).unwrap();
+        assert!(
+            !tmp.path().join("logs/.spare-1.2-3").exists(),
+            "an earlier version's ready file is deleted"
+        );
+        let mut found = again.log_ids().unwrap();
+        found.sort();
+        let mut expected = left.clone();
+        expected.push(kept.clone());
+        expected.sort();
+        assert_eq!(found, expected);
+        let inodes: Vec<u64> = left.iter().map(|r| inode(&again.path(r))).collect();
+        assert_eq!(again.adopt(left.clone()), left.len());
+        assert_eq!(
+            std::fs::read(again.path(&kept)).unwrap(),
+            b"{}\n",
+            "a recorded log stays"
+        );
+        let pool = ready(&again);
+        assert_eq!(pool.len(), left.len());
+        for r in &pool {
+            assert!(!left.contains(r), "taken up under a new name");
+            assert!(inodes.contains(&inode(&again.path(r))), "the same files");
+            assert_eq!(std::fs::metadata(again.path(r)).unwrap().len(), 0, "emptied");
+        }
+        for r in &left {
+            assert!(!again.path(r).exists());
+        }
     }
 
     #[test]
@@ -861,8 +1013,9 @@ mod tests {
         assert_eq!(reader.read(8, 100).unwrap(), "{\"n\":2}\n");
         drop(reader);
         assert!(!logs.path("kept").exists());
-        let next = logs.create("next").unwrap();
-        let meta = std::fs::metadata(logs.path("next")).unwrap();
+        let lease = logs.lease_run_id();
+        let next = logs.create(lease.id()).unwrap();
+        let meta = std::fs::metadata(logs.path(lease.id())).unwrap();
         assert_eq!(
             (meta.ino(), meta.len()),
             (inode, 0),
@@ -885,7 +1038,7 @@ mod tests {
         std::fs::remove_dir_all(tmp.path().join("logs")).unwrap();
         let logs = logs.keep_spares().unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let tries = logs.spares.next.load(Ordering::Relaxed);
+        let tries = logs.spares.tries.load(Ordering::Relaxed);
         assert!(tries <= 2, "{tries} tries in 300 ms");
         assert!(logs.create("x").is_err(), "a log that cannot be made is an error");
     }

@@ -427,9 +427,22 @@ async fn small_logs_are_kept_with_their_record_and_their_files_reused(db: Db) {
     assert_eq!(whole_log(big.clone()).await, big_log);
 
     // A new gateway on the same DATA_DIR (and store) reads the kept logs and takes up the ready
-    // files the first one left.
+    // files the first one left: under new names (a ready file is named as the log of the run
+    // that will take it, and no id is handed out twice), leaving the log that has a record.
+    let names = || -> Vec<String> {
+        std::fs::read_dir(dir.path().join("logs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let left: Vec<String> = names().into_iter().filter(|n| *n != format!("{big}.ndjson")).collect();
+    assert!(left.len() >= 32, "{left:?}");
     drop(gw);
     let gw = Gateway::start(&vars).await;
+    let now = names();
+    assert!(left.iter().all(|n| !now.contains(n)), "a ready file kept its name");
+    assert_eq!(std::fs::read(file(&big)).unwrap(), big_log);
     let (id, attached) = &small[3];
     let again = RunStream::request(gw.addr, "GET", &format!("/runs/{id}/stream?offset=0"), None, &[])
         .await

@@ -125,8 +125,14 @@ impl Runs {
             // Replicas may share the database; each removes only runs whose logs it holds.
             store.scope_retention(&config.instance);
         }
+        // The files there before this process makes ready files of its own: logs, or ready files
+        // of an earlier process (taken up once recovery is done).
+        let mut found = Vec::new();
         let logs = LogDir::open(config.data_dir.join("logs"))
-            .and_then(|logs| logs.in_memory(config.run_log_in_memory).keep_spares())
+            .and_then(|logs| {
+                found = logs.log_ids()?;
+                logs.in_memory(config.run_log_in_memory).keep_spares()
+            })
             .map_err(|e| {
                 anyhow::anyhow!(
                     "DATA_DIR: cannot create '{}': {e}",
@@ -159,6 +165,7 @@ impl Runs {
             config,
         };
         runs.recover().await?;
+        runs.adopt_ready_files(found).await?;
         // After recovery, so that runs it interrupted get their callbacks too.
         runs.callbacks.resume().await?;
         Ok(runs)
@@ -191,6 +198,26 @@ impl Runs {
                 "run interrupted: the gateway that ran it is gone"
             );
         }
+        Ok(())
+    }
+
+    /// Takes the files in the log directory that no record names into the pool of ready files
+    /// (see [`crate::runlog`]): ready files of an earlier process, or logs of runs that were
+    /// never recorded. A log with a record, of any instance, stays.
+    async fn adopt_ready_files(&self, found: Vec<String>) -> anyhow::Result<()> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        let known = self.store.recorded_ids(&found).await?;
+        let unknown: Vec<String> = found.into_iter().filter(|id| !known.contains(id)).collect();
+        let count = unknown.len();
+        let logs = self.logs.clone();
+        let adopted = tokio::task::spawn_blocking(move || logs.adopt(unknown)).await?;
+        tracing::debug!(
+            files = count,
+            ready = adopted,
+            "log files without a record taken up as ready files"
+        );
         Ok(())
     }
 

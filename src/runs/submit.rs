@@ -30,7 +30,12 @@ impl Runs {
         caller: &Caller,
         idempotency: Option<Idempotency>,
     ) -> Result<Submitted, Refusal> {
-        let run_id = new_run_id();
+        // Held to the end: a run id whose run was never created goes back to the log pool.
+        let mut lease = self.logs.lease_run_id();
+        if idempotency.is_some() {
+            lease.spend();
+        }
+        let run_id = lease.id().to_string();
         if let Some(again) = self.claim(caller, idempotency.as_ref(), &run_id).await? {
             return Ok(again);
         }
@@ -88,7 +93,11 @@ impl Runs {
         callback_url: Option<String>,
         idempotency: Option<Idempotency>,
     ) -> Result<Submitted, Refusal> {
-        let run_id = new_run_id();
+        let mut lease = self.logs.lease_run_id();
+        if idempotency.is_some() {
+            lease.spend();
+        }
+        let run_id = lease.id().to_string();
         if let Some(again) = self.claim(caller, idempotency.as_ref(), &run_id).await? {
             return Ok(again);
         }
@@ -331,11 +340,6 @@ impl Runs {
             _ => Ok(()),
         }
     }
-}
-
-/// A new run id: 32 hex digits.
-pub(super) fn new_run_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Free bytes for unprivileged writers on the file system holding `path`.

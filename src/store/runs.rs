@@ -95,6 +95,28 @@ impl Store {
         Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
     }
 
+    /// Which of `ids` name a record (any instance's), for the start-up's account of the files
+    /// in the log directory.
+    pub async fn recorded_ids(&self, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+        let mut known = std::collections::HashSet::new();
+        for chunk in ids.chunks(256) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT run_id FROM runs WHERE run_id IN ({})", marks.join(", "));
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            let rows = query
+                .fetch_all(&self.read)
+                .await
+                .context("reading which logs have records")?;
+            for row in rows {
+                known.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(known)
+    }
+
     /// The record of `run_id`, if any.
     pub async fn get(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM runs WHERE run_id = $1")))
