@@ -123,14 +123,7 @@ impl Spares {
             return;
         }
         drop(pool);
-        let path = self.path(&id);
-        let recycled = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|file| self.recycle(&path, &file));
-        if recycled.is_err() {
-            let _ = remove_if_there(&path);
-        }
+        let _ = self.recycle_at(&self.path(&id));
     }
 
     /// Hands the file of a kept log to the background thread to be recycled (or recycles it
@@ -158,6 +151,16 @@ impl Spares {
             }
         }
         remove_if_there(path).map(|()| false)
+    }
+
+    /// [`Spares::recycle`] of the file at `path`, if there is one (`Ok(false)` when not, or
+    /// when it was deleted).
+    fn recycle_at(&self, path: &Path) -> io::Result<bool> {
+        match OpenOptions::new().write(true).open(path) {
+            Ok(file) => self.recycle(path, &file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(_) => remove_if_there(path).map(|()| false),
+        }
     }
 
     /// Keeps the pool filled until the log directory is dropped.
@@ -282,22 +285,9 @@ impl LogDir {
     /// (an id that may have been handed out is not handed out again) into the pool while it has
     /// room, and deleted beyond. Returns how many joined the pool.
     pub fn adopt(&self, ids: impl IntoIterator<Item = String>) -> usize {
-        let mut adopted = 0;
-        for id in ids {
-            let path = self.spares.path(&id);
-            let recycled = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|file| self.spares.recycle(&path, &file));
-            match recycled {
-                Ok(true) => adopted += 1,
-                Ok(false) => {}
-                Err(_) => {
-                    let _ = remove_if_there(&path);
-                }
-            }
-        }
-        adopted
+        ids.into_iter()
+            .filter(|id| matches!(self.spares.recycle_at(&self.spares.path(id)), Ok(true)))
+            .count()
     }
 
     /// Keeps live logs in memory instead of files: the same writer and readers without the file
@@ -397,12 +387,7 @@ impl LogDir {
     /// Deletes a run's log; a log that is already gone is fine. Its inode becomes a ready file
     /// (emptied) while the pool has room.
     pub fn remove(&self, run_id: &str) -> io::Result<()> {
-        let path = self.path(run_id);
-        match OpenOptions::new().write(true).open(&path) {
-            Ok(file) => self.spares.recycle(&path, &file).map(|_| ()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(_) => remove_if_there(&path),
-        }
+        self.spares.recycle_at(&self.path(run_id)).map(|_| ())
     }
 
     pub fn root(&self) -> &Path {

@@ -154,11 +154,10 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 }
 
 /// A close-on-exec pipe whose two fds are ≥ 3 (so that moving them to 0–2 never clobbers one).
-/// `flags` are more `pipe2` flags (`O_NONBLOCK`; a duplicate keeps them).
-fn pipe_above_stdio(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills `fds` with two new descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both descriptors are new and owned here.
@@ -255,9 +254,9 @@ fn spawn_with(spec: &SpawnSpec, try_clone3: bool) -> Result<Spawned, SpawnError>
     let procs = spec.cgroup_procs.map(CStr::to_owned);
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
 
-    let (stdin_r, stdin_w) = pipe_above_stdio(0).map_err(start)?;
-    let (stdout_r, stdout_w) = pipe_above_stdio(0).map_err(start)?;
-    let (stderr_r, stderr_w) = pipe_above_stdio(0).map_err(start)?;
+    let (stdin_r, stdin_w) = pipe_above_stdio().map_err(start)?;
+    let (stdout_r, stdout_w) = pipe_above_stdio().map_err(start)?;
+    let (stderr_r, stderr_w) = pipe_above_stdio().map_err(start)?;
     let procs_ptr = procs.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
     let mut memory = ChildMemory {
         args: Box::new(ChildArgs {

@@ -13,6 +13,7 @@ use crate::run::Run;
 use crate::run::frame::Frame;
 use crate::run::registry::Registration;
 use crate::run::request::RunSpec;
+use crate::runlog::RunIdLease;
 use crate::store::idempotency::Claim;
 use crate::store::replicas::{Held, taken};
 use crate::store::time::now_ms;
@@ -31,10 +32,7 @@ impl Runs {
         idempotency: Option<Idempotency>,
     ) -> Result<Submitted, Refusal> {
         // Held to the end: a run id whose run was never created goes back to the log pool.
-        let mut lease = self.logs.lease_run_id();
-        if idempotency.is_some() {
-            lease.spend();
-        }
+        let lease = self.lease_run_id(idempotency.as_ref());
         let run_id = lease.id().to_string();
         if let Some(again) = self.claim(caller, idempotency.as_ref(), &run_id).await? {
             return Ok(again);
@@ -93,10 +91,7 @@ impl Runs {
         callback_url: Option<String>,
         idempotency: Option<Idempotency>,
     ) -> Result<Submitted, Refusal> {
-        let mut lease = self.logs.lease_run_id();
-        if idempotency.is_some() {
-            lease.spend();
-        }
+        let lease = self.lease_run_id(idempotency.as_ref());
         let run_id = lease.id().to_string();
         if let Some(again) = self.claim(caller, idempotency.as_ref(), &run_id).await? {
             return Ok(again);
@@ -136,6 +131,16 @@ impl Runs {
             Some(state),
         );
         Ok((run, state))
+    }
+
+    /// The new run's id, from the log pool (see [`crate::runlog`]); with an idempotency key the
+    /// id is stored before the run exists, so it is spent: never handed out again.
+    fn lease_run_id(&self, idempotency: Option<&Idempotency>) -> RunIdLease {
+        let mut lease = self.logs.lease_run_id();
+        if idempotency.is_some() {
+            lease.spend();
+        }
+        lease
     }
 
     /// Claims the request's `Idempotency-Key` for `run_id`: `None` to go on and start it, or
