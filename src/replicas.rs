@@ -182,6 +182,7 @@ impl Replicas {
     }
 
     /// One beat: renew the heartbeat, end the runs of dead replicas (and tell their callbacks),
+    /// forget the idempotency keys they claimed for runs they never recorded,
     /// end local runs another replica declared lost, count the live peers.
     async fn beat(&self, runs: &Runs) -> Result<()> {
         let url = self.url.get().cloned().unwrap_or_default();
@@ -194,6 +195,13 @@ impl Replicas {
                 "run interrupted: the replica that ran it stopped heartbeating"
             );
             runs.callbacks.run_ended(&record.run_id);
+        }
+        let forgotten = self.store.forget_lost_replicas_keys(&self.id, self.dead).await?;
+        if forgotten > 0 {
+            tracing::warn!(
+                keys = forgotten,
+                "idempotency keys forgotten: the replica that claimed them stopped heartbeating before their runs started"
+            );
         }
         let mine = runs.registry.run_ids();
         for run_id in self.store.final_among(&mine).await? {

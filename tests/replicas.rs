@@ -389,9 +389,9 @@ fn watchdog_of(gateway: u32) -> Option<u32> {
 async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_process() {
     let db = common::pg::fresh_database().await;
     let data_a = common::scratch_data_dir();
-    let a_vars = [("DATA_DIR", data_a.as_str())];
+    let a_vars = [("DATA_DIR", data_a.as_str()), ("MAX_CONCURRENT_RUNS", "1")];
     let mut a = replica(&db, "kill-a", &a_vars).await;
-    let b = replica(&db, "kill-b", &[]).await;
+    let mut b = replica(&db, "kill-b", &[]).await;
     let id = detached(
         a.addr,
         json!({"cli": "sh", "session_id": "doomed", "args": ["-c", "echo \"pid $$\"; exec sleep 60"]}),
@@ -416,6 +416,21 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
     .await;
     assert_eq!(relayed.status, 200);
     assert!(relayed.try_next_bytes().await.unwrap().is_some(), "B relays A's log");
+    // A request with an Idempotency-Key waits on A for the slot the run holds: its key is
+    // claimed, its run not recorded.
+    let keyed = json!({"cli": "exit-code", "args": ["0"]}).to_string().into_bytes();
+    let key = [("authorization", ALICE), ("idempotency-key", "claimed-on-a")];
+    let waiting = {
+        let (addr, keyed) = (a.addr, keyed.clone());
+        tokio::spawn(async move { common::try_request(addr, "POST", "/run", Some(keyed), &key).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&call(a.addr, "GET", "/metrics", None, ALICE).await.body)
+        .contains("cligate_queued_requests 1")
+    {
+        assert!(Instant::now() < deadline, "the keyed request never waited for a slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The watchdog would end the run the moment A dies; without it, the process outlives A, as
     // it would if A's host were cut off, and only A's return can end it.
@@ -427,6 +442,7 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
     .unwrap();
     a.kill_9().await;
     let killed = Instant::now();
+    assert!(waiting.await.unwrap().is_err(), "the waiting request was answered");
     // The relayed stream breaks off (no last chunk): its reader can tell it from one that ended.
     let broke = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -463,6 +479,17 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
     )
     .await;
     wait_record(b.addr, &again, Duration::from_secs(5), |r| r["state"] == "finished").await;
+    // B forgot the key A claimed and never used: a retry through B starts the run.
+    b.wait_for("idempotency keys forgotten").await;
+    let retried = tokio::time::timeout(Duration::from_secs(20), async {
+        RunStream::request(b.addr, "POST", "/run", Some(keyed), &key)
+            .await
+            .collect()
+            .await
+    })
+    .await
+    .expect("a retry with a key its lost replica never used starts the run");
+    assert_eq!(retried.exit(), (0, "exited".to_string()));
 
     // A comes back under its name: it ends what it left and keeps the record as B wrote it.
     let a = replica(&db, "kill-a", &a_vars).await;

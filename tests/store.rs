@@ -683,7 +683,11 @@ async fn an_idempotency_key_is_claimed_once(ctx: Ctx) {
     let claims: Vec<_> = (0..20)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.claim_key("alice", "k1", "h1", &format!("run-{i}"), T0).await.unwrap() })
+            tokio::spawn(async move {
+                s.claim_key("alice", "k1", "h1", (&format!("run-{i}"), "i1"), T0)
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut new = 0;
@@ -700,29 +704,63 @@ async fn an_idempotency_key_is_claimed_once(ctx: Ctx) {
     assert_eq!(new, 1);
     assert_eq!(named.len(), 1, "{named:?}");
     // Keys are per owner; a released key can be claimed again; an expired one is taken over.
-    assert_eq!(s.claim_key("bob", "k1", "h2", "run-b", T0).await.unwrap(), Claim::New);
+    assert_eq!(
+        s.claim_key("bob", "k1", "h2", ("run-b", "i1"), T0).await.unwrap(),
+        Claim::New
+    );
     let winner = named.into_iter().next().unwrap();
     s.release_key("alice", "k1", "someone-else").await.unwrap();
     assert!(matches!(
-        s.claim_key("alice", "k1", "h1", "x", T0).await.unwrap(),
+        s.claim_key("alice", "k1", "h1", ("x", "i1"), T0).await.unwrap(),
         Claim::Taken { .. }
     ));
     s.release_key("alice", "k1", &winner).await.unwrap();
     assert_eq!(
-        s.claim_key("alice", "k1", "h3", "run-c", T0 + 1).await.unwrap(),
+        s.claim_key("alice", "k1", "h3", ("run-c", "i1"), T0 + 1).await.unwrap(),
         Claim::New
     );
     let later = T0 + 1 + KEY_LIFETIME_MS;
     assert_eq!(
-        s.claim_key("alice", "k1", "h4", "run-d", later).await.unwrap(),
+        s.claim_key("alice", "k1", "h4", ("run-d", "i1"), later).await.unwrap(),
         Claim::New
     );
     assert_eq!(s.expire_keys(later + KEY_LIFETIME_MS).await.unwrap(), 2);
     // A key survives reopening the store.
-    assert_eq!(s.claim_key("carol", "k9", "h", "run-e", T0).await.unwrap(), Claim::New);
+    assert_eq!(
+        s.claim_key("carol", "k9", "h", ("run-e", "i1"), T0).await.unwrap(),
+        Claim::New
+    );
     let again = ctx.reopen().await;
     assert!(
-        matches!(again.claim_key("carol", "k9", "h", "x", T0).await.unwrap(), Claim::Taken { run_id, .. } if run_id == "run-e")
+        matches!(again.claim_key("carol", "k9", "h", ("x", "i1"), T0).await.unwrap(), Claim::Taken { run_id, .. } if run_id == "run-e")
+    );
+    // At an instance's start, its claims whose run has no record are forgotten (its previous
+    // process died between claim and record); a recorded run's key and other instances' stay.
+    again.insert(&record("run-f", "s-f", T0)).await.unwrap();
+    assert_eq!(
+        again.claim_key("dave", "k1", "h", ("run-f", "i1"), T0).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        again.claim_key("erin", "k1", "h", ("run-g", "i2"), T0).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(again.forget_unstarted_keys("i1").await.unwrap(), 1);
+    assert_eq!(
+        again.claim_key("carol", "k9", "h", ("run-h", "i1"), T0).await.unwrap(),
+        Claim::New
+    );
+    let named = |c: Claim| match c {
+        Claim::Taken { run_id, .. } => run_id,
+        Claim::New => "new".into(),
+    };
+    assert_eq!(
+        named(again.claim_key("dave", "k1", "h", ("x", "i1"), T0).await.unwrap()),
+        "run-f"
+    );
+    assert_eq!(
+        named(again.claim_key("erin", "k1", "h", ("x", "i1"), T0).await.unwrap()),
+        "run-g"
     );
 }
 
@@ -761,6 +799,28 @@ async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
         let mut r = RunRecord::queued(id, &format!("s-{id}"), "codex", instance, T0);
         r.state = RecordState::Running;
         s.insert(&r).await.unwrap();
+    }
+    // Keys claimed by a dead replica for runs it never recorded are forgotten by a live one;
+    // those of recorded runs, of live replicas, of unregistered instances and its own stay.
+    {
+        use cligate::store::idempotency::Claim;
+        for (key, run_id, instance) in [
+            ("k-gone", "unrecorded-1", "gone"),
+            ("k-gone-recorded", "g1", "gone"),
+            ("k-live", "unrecorded-2", "live"),
+            ("k-never", "unrecorded-3", "never-registered"),
+            ("k-me", "unrecorded-4", "me"),
+        ] {
+            assert_eq!(
+                s.claim_key("o", key, "h", (run_id, instance), T0).await.unwrap(),
+                Claim::New
+            );
+        }
+        assert_eq!(s.forget_lost_replicas_keys("me", dead).await.unwrap(), 1);
+        for key in ["k-gone", "k-gone-recorded", "k-live", "k-never", "k-me"] {
+            let again = s.claim_key("o", key, "h", ("new", "me"), T0).await.unwrap();
+            assert_eq!(again == Claim::New, key == "k-gone", "{key}: {again:?}");
+        }
     }
     // Three replicas sweep at once: every lost run is ended by exactly one of them.
     let (a, b, c) = tokio::join!(

@@ -171,8 +171,16 @@ impl Runs {
         Ok(runs)
     }
 
-    /// Marks this instance's unfinished records `interrupted` and cuts torn log tails.
+    /// Marks this instance's unfinished records `interrupted`, cuts torn log tails, and forgets
+    /// the idempotency keys it claimed for runs it never got to record.
     async fn recover(&self) -> anyhow::Result<()> {
+        let forgotten = self.store.forget_unstarted_keys(self.instance()).await?;
+        if forgotten > 0 {
+            tracing::warn!(
+                keys = forgotten,
+                "idempotency keys forgotten: the gateway that claimed them died before their runs started"
+            );
+        }
         let lost = self.store.running_of_instance(self.instance()).await?;
         for record in &lost {
             let size = self.logs.repair(&record.run_id).unwrap_or(0);

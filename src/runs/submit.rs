@@ -155,7 +155,7 @@ impl Runs {
         let owner = caller.name.as_deref().unwrap_or("");
         let claim = self
             .store
-            .claim_key(owner, &i.key, &i.body_hash, run_id, now_ms())
+            .claim_key(owner, &i.key, &i.body_hash, (run_id, self.instance()), now_ms())
             .await
             .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?;
         match claim {

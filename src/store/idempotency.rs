@@ -1,11 +1,18 @@
 //! `Idempotency-Key`: one run per (owner, key) within a day. A claim is one `INSERT … ON
 //! CONFLICT DO NOTHING`, so of many concurrent requests with one key exactly one wins, in one
 //! process or in several sharing the database; the others are told which run the key names.
+//!
+//! A claim is committed before its run's record (an attached run may wait for a slot in
+//! between), and it records the claiming instance: a claim whose gateway died in that window
+//! names a run nobody will record, and would hold its key for the rest of the day. The instance's
+//! next start ([`Store::forget_unstarted_keys`]), or the replicas that see it dead
+//! ([`Store::forget_lost_replicas_keys`]), forget such claims, so a retry starts the run.
 
 use anyhow::{Context, Result};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::Store;
+use super::replicas::{DB_NOW_MS, millis};
 
 /// How long a key names its run.
 pub const KEY_LIFETIME_MS: i64 = 24 * 3600 * 1000;
@@ -21,17 +28,26 @@ pub enum Claim {
 
 impl Store {
     /// Claims `key` of `owner` (`""` without tokens) for a new run `run_id` of a body with
-    /// `body_hash`. A key older than [`KEY_LIFETIME_MS`] is claimed anew.
-    pub async fn claim_key(&self, owner: &str, key: &str, body_hash: &str, run_id: &str, now_ms: i64) -> Result<Claim> {
+    /// `body_hash`, started by gateway `instance`. A key older than [`KEY_LIFETIME_MS`] is
+    /// claimed anew.
+    pub async fn claim_key(
+        &self,
+        owner: &str,
+        key: &str,
+        body_hash: &str,
+        (run_id, instance): (&str, &str),
+        now_ms: i64,
+    ) -> Result<Claim> {
         for _ in 0..3 {
             let inserted = sqlx::query(
-                "INSERT INTO idempotency (owner, key, body_hash, run_id, created_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (owner, key) DO NOTHING",
+                "INSERT INTO idempotency (owner, key, body_hash, run_id, instance, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner, key) DO NOTHING",
             )
             .bind(owner)
             .bind(key)
             .bind(body_hash)
             .bind(run_id)
+            .bind(instance)
             .bind(now_ms)
             .execute(&self.write)
             .await
@@ -57,11 +73,12 @@ impl Store {
             }
             // Expired: take it over, unless another request just did.
             let replaced = sqlx::query(
-                "UPDATE idempotency SET body_hash = $1, run_id = $2, created_at = $3 \
-                 WHERE owner = $4 AND key = $5 AND created_at = $6",
+                "UPDATE idempotency SET body_hash = $1, run_id = $2, instance = $3, created_at = $4 \
+                 WHERE owner = $5 AND key = $6 AND created_at = $7",
             )
             .bind(body_hash)
             .bind(run_id)
+            .bind(instance)
             .bind(now_ms)
             .bind(owner)
             .bind(key)
@@ -87,6 +104,38 @@ impl Store {
             .await
             .context("releasing an idempotency key")?;
         Ok(())
+    }
+
+    /// At `instance`'s start, before it serves: forgets its claims whose run has no record. The
+    /// process that claimed them is gone (it was this instance), so their runs will never be
+    /// recorded. Returns how many were forgotten.
+    pub async fn forget_unstarted_keys(&self, instance: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM idempotency WHERE instance = $1 \
+             AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = idempotency.run_id)",
+        )
+        .bind(instance)
+        .execute(&self.write)
+        .await
+        .context("forgetting the idempotency keys of runs that never started")?
+        .rows_affected())
+    }
+
+    /// The same for the claims of replicas other than `me` whose heartbeat is older than `dead`
+    /// (registered replicas only: one that deregistered shut down cleanly, and gave back the
+    /// keys of the runs it did not start). Returns how many were forgotten.
+    pub async fn forget_lost_replicas_keys(&self, me: &str, dead: std::time::Duration) -> Result<u64> {
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM idempotency WHERE instance IN \
+             (SELECT id FROM replicas WHERE id <> $1 AND heartbeat_at < {DB_NOW_MS} - $2) \
+             AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = idempotency.run_id)"
+        )))
+        .bind(me)
+        .bind(millis(dead))
+        .execute(&self.write)
+        .await
+        .context("forgetting the idempotency keys of lost replicas")?
+        .rows_affected())
     }
 
     /// Forgets keys older than [`KEY_LIFETIME_MS`].

@@ -12,8 +12,8 @@ use sqlx::{AssertSqlSafe, Row};
 use super::runs::{COLUMNS, decode};
 use super::{RunRecord, Store, over_ids};
 
-/// The database's clock in unix milliseconds.
-const DB_NOW_MS: &str = "CAST(extract(epoch from clock_timestamp()) * 1000 AS BIGINT)";
+/// The database's clock in unix milliseconds (PostgreSQL: replicas share only PostgreSQL).
+pub(super) const DB_NOW_MS: &str = "CAST(extract(epoch from clock_timestamp()) * 1000 AS BIGINT)";
 
 /// Rows of replicas dead this long are removed (kept until then for the "last seen" in
 /// messages about their runs).
@@ -63,7 +63,7 @@ impl Peer {
     }
 }
 
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 

@@ -7,7 +7,9 @@ pub mod client;
 pub mod pg;
 
 #[allow(unused_imports)] // each test binary uses some of them
-pub use client::{Conn, EndReason, Frame, FrameFields, Frames, Reply, RunStream, pids_in, request, static_busybox};
+pub use client::{
+    Conn, EndReason, Frame, FrameFields, Frames, Reply, RunStream, pids_in, request, static_busybox, try_request,
+};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
