@@ -22,22 +22,45 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> Value {
     r.json()
 }
 
-async fn a_killed_gateway_loses_nothing_it_wrote(db: Db) {
-    let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let instance = format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let url = match db {
-        Db::Postgres => Some(common::pg::fresh_database().await),
-        Db::Sqlite => None,
-    };
-    let mut vars = vec![
-        ("DATA_DIR", data_dir.as_str()),
-        ("CLIGATE_INSTANCE", instance.as_str()),
-        ("DATA_DIR_MIN_FREE_BYTES", "0"),
-    ];
-    if let Some(url) = &url {
-        vars.push(("DATABASE_URL", url));
+/// What a gateway and its successor after the crash share: a `DATA_DIR`, an instance name and
+/// (PostgreSQL) a database, each fresh.
+struct Place {
+    data: tempfile::TempDir,
+    data_dir: String,
+    instance: String,
+    url: Option<String>,
+}
+
+impl Place {
+    async fn new(db: Db) -> Place {
+        let data = tempfile::tempdir().unwrap();
+        Place {
+            data_dir: data.path().display().to_string(),
+            data,
+            instance: format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            url: match db {
+                Db::Postgres => Some(common::pg::fresh_database().await),
+                Db::Sqlite => None,
+            },
+        }
     }
+
+    fn vars(&self) -> Vec<(&str, &str)> {
+        let mut vars = vec![
+            ("DATA_DIR", self.data_dir.as_str()),
+            ("CLIGATE_INSTANCE", self.instance.as_str()),
+            ("DATA_DIR_MIN_FREE_BYTES", "0"),
+        ];
+        if let Some(url) = &self.url {
+            vars.push(("DATABASE_URL", url));
+        }
+        vars
+    }
+}
+
+async fn a_killed_gateway_loses_nothing_it_wrote(db: Db) {
+    let place = Place::new(db).await;
+    let vars = place.vars();
     let mut gw = Binary::start(&vars).await;
 
     // Three runs streaming, and one that finished before the crash.
@@ -67,7 +90,7 @@ async fn a_killed_gateway_loses_nothing_it_wrote(db: Db) {
         assert!(rest.is_ok(), "an attached stream stayed open after the gateway died");
     }
     // A crash in the middle of a write leaves a torn last line.
-    let logs = data.path().join("logs");
+    let logs = place.data.path().join("logs");
     let torn_id = streams[0].0.clone();
     let torn = logs.join(format!("{torn_id}.ndjson"));
     let whole = std::fs::read(&torn).unwrap();
@@ -150,22 +173,9 @@ async fn a_killed_gateway_loses_nothing_it_wrote_postgres() {
 /// was claimed, the run not yet recorded. After the restart a retry with the key starts the
 /// run (before, every retry waited 35 s and was told 409 for the rest of the day).
 async fn a_key_claimed_by_a_killed_gateway_starts_its_run_on_retry(db: Db) {
-    let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let instance = format!("crash-key-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let url = match db {
-        Db::Postgres => Some(common::pg::fresh_database().await),
-        Db::Sqlite => None,
-    };
-    let mut vars = vec![
-        ("DATA_DIR", data_dir.as_str()),
-        ("CLIGATE_INSTANCE", instance.as_str()),
-        ("DATA_DIR_MIN_FREE_BYTES", "0"),
-        ("MAX_CONCURRENT_RUNS", "1"),
-    ];
-    if let Some(url) = &url {
-        vars.push(("DATABASE_URL", url));
-    }
+    let place = Place::new(db).await;
+    let mut vars = place.vars();
+    vars.push(("MAX_CONCURRENT_RUNS", "1"));
     let mut gw = Binary::start(&vars).await;
     let blocker = RunStream::open(
         gw.addr,
