@@ -69,7 +69,11 @@ async fn gateway(arg: Option<&str>) -> ExitCode {
             return startup_failed(&format!("LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr));
         }
     };
-    let app = match server::prepare(config.clone()).await {
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return startup_failed(&format!("LISTEN_ADDR: cannot read the bound address: {e}")),
+    };
+    let app = match server::prepare(config.clone(), bound).await {
         Ok(app) => app,
         Err(e) => return startup_failed(&format!("{e:#}")),
     };
@@ -82,8 +86,8 @@ async fn gateway(arg: Option<&str>) -> ExitCode {
         }
     };
     // A replica registers before it says it listens: a name already in use stops start-up.
-    if let (Some(replicas), Ok(addr)) = (&app.replicas, listener.local_addr())
-        && let Err(e) = replicas.register(addr).await
+    if let Some(replicas) = &app.replicas
+        && let Err(e) = replicas.register(bound).await
     {
         return startup_failed(&format!("{e:#}"));
     }

@@ -90,19 +90,27 @@ impl Replicas {
         if self.url.get().is_some() {
             return Ok(());
         }
-        let url = match &self.advertise {
-            Some(u) => u.as_str().trim_end_matches('/').to_string(),
-            None => {
-                let mut addr = bound;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                    tracing::warn!(
-                        "ADVERTISE_URL is not set: other replicas reach this one at http://{addr}, on this host only"
-                    );
-                }
-                format!("http://{addr}")
-            }
-        };
+        // Checked again: two gateways of one name may have started at once.
+        self.refuse_a_live_namesake(bound).await?;
+        let url = self.url.get_or_init(|| self.own_url(bound, true)).clone();
+        self.store.heartbeat(&self.id, &url).await?;
+        self.count_peers().await?;
+        tracing::info!(
+            replica = self.id.as_str(),
+            url = url.as_str(),
+            peers = self.peers(),
+            dead_s = self.dead.as_secs_f64(),
+            "replica registered"
+        );
+        Ok(())
+    }
+
+    /// Fails when another live gateway answers under this `CLIGATE_INSTANCE` at an address other
+    /// than this one's (a predecessor that died without deregistering does not answer). Made
+    /// before anything of the instance's predecessor is taken over (see
+    /// [`crate::server::prepare`]), and again when registering.
+    pub async fn refuse_a_live_namesake(&self, bound: SocketAddr) -> Result<()> {
+        let url = self.own_url(bound, false);
         if let Some(other) = self.store.peer(&self.id).await?
             && other.url != url
             && other.alive(self.dead)
@@ -114,17 +122,27 @@ impl Replicas {
                 other.url
             );
         }
-        let url = self.url.get_or_init(|| url).clone();
-        self.store.heartbeat(&self.id, &url).await?;
-        self.count_peers().await?;
-        tracing::info!(
-            replica = self.id.as_str(),
-            url = url.as_str(),
-            peers = self.peers(),
-            dead_s = self.dead.as_secs_f64(),
-            "replica registered"
-        );
         Ok(())
+    }
+
+    /// Where other replicas reach this one: `ADVERTISE_URL`, else `bound` (an unspecified
+    /// address read as loopback, with a warning when `warn`).
+    fn own_url(&self, bound: SocketAddr, warn: bool) -> String {
+        match &self.advertise {
+            Some(u) => u.as_str().trim_end_matches('/').to_string(),
+            None => {
+                let mut addr = bound;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    if warn {
+                        tracing::warn!(
+                            "ADVERTISE_URL is not set: other replicas reach this one at http://{addr}, on this host only"
+                        );
+                    }
+                }
+                format!("http://{addr}")
+            }
+        }
     }
 
     /// Whether a gateway answers at `url` under this replica's name (a predecessor that died

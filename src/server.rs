@@ -39,8 +39,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, App};
 use crate::config::Config;
 use crate::exec;
-use crate::metrics::CleanupLabels;
+use crate::metrics::{CleanupLabels, Metrics};
+use crate::replicas::Replicas;
 use crate::run::containment::Containment;
+use crate::runs::Runs;
 
 /// The listen backlog asked for; Linux clamps it to `net.core.somaxconn` (4096 by default since
 /// 5.4). The standard library's 128 lost connections of a burst of 2000; the backlog is also
@@ -60,15 +62,35 @@ const MAX_BUF: usize = 64 * 1024;
 /// Longest wait for connections to finish writing after every run has ended.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
-/// Prepares the gateway: the executor checks it can work (in docker mode: the engine answers)
-/// and removes what a crashed predecessor of this instance left (its containers); the
-/// containment is chosen and ends the processes such a predecessor left. Fails with a one-line
-/// reason.
-pub async fn prepare(config: Arc<Config>) -> Result<Arc<App>> {
+/// Prepares the gateway that will listen at `bound`: the store opens; a replica makes sure no
+/// live gateway answers under its name; the executor checks it can work (in docker mode: the
+/// engine answers) and removes what a crashed predecessor of this instance left (its
+/// containers); the containment is chosen and ends the processes such a predecessor left; its
+/// runs are recovered. Fails with a one-line reason.
+///
+/// The name comes first: every later step takes what this instance's predecessor left, and a
+/// second gateway started under a live replica's name took the live one's containers and
+/// records before it found out and stopped.
+pub async fn prepare(config: Arc<Config>, bound: SocketAddr) -> Result<Arc<App>> {
+    let store = Runs::open_store(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let replicas = Replicas::new(&config, &store, metrics.clone())?;
+    if let Some(replicas) = &replicas {
+        replicas.refuse_a_live_namesake(bound).await?;
+    }
     let executor = exec::for_config(&config)?;
     let prepared = executor.prepare().await?;
     let (containment, swept) = contain(&config).await?;
-    let app = Arc::new(App::new(config.clone(), containment.clone(), executor.clone()).await?);
+    let app = Arc::new(
+        App::new(
+            config.clone(),
+            store,
+            (replicas, metrics),
+            containment.clone(),
+            executor.clone(),
+        )
+        .await?,
+    );
     tracing::info!(
         containment = containment.mechanism(),
         path = %containment.location(),

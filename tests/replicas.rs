@@ -99,6 +99,25 @@ async fn wait_log(addr: SocketAddr, run_id: &str, needle: &str) -> String {
     }
 }
 
+/// The pids a run's log says (`pid N` in its output frames).
+fn pids_of(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|f| pids_in(f["data"].as_str().unwrap_or("")))
+        .collect()
+}
+
+/// Waits until one request waits for a run slot at `addr` (its key, if any, is claimed then).
+async fn until_one_waits_for_a_slot(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&call(addr, "GET", "/metrics", None, ALICE).await.body)
+        .contains("cligate_queued_requests 1")
+    {
+        assert!(Instant::now() < deadline, "no request waited for a slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_peers(addr: SocketAddr, peers: u64) {
     let start = Instant::now();
     loop {
@@ -399,11 +418,7 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
     )
     .await;
     let log = wait_log(b.addr, &id, "pid ").await;
-    let pids: Vec<u32> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .flat_map(|f| pids_in(f["data"].as_str().unwrap_or("")))
-        .collect();
+    let pids = pids_of(&log);
     assert_eq!(pids.len(), 1, "{log}");
     // A reader following the run through B (relayed from A).
     let mut relayed = RunStream::request(
@@ -424,13 +439,7 @@ async fn a_killed_replica_has_its_runs_interrupted_and_restarted_leaves_no_proce
         let (addr, keyed) = (a.addr, keyed.clone());
         tokio::spawn(async move { common::try_request(addr, "POST", "/run", Some(keyed), &key).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&call(a.addr, "GET", "/metrics", None, ALICE).await.body)
-        .contains("cligate_queued_requests 1")
-    {
-        assert!(Instant::now() < deadline, "the keyed request never waited for a slot");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_waits_for_a_slot(a.addr).await;
 
     // The watchdog would end the run the moment A dies; without it, the process outlives A, as
     // it would if A's host were cut off, and only A's return can end it.
@@ -699,7 +708,26 @@ async fn a_replica_ends_its_runs_that_others_declared_lost_while_it_was_cut_off(
 #[tokio::test]
 async fn a_second_gateway_under_a_live_replicas_name_does_not_start() {
     let db = common::pg::fresh_database().await;
-    let a = replica(&db, "twin", &[]).await;
+    let a = replica(&db, "twin", &[("MAX_CONCURRENT_RUNS", "1")]).await;
+    // The first has a run going, and a keyed request waiting for its slot.
+    let id = detached(
+        a.addr,
+        json!({"cli": "sh", "args": ["-c", "echo \"pid $$\"; exec sleep 60"]}),
+        ALICE,
+    )
+    .await;
+    let pids = pids_of(&wait_log(a.addr, &id, "pid ").await);
+    assert_eq!(pids.len(), 1);
+    let addr = a.addr;
+    let waiting = tokio::spawn(async move {
+        let key = [("authorization", ALICE), ("idempotency-key", "held-by-the-first")];
+        let body = json!({"cli": "exit-code", "args": ["0"]}).to_string().into_bytes();
+        RunStream::request(addr, "POST", "/run", Some(body), &key)
+            .await
+            .collect()
+            .await
+    });
+    until_one_waits_for_a_slot(a.addr).await;
     let path = format!(
         "{}:{}",
         common::fixtures().display(),
@@ -729,7 +757,18 @@ async fn a_second_gateway_under_a_live_replicas_name_does_not_start() {
         last.starts_with("cligate: CLIGATE_INSTANCE: another gateway named 'twin' is running at http://127.0.0.1:"),
         "{stderr}"
     );
-    // The first keeps serving under its name.
+    // The first keeps serving under its name, and nothing of its was taken for a predecessor's:
+    // its run goes on, and the waiting request runs once the slot is free.
     let ready = request(a.addr, "GET", "/readyz", None, &[]).await.json();
     assert_eq!(ready["replica"], "twin");
+    let record = ok(a.addr, "GET", &format!("/runs/{id}"), None, ALICE).await;
+    assert_eq!(record["state"], "running", "{record}");
+    tokio::time::sleep(Duration::from_secs(DEAD_SECONDS / 3 + 1)).await;
+    assert!(alive(pids[0]), "the first's run was ended");
+    ok(a.addr, "POST", &format!("/runs/{id}/stop"), None, ALICE).await;
+    let frames = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting request runs once the slot is free")
+        .unwrap();
+    assert_eq!(frames.exit(), (0, "exited".to_string()));
 }

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::replicas::Replicas;
 use crate::run::containment::Containment;
 use crate::runs::Runs;
+use crate::store::Store;
 use crate::telemetry::{LogBudget, clip};
 use error::ApiError;
 
@@ -91,15 +92,16 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the run service (store, logs, recovery of a crashed predecessor's runs).
+    /// Opens the run service over `store` (logs, recovery of a crashed predecessor's runs);
+    /// `replicas` and `metrics` are those made with it (see [`crate::server::prepare`]).
     pub async fn new(
         config: Arc<Config>,
+        store: Store,
+        (replicas, metrics): (Option<Arc<Replicas>>, Arc<Metrics>),
         containment: Arc<Containment>,
         executor: Arc<dyn Executor>,
     ) -> anyhow::Result<App> {
-        let metrics = Arc::new(Metrics::new());
-        let runs = Arc::new(Runs::open(config.clone(), metrics.clone(), containment.clone(), executor).await?);
-        let replicas = Replicas::new(&config, &runs.store, metrics.clone())?;
+        let runs = Arc::new(Runs::open(config.clone(), store, metrics.clone(), containment.clone(), executor).await?);
         metrics.replica(&config.instance);
         Ok(App {
             replicas,

@@ -107,14 +107,8 @@ pub struct Runs {
 }
 
 impl Runs {
-    /// Opens the store and the log directory, and accounts for the runs a crashed predecessor of
-    /// this instance left: they become `interrupted` (`gateway_lost`) with their logs repaired.
-    pub async fn open(
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-        containment: Arc<Containment>,
-        executor: Arc<dyn Executor>,
-    ) -> anyhow::Result<Runs> {
+    /// Opens the run store `config` names (applying its migrations).
+    pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         let mut store = Store::open_within(
             config.database_url.as_ref().map(|u| u.as_str()),
             &config.data_dir,
@@ -125,6 +119,19 @@ impl Runs {
             // Replicas may share the database; each removes only runs whose logs it holds.
             store.scope_retention(&config.instance);
         }
+        Ok(store)
+    }
+
+    /// Opens the log directory over `store` (see [`Runs::open_store`]), and accounts for the runs
+    /// a crashed predecessor of this instance left: they become `interrupted` (`gateway_lost`)
+    /// with their logs repaired.
+    pub async fn open(
+        config: Arc<Config>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        containment: Arc<Containment>,
+        executor: Arc<dyn Executor>,
+    ) -> anyhow::Result<Runs> {
         // The files there before this process makes ready files of its own: logs, or ready files
         // of an earlier process (taken up once recovery is done).
         let mut found = Vec::new();

@@ -94,7 +94,7 @@ impl Gateway {
         let data_dir = config.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let app = cligate::server::prepare(config).await?;
+        let app = cligate::server::prepare(config, addr).await?;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(cligate::server::run(listener, app.clone(), async {
             let _ = rx.await;
