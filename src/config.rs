@@ -144,7 +144,7 @@ settings! {
         CLIGATE_INSTANCE => instance: String = "cligate", instance,
             "names this gateway's containers and run cgroups/processes (leftovers are cleaned at start-up)";
         DATA_DIR => data_dir: PathBuf = "./cligate-data", |v| Ok(PathBuf::from(v.text())),
-            "directory of the run store (SQLite) and run logs; created when missing";
+            "directory of the run store (SQLite) and run logs; created when missing; one gateway at a time";
         DATABASE_URL => database_url: Option<DatabaseUrl> = "", database_url,
             "postgres:// or postgresql:// URL of the run store; unset = SQLite in DATA_DIR";
         RUN_RETENTION_DAYS => run_retention: Option<Duration> = "30", retention_days,

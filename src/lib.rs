@@ -29,6 +29,7 @@ pub mod auth;
 pub mod body;
 pub mod callbacks;
 pub mod config;
+pub mod data_lock;
 pub mod exec;
 pub mod metrics;
 pub mod priority;

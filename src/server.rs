@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, App};
 use crate::config::Config;
+use crate::data_lock;
 use crate::exec;
 use crate::metrics::{CleanupLabels, Metrics};
 use crate::replicas::Replicas;
@@ -62,7 +63,8 @@ const MAX_BUF: usize = 64 * 1024;
 /// Longest wait for connections to finish writing after every run has ended.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
-/// Prepares the gateway that will listen at `bound`: the store opens; a replica makes sure no
+/// Prepares the gateway that will listen at `bound`: it takes `DATA_DIR` for itself (see
+/// [`crate::data_lock`]); the store opens; a replica makes sure no
 /// live gateway answers under its name; the executor checks it can work (in docker mode: the
 /// engine answers) and removes what a crashed predecessor of this instance left (its
 /// containers); the containment is chosen and ends the processes such a predecessor left; its
@@ -72,6 +74,7 @@ const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 /// second gateway started under a live replica's name took the live one's containers and
 /// records before it found out and stopped.
 pub async fn prepare(config: Arc<Config>, bound: SocketAddr) -> Result<Arc<App>> {
+    let data_lock = data_lock::lock(&config.data_dir)?;
     let store = Runs::open_store(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let replicas = Replicas::new(&config, &store, metrics.clone())?;
@@ -86,7 +89,7 @@ pub async fn prepare(config: Arc<Config>, bound: SocketAddr) -> Result<Arc<App>>
             config.clone(),
             store,
             (replicas, metrics),
-            containment.clone(),
+            (containment.clone(), data_lock),
             executor.clone(),
         )
         .await?,

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Binary, Db, RunStream, alive, assert_gone, pids_in, request};
+use common::{Binary, Db, Frame, RunStream, alive, assert_gone, pids_in, request};
 use serde_json::{Value, json};
 
 /// A CLI that says its pid, then prints a numbered line every 10 ms for a long time.
@@ -243,6 +243,57 @@ async fn a_key_claimed_by_a_killed_gateway_starts_its_run_on_retry_sqlite() {
 #[tokio::test]
 async fn a_key_claimed_by_a_killed_gateway_starts_its_run_on_retry_postgres() {
     a_key_claimed_by_a_killed_gateway_starts_its_run_on_retry(Db::Postgres).await;
+}
+
+/// Two gateways on one `DATA_DIR` would each take the other's runs for a crashed
+/// predecessor's: the second stops at start-up naming the first, which loses nothing.
+#[tokio::test]
+async fn a_second_gateway_on_a_live_gateways_data_dir_does_not_start() {
+    let place = Place::new(Db::Sqlite).await;
+    let vars = place.vars();
+    let gw = Binary::start(&vars).await;
+    let body = json!({"cli": "sh", "args": ["-c", "echo \"pid $$\"; exec sleep 30"]});
+    let mut s = RunStream::open(gw.addr, body.to_string().into_bytes(), &[]).await;
+    let id = s.headers["x-cligate-run-id"].to_str().unwrap().to_string();
+    let pids = pids_in(&s.stdout_until("\n").await);
+    assert_eq!(pids.len(), 1);
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
+            .env_clear()
+            .envs(vars.iter().copied())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second gateway stops at once")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(&format!(
+            "cligate: DATA_DIR: '{}' is in use by another running gateway (pid {})",
+            place.data_dir,
+            gw.pid()
+        )),
+        "{stderr}"
+    );
+
+    // The first's run goes on, and ends as its client says.
+    assert!(alive(pids[0]));
+    assert_eq!(get(gw.addr, &format!("/runs/{id}")).await["state"], "running");
+    let stop = request(gw.addr, "POST", &format!("/runs/{id}/stop"), None, &[]).await;
+    assert_eq!(stop.status, 200);
+    let rest = s.collect().await;
+    assert!(matches!(rest.0.as_slice(), [Frame::Exit { code: 143, .. }]), "{rest:?}");
+    let record = get(gw.addr, &format!("/runs/{id}")).await;
+    assert_eq!(
+        (&record["state"], &record["reason"]),
+        (&json!("finished"), &json!("stopped"))
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
+use crate::data_lock::DataDirLock;
 use crate::exec::Executor;
 use crate::metrics::Metrics;
 use crate::replicas::Replicas;
@@ -89,6 +90,8 @@ pub struct App {
     pub containment: Arc<Containment>,
     /// This replica among those sharing the PostgreSQL store; `None` with SQLite.
     pub replicas: Option<Arc<Replicas>>,
+    /// `DATA_DIR` is this gateway's while it lives.
+    _data_lock: DataDirLock,
 }
 
 impl App {
@@ -98,7 +101,7 @@ impl App {
         config: Arc<Config>,
         store: Store,
         (replicas, metrics): (Option<Arc<Replicas>>, Arc<Metrics>),
-        containment: Arc<Containment>,
+        (containment, data_lock): (Arc<Containment>, DataDirLock),
         executor: Arc<dyn Executor>,
     ) -> anyhow::Result<App> {
         let runs = Arc::new(Runs::open(config.clone(), store, metrics.clone(), containment.clone(), executor).await?);
@@ -111,6 +114,7 @@ impl App {
             shutting_down: AtomicBool::new(false),
             rejection_log: LogBudget::new(REJECTIONS_LOGGED_PER_SECOND),
             containment,
+            _data_lock: data_lock,
         })
     }
 }
