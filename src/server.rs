@@ -64,15 +64,15 @@ const MAX_BUF: usize = 64 * 1024;
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 /// Prepares the gateway that will listen at `bound`: it takes `DATA_DIR` for itself (see
-/// [`crate::data_lock`]); the store opens; a replica makes sure no
-/// live gateway answers under its name; the executor checks it can work (in docker mode: the
-/// engine answers) and removes what a crashed predecessor of this instance left (its
-/// containers); the containment is chosen and ends the processes such a predecessor left; its
-/// runs are recovered. Fails with a one-line reason.
+/// [`crate::data_lock`]); the store opens; a replica makes sure no live gateway answers under
+/// its name; the executor checks it can work (in docker mode: the engine answers) and removes
+/// what a crashed predecessor of this instance left (its containers); the containment is chosen
+/// and ends the processes such a predecessor left; its runs are recovered. Fails with a one-line
+/// reason.
 ///
-/// The name comes first: every later step takes what this instance's predecessor left, and a
-/// second gateway started under a live replica's name took the live one's containers and
-/// records before it found out and stopped.
+/// The directory and the name come first: every later step takes what this instance's
+/// predecessor left, and a second gateway on a live one's `DATA_DIR` or under a live replica's
+/// name took the live one's runs (and containers) before it found out and stopped.
 pub async fn prepare(config: Arc<Config>, bound: SocketAddr) -> Result<Arc<App>> {
     let data_lock = data_lock::lock(&config.data_dir)?;
     let store = Runs::open_store(&config).await?;
@@ -87,9 +87,11 @@ pub async fn prepare(config: Arc<Config>, bound: SocketAddr) -> Result<Arc<App>>
     let app = Arc::new(
         App::new(
             config.clone(),
+            data_lock,
             store,
-            (replicas, metrics),
-            (containment.clone(), data_lock),
+            replicas,
+            metrics,
+            containment.clone(),
             executor.clone(),
         )
         .await?,

@@ -96,12 +96,15 @@ pub struct App {
 
 impl App {
     /// Opens the run service over `store` (logs, recovery of a crashed predecessor's runs);
-    /// `replicas` and `metrics` are those made with it (see [`crate::server::prepare`]).
+    /// `replicas` and `metrics` are those made with it, `data_lock` holds `DATA_DIR` (see
+    /// [`crate::server::prepare`]).
     pub async fn new(
         config: Arc<Config>,
+        data_lock: DataDirLock,
         store: Store,
-        (replicas, metrics): (Option<Arc<Replicas>>, Arc<Metrics>),
-        (containment, data_lock): (Arc<Containment>, DataDirLock),
+        replicas: Option<Arc<Replicas>>,
+        metrics: Arc<Metrics>,
+        containment: Arc<Containment>,
         executor: Arc<dyn Executor>,
     ) -> anyhow::Result<App> {
         let runs = Arc::new(Runs::open(config.clone(), store, metrics.clone(), containment.clone(), executor).await?);
