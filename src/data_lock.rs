@@ -27,7 +27,8 @@ pub struct DataDirLock {
 }
 
 /// Creates `data_dir` if needed and locks it for this process; fails naming `DATA_DIR` when it
-/// cannot be written or another process holds it.
+/// cannot be written or another process holds it (where the file system has no record locks,
+/// it warns and goes on).
 pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
     let dir = data_dir.display();
     std::fs::create_dir_all(data_dir).map_err(|e| anyhow!("DATA_DIR: cannot create '{dir}': {e}"))?;
@@ -44,7 +45,10 @@ pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } == -1 {
         let e = std::io::Error::last_os_error();
         if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
-            return Err(anyhow!("DATA_DIR: cannot lock '{}': {e}", path.display()));
+            // A file system without record locks (some network and FUSE ones): the gateway works
+            // as before, unguarded, and says so.
+            tracing::warn!(path = %path.display(), error = %e, "cannot lock DATA_DIR; make sure no other gateway uses it");
+            return Ok(DataDirLock { _file: file });
         }
         // SAFETY: F_GETLK fills in the flock structure, which lives through the call.
         let holder = match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut whole) } {
