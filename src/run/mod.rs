@@ -59,9 +59,10 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(session_id: String, cli: String) -> Run {
+    /// Run `id` (from [`crate::runlog::LogDir::lease_run_id`]) of `session_id`.
+    pub fn new(id: String, session_id: String, cli: String) -> Run {
         Run {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id,
             session_id,
             cli,
             owner: None,

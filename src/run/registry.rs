@@ -97,13 +97,17 @@ impl Drop for Registration {
 mod tests {
     use super::*;
     use crate::run::{End, RunState};
+    use crate::runlog::fresh_id;
 
     #[test]
     fn a_session_runs_once_at_a_time() {
         let reg = Arc::new(Registry::default());
-        let a = Arc::new(Run::new("s".into(), "codex".into()));
+        let a = Arc::new(Run::new(fresh_id(), "s".into(), "codex".into()));
         let entry = reg.insert(a.clone()).unwrap();
-        assert!(reg.insert(Arc::new(Run::new("s".into(), "codex".into()))).is_none());
+        assert!(
+            reg.insert(Arc::new(Run::new(fresh_id(), "s".into(), "codex".into())))
+                .is_none()
+        );
         assert!(reg.stop("s", EndReason::Stopped));
         assert!(
             reg.stop("s", EndReason::Shutdown),
@@ -112,12 +116,15 @@ mod tests {
         drop(entry);
         assert!(reg.is_empty());
         assert!(!reg.stop("s", EndReason::Stopped));
-        assert!(reg.insert(Arc::new(Run::new("s".into(), "codex".into()))).is_some());
+        assert!(
+            reg.insert(Arc::new(Run::new(fresh_id(), "s".into(), "codex".into())))
+                .is_some()
+        );
     }
 
     #[test]
     fn a_finished_run_cannot_be_stopped() {
-        let run = Run::new("s".into(), "c".into());
+        let run = Run::new(fresh_id(), "s".into(), "c".into());
         run.set_state(RunState::Finished(End {
             code: 0,
             reason: EndReason::Exited,
@@ -136,7 +143,7 @@ mod tests {
             .unwrap();
         for i in 0..3000 {
             let reg = Arc::new(Registry::default());
-            let run = Arc::new(Run::new(format!("s{i}"), "c".into()));
+            let run = Arc::new(Run::new(fresh_id(), format!("s{i}"), "c".into()));
             let _entry = reg.insert(run.clone()).unwrap();
             let ends = run.clone();
             let ended = runtime.spawn(async move {

@@ -213,8 +213,7 @@ impl Runs {
             tracing::error!(error = %e, "{what}");
             Refusal::Unavailable(format!("{what}: {e}"))
         };
-        let mut run = Run::new(spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name.clone());
-        run.id = run_id;
+        let mut run = Run::new(run_id, spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name.clone());
         run.client = caller.client.map(|c| c.to_string()).unwrap_or_default();
         let log = self
             .logs
