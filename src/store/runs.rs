@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::cursor::Cursor;
 use super::record::{Finish, ListQuery, RecordState, RunMode, RunRecord};
 use super::writer::Op;
-use super::{ListError, Store};
+use super::{ListError, Store, over_ids};
 
 /// Every column of `runs`, in the order [`decode`] reads them.
 pub(super) const COLUMNS: &str = "run_id, session_id, cli, args, env_keys, model, mode, owner, instance, state, \
@@ -100,13 +100,7 @@ impl Store {
     pub async fn recorded_ids(&self, ids: &[String]) -> Result<std::collections::HashSet<String>> {
         let mut known = std::collections::HashSet::new();
         for chunk in ids.chunks(256) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("SELECT run_id FROM runs WHERE run_id IN ({})", marks.join(", "));
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.as_str());
-            }
-            let rows = query
+            let rows = over_ids("SELECT run_id FROM runs WHERE run_id IN", chunk)
                 .fetch_all(&self.read)
                 .await
                 .context("reading which logs have records")?;
