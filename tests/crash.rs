@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Binary, Db, Frame, RunStream, alive, assert_gone, pids_in, request};
+use common::{Binary, Db, Frame, RunStream, alive, assert_gone, pids_in, request, run_binary};
 use serde_json::{Value, json};
 
 /// A CLI that says its pid, then prints a numbered line every 10 ms for a long time.
@@ -258,18 +258,9 @@ async fn a_second_gateway_on_a_live_gateways_data_dir_does_not_start() {
     let pids = pids_in(&s.stdout_until("\n").await);
     assert_eq!(pids.len(), 1);
 
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
-            .env_clear()
-            .envs(vars.iter().copied())
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the second gateway stops at once")
-    .unwrap();
+    let mut second = vars.clone();
+    second.push(("LISTEN_ADDR", "127.0.0.1:0"));
+    let out = run_binary(&[], &second, Duration::from_secs(20)).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or("");
@@ -298,7 +289,6 @@ async fn a_second_gateway_on_a_live_gateways_data_dir_does_not_start() {
 
 #[tokio::test]
 async fn an_unwritable_data_dir_or_an_unreachable_database_stops_start_up_naming_the_variable() {
-    let bin = env!("CARGO_BIN_EXE_cligate");
     let file = tempfile::NamedTempFile::new().unwrap();
     let not_a_dir = file.path().join("sub").display().to_string();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -307,25 +297,17 @@ async fn an_unwritable_data_dir_or_an_unreachable_database_stops_start_up_naming
         .unwrap()
         .port();
     let unreachable = format!("postgres://nobody@127.0.0.1:{closed}/none");
-    let scratch = tempfile::tempdir().unwrap();
-    for (variable, vars) in [
-        ("DATA_DIR", vec![("DATA_DIR", not_a_dir.as_str())]),
-        ("DATABASE_URL", vec![("DATABASE_URL", unreachable.as_str())]),
-        ("DATABASE_URL", vec![("DATABASE_URL", "mysql://x@y/z")]),
+    for (variable, var) in [
+        ("DATA_DIR", ("DATA_DIR", not_a_dir.as_str())),
+        ("DATABASE_URL", ("DATABASE_URL", unreachable.as_str())),
+        ("DATABASE_URL", ("DATABASE_URL", "mysql://x@y/z")),
     ] {
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(bin)
-                .env_clear()
-                .env("LISTEN_ADDR", "127.0.0.1:0")
-                .env("DATABASE_CONNECT_TIMEOUT_SECONDS", "2")
-                .env("DATA_DIR", scratch.path())
-                .envs(vars.iter().copied())
-                .output(),
-        )
-        .await
-        .expect("start-up fails in time")
-        .unwrap();
+        let vars = [
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("DATABASE_CONNECT_TIMEOUT_SECONDS", "2"),
+            var,
+        ];
+        let out = run_binary(&[], &vars, Duration::from_secs(60)).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{vars:?} started");
         assert_eq!(stderr.lines().count(), 1, "{vars:?}: {stderr}");

@@ -5,16 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Binary, Gateway, RunStream, fixtures, request};
+use common::{Binary, Gateway, RunStream, request, run_binary};
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
-const BIN: &str = env!("CARGO_BIN_EXE_cligate");
 
 /// One sample of the metrics text: value of `name` with exactly `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -265,31 +262,9 @@ async fn readiness_fails_once_shutdown_begins() {
     server.await.unwrap().unwrap();
 }
 
-/// Runs the binary with only `vars` (and a PATH with the fixtures) in its environment.
-async fn run_binary(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("DATA_DIR", common::scratch_data_dir())
-        .env("PATH", test_path())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("the binary exits")
-        .unwrap()
-}
-
-fn test_path() -> String {
-    format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default())
-}
-
 #[tokio::test]
 async fn help_lists_every_variable_with_its_default() {
-    let out = run_binary(&["--help"], &[]).await;
+    let out = run_binary(&["--help"], &[], Duration::from_secs(30)).await;
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for v in cligate::config::VARIABLES {
@@ -319,7 +294,7 @@ async fn help_lists_every_variable_with_its_default() {
 
 #[tokio::test]
 async fn version_prints_the_crate_version() {
-    let out = run_binary(&["--version"], &[]).await;
+    let out = run_binary(&["--version"], &[], Duration::from_secs(30)).await;
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
@@ -352,7 +327,7 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
         ),
     ];
     for (variable, vars) in cases {
-        let out = run_binary(&[], &vars).await;
+        let out = run_binary(&[], &vars, Duration::from_secs(30)).await;
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(!out.status.success(), "{vars:?} started");
         assert_eq!(stderr.lines().count(), 1, "{vars:?}: {stderr:?}");

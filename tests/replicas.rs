@@ -728,27 +728,13 @@ async fn a_second_gateway_under_a_live_replicas_name_does_not_start() {
             .await
     });
     until_one_waits_for_a_slot(a.addr).await;
-    let path = format!(
-        "{}:{}",
-        common::fixtures().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"))
-            .env_clear()
-            .env("PATH", path)
-            .env("DATA_DIR", common::scratch_data_dir())
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("DATABASE_URL", &db)
-            .env("CLIGATE_INSTANCE", "twin")
-            .env("DATA_DIR_MIN_FREE_BYTES", "0")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("it stops at once")
-    .unwrap();
+    let vars = [
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("DATABASE_URL", db.as_str()),
+        ("CLIGATE_INSTANCE", "twin"),
+        ("DATA_DIR_MIN_FREE_BYTES", "0"),
+    ];
+    let out = common::run_binary(&[], &vars, Duration::from_secs(30)).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Its log lines (text) come first; the refusal is the one line of the start-up failure.

@@ -27,6 +27,29 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bin")
 }
 
+/// `PATH` of a test gateway: the fixture CLIs first.
+pub fn test_path() -> String {
+    format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// Runs the `cligate` binary with `args`, in an environment of a scratch `DATA_DIR`, the test
+/// `PATH` and `vars` (which override both), and waits at most `limit` for it to exit (start-up
+/// failures, `--help`, `--version`).
+pub async fn run_binary(args: &[&str], vars: &[(&str, &str)], limit: Duration) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cligate"));
+    cmd.args(args)
+        .env_clear()
+        .env("DATA_DIR", scratch_data_dir())
+        .env("PATH", test_path())
+        .envs(vars.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(limit, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("the binary did not exit within {limit:?}"))
+        .unwrap()
+}
+
 /// The CLIs every test gateway allows.
 pub const TEST_CLIS: &str = "echo-stdin,args,show-env,exit-code,ignore-term,spawn-tree,slow-partial,split-utf8,\
     bad-utf8,flood,long-line,escape-pipe,sh,sleep,not-installed-cli,no-interpreter,node-probe,escape-setsid,escape-node";
@@ -69,7 +92,7 @@ impl Gateway {
     }
 
     pub async fn try_start(vars: &[(&str, &str)]) -> anyhow::Result<Gateway> {
-        let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
+        let path = test_path();
         let temp = match vars.iter().any(|(k, _)| *k == "DATA_DIR") {
             true => None,
             false => Some(tempfile::Builder::new().prefix("cligate-test-").tempdir()?),
@@ -278,7 +301,7 @@ impl Binary {
             }
             None => tokio::process::Command::new(bin),
         };
-        let path = format!("{}:{}", fixtures().display(), std::env::var("PATH").unwrap_or_default());
+        let path = test_path();
         cmd.env_clear()
             .env("DATA_DIR", scratch_data_dir())
             .env("PATH", path)
