@@ -40,7 +40,7 @@ pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
         .truncate(false)
         .open(&path)
         .map_err(|e| anyhow!("DATA_DIR: cannot write '{}': {e}", path.display()))?;
-    let mut whole = whole_file(libc::F_WRLCK);
+    let mut whole = write_lock_of_whole_file();
     // SAFETY: F_SETLK reads the flock structure, which lives through the call.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } == -1 {
         let e = std::io::Error::last_os_error();
@@ -64,10 +64,10 @@ pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
     Ok(DataDirLock { _file: file })
 }
 
-fn whole_file(kind: libc::c_int) -> libc::flock {
+fn write_lock_of_whole_file() -> libc::flock {
     // SAFETY: flock is plain data; all zeroes is a valid value (start 0, length 0: the whole file).
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = kind as libc::c_short;
+    lock.l_type = libc::F_WRLCK as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
     lock
 }
