@@ -360,4 +360,47 @@ mod tests {
         let plan = plan(&db, active);
         assert!(reads(&plan, "runs_active_newest"), "{plan}");
     }
+
+    /// The listing indexes are ascending (see `migrations/sqlite/0008_ascending_indexes.sql`):
+    /// each filter, with and without the cursor, and a session's latest run still read their
+    /// index backwards, in the listing's order, with nothing sorted in memory.
+    #[tokio::test]
+    async fn filters_read_their_ascending_index_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(None, dir.path()).await.unwrap();
+        let db = dir.path().join("cligate.db");
+        let cases = [
+            (
+                ListQuery {
+                    cli: Some("codex".into()),
+                    ..ListQuery::default()
+                },
+                "runs_cli_newest",
+            ),
+            (
+                ListQuery {
+                    session_id: Some("s".into()),
+                    ..ListQuery::default()
+                },
+                "runs_session_newest",
+            ),
+            (
+                ListQuery {
+                    owner: Some("alice".into()),
+                    ..ListQuery::default()
+                },
+                "runs_owner_newest",
+            ),
+        ];
+        for (query, index) in cases {
+            for cursor in [false, true] {
+                let plan = plan(&db, &list_sql(&query, cursor));
+                assert!(reads(&plan, index), "{query:?}: {plan}");
+                assert!(!plan.contains("TEMP B-TREE"), "{query:?}: {plan}");
+            }
+        }
+        let latest = format!("SELECT {COLUMNS} FROM runs WHERE session_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT 1");
+        let plan = plan(&db, &latest);
+        assert!(reads(&plan, "runs_session_newest") && !plan.contains("TEMP B-TREE"), "{plan}");
+    }
 }
