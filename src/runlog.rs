@@ -198,9 +198,14 @@ impl Spares {
     }
 }
 
-/// A new run id: 32 hex digits, random.
+/// A new run id: 32 hex digits, a UUIDv7 (a millisecond timestamp, then random bits). Ids made
+/// later sort later, so a run's entries in the store's `run_id`-keyed B-trees (the record's
+/// primary key, its kept log) are appended at their last leaf, where a random id put each into a
+/// leaf of its own in every commit: WAL frames per short run 10.4 -> 8.9, the store's CPU per run
+/// -20% (`wrk -c8` of `true`, four alternating rounds). Ids are no secret: every record is
+/// guarded by its owner (`crate::runs::read::visible`).
 pub fn fresh_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// A run id from [`LogDir::lease_run_id`]. Dropped before its log was created (the run was

@@ -138,7 +138,9 @@ impl RunRequest {
             }
         }
         let session_id = match self.session_id.filter(|s| !s.is_empty()) {
-            None => uuid::Uuid::new_v4().to_string(),
+            // Time-ordered, like run ids (see `crate::runlog::fresh_id`): the session index
+            // is appended at its end.
+            None => uuid::Uuid::now_v7().to_string(),
             Some(id) => {
                 if id.len() > MAX_SESSION_ID || id.chars().any(|c| c.is_control() || c == '/') {
                     return Err(format!(
