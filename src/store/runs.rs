@@ -399,8 +399,12 @@ mod tests {
                 assert!(!plan.contains("TEMP B-TREE"), "{query:?}: {plan}");
             }
         }
-        let latest = format!("SELECT {COLUMNS} FROM runs WHERE session_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT 1");
+        let latest =
+            format!("SELECT {COLUMNS} FROM runs WHERE session_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT 1");
         let plan = plan(&db, &latest);
-        assert!(reads(&plan, "runs_session_newest") && !plan.contains("TEMP B-TREE"), "{plan}");
+        assert!(
+            reads(&plan, "runs_session_newest") && !plan.contains("TEMP B-TREE"),
+            "{plan}"
+        );
     }
 }
