@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cligate::store::idempotency::Claim;
 use cligate::store::{Finish, ListError, ListQuery, RecordState, RunMode, RunRecord, Store};
 use serde_json::json;
 
@@ -472,6 +473,14 @@ async fn retention_never_removes_unfinished_runs(ctx: Ctx) {
     assert_eq!(oldest[5], ("ended-6".to_string(), 600, T0 + 6));
     assert_eq!(s.total_log_bytes_finished().await.unwrap(), 2100);
 
+    // Idempotency keys naming a run that will be deleted, a live run and an ended run that stays.
+    for (key, run) in [
+        ("k-ended-1", "ended-1"),
+        ("k-live", "live-running"),
+        ("k-ended-4", "ended-4"),
+    ] {
+        assert_eq!(s.claim_key("", key, "h", (run, "gw-a"), T0).await.unwrap(), Claim::New);
+    }
     let ids: Vec<String> = ["ended-1", "ended-2", "live-queued", "live-running", "missing"]
         .into_iter()
         .map(String::from)
@@ -480,6 +489,23 @@ async fn retention_never_removes_unfinished_runs(ctx: Ctx) {
     assert!(s.get("ended-1").await.unwrap().is_none());
     assert!(s.get("live-queued").await.unwrap().is_some());
     assert!(s.get("live-running").await.unwrap().is_some());
+    // The deleted run's key is forgotten (a retry starts a run); the others still name theirs.
+    assert_eq!(
+        s.claim_key("", "k-ended-1", "h", ("new-run", "gw-a"), T0 + 10)
+            .await
+            .unwrap(),
+        Claim::New
+    );
+    for (key, run) in [("k-live", "live-running"), ("k-ended-4", "ended-4")] {
+        assert_eq!(
+            s.claim_key("", key, "h", ("other", "gw-a"), T0 + 10).await.unwrap(),
+            Claim::Taken {
+                body_hash: "h".into(),
+                run_id: run.into()
+            },
+            "{key}"
+        );
+    }
     assert_eq!(s.total_log_bytes_finished().await.unwrap(), 1800);
     // Many ids at once (more than one statement's worth).
     let many: Vec<String> = (0..1200)
@@ -803,7 +829,6 @@ async fn postgres_replicas_sweep_dead_ones_once_and_keep_sessions_unique() {
     // Keys claimed by a dead replica for runs it never recorded are forgotten by a live one;
     // those of recorded runs, of live replicas, of unregistered instances and its own stay.
     {
-        use cligate::store::idempotency::Claim;
         for (key, run_id, instance) in [
             ("k-gone", "unrecorded-1", "gone"),
             ("k-gone-recorded", "g1", "gone"),

@@ -249,8 +249,17 @@ impl Store {
 
 /// `{head} ($1, …, $n)` with each of `ids` bound in order: a statement over a list of run ids.
 fn over_ids<'q>(head: &str, ids: &'q [String]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    over_ids_then(head, ids, "")
+}
+
+/// [`over_ids`] with `tail` (SQL without parameters) after the list.
+fn over_ids_then<'q>(
+    head: &str,
+    ids: &'q [String],
+    tail: &str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("{head} ({})", marks.join(", "))));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("{head} ({}){tail}", marks.join(", "))));
     for id in ids {
         q = q.bind(id.as_str());
     }

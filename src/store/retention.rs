@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, over_ids};
+use super::{Store, over_ids, over_ids_then};
 
 /// Ids per `DELETE … IN (…)` statement (well under every database's parameter limit).
 const DELETE_CHUNK: usize = 500;
@@ -97,6 +97,14 @@ impl Store {
                 .execute(&self.write)
                 .await
                 .context("deleting kept logs")?;
+            // A key lives no longer than the record of its run: a retry after that starts a
+            // new run, as after the key's 24 hours. Only keys whose record is gone: an id of a
+            // run that was not deleted above keeps its keys.
+            let gone = " AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = idempotency.run_id)";
+            over_ids_then("DELETE FROM idempotency WHERE run_id IN", chunk, gone)
+                .execute(&self.write)
+                .await
+                .context("deleting the idempotency keys of deleted runs")?;
         }
         Ok(deleted)
     }
