@@ -81,8 +81,9 @@ impl Store {
         Ok(u64::try_from(row.try_get::<i64, _>(0)?)?)
     }
 
-    /// Deletes the given runs that have ended; queued/running ones (and unknown ids) are left
-    /// alone. Returns how many records were deleted.
+    /// Deletes the given runs that have ended, with their kept logs and idempotency keys;
+    /// queued/running ones (and unknown ids) are left alone. Returns how many records were
+    /// deleted.
     pub async fn delete(&self, run_ids: &[String]) -> Result<u64> {
         let mut deleted = 0;
         for chunk in run_ids.chunks(DELETE_CHUNK) {
