@@ -329,47 +329,27 @@ mod tests {
         steps.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     }
 
-    /// Without an index on the state column, each state filter and an instance's active runs still
-    /// read an index in the listing's order: the partial ones for queued/running and for
-    /// interrupted records, `runs_newest` for finished ones; nothing is sorted in memory.
+    /// Each filter of a listing, with and without the cursor, reads an index in the listing's
+    /// order, with nothing sorted in memory: without an index on the state column, the partial
+    /// ones for queued/running and for interrupted records and `runs_newest` for finished ones;
+    /// the cli, session and owner filters their own. The listing indexes are ascending (see
+    /// `migrations/sqlite/0008_ascending_indexes.sql`) and read backwards. So do an instance's
+    /// active runs and a session's latest run.
     #[tokio::test]
-    async fn state_filters_and_active_runs_read_an_index_in_order() {
+    async fn each_filter_reads_an_index_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let _store = Store::open(None, dir.path()).await.unwrap();
         let db = dir.path().join("cligate.db");
+        let state = |state| ListQuery {
+            state,
+            ..ListQuery::default()
+        };
         let cases = [
-            (Some(RecordState::Queued), "runs_active_newest"),
-            (Some(RecordState::Running), "runs_active_newest"),
-            (Some(RecordState::Interrupted), "runs_interrupted_newest"),
-            (Some(RecordState::Finished), "runs_newest"),
-            (None, "runs_newest"),
-        ];
-        for (state, index) in cases {
-            for cursor in [false, true] {
-                let query = ListQuery {
-                    state,
-                    ..ListQuery::default()
-                };
-                let plan = plan(&db, &list_sql(&query, cursor));
-                assert!(reads(&plan, index), "{state:?}: {plan}");
-                assert!(!plan.contains("TEMP B-TREE"), "{state:?}: {plan}");
-            }
-        }
-        let active = "SELECT run_id FROM runs WHERE instance = 'i' AND state IN ('queued', 'running') \
-                      ORDER BY created_at DESC, run_id DESC";
-        let plan = plan(&db, active);
-        assert!(reads(&plan, "runs_active_newest"), "{plan}");
-    }
-
-    /// The listing indexes are ascending (see `migrations/sqlite/0008_ascending_indexes.sql`):
-    /// each filter, with and without the cursor, and a session's latest run still read their
-    /// index backwards, in the listing's order, with nothing sorted in memory.
-    #[tokio::test]
-    async fn filters_read_their_ascending_index_backwards() {
-        let dir = tempfile::tempdir().unwrap();
-        let _store = Store::open(None, dir.path()).await.unwrap();
-        let db = dir.path().join("cligate.db");
-        let cases = [
+            (state(Some(RecordState::Queued)), "runs_active_newest"),
+            (state(Some(RecordState::Running)), "runs_active_newest"),
+            (state(Some(RecordState::Interrupted)), "runs_interrupted_newest"),
+            (state(Some(RecordState::Finished)), "runs_newest"),
+            (state(None), "runs_newest"),
             (
                 ListQuery {
                     cli: Some("codex".into()),
@@ -399,12 +379,16 @@ mod tests {
                 assert!(!plan.contains("TEMP B-TREE"), "{query:?}: {plan}");
             }
         }
+        let active = "SELECT run_id FROM runs WHERE instance = 'i' AND state IN ('queued', 'running') \
+                      ORDER BY created_at DESC, run_id DESC";
+        let active = plan(&db, active);
+        assert!(reads(&active, "runs_active_newest"), "{active}");
         let latest =
             format!("SELECT {COLUMNS} FROM runs WHERE session_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT 1");
-        let plan = plan(&db, &latest);
+        let latest = plan(&db, &latest);
         assert!(
-            reads(&plan, "runs_session_newest") && !plan.contains("TEMP B-TREE"),
-            "{plan}"
+            reads(&latest, "runs_session_newest") && !latest.contains("TEMP B-TREE"),
+            "{latest}"
         );
     }
 }
