@@ -1,8 +1,10 @@
 //! A run's log: the NDJSON bytes of its frames, appended to one file per run under
 //! `$DATA_DIR/logs`, read by any number of readers from a byte offset. The writer (the run's
 //! supervisor) appends whole frames only and then publishes the new end, so a reader never sees
-//! half a frame; readers follow the published end through a `watch`, each at its own pace, so a
-//! slow reader costs one bounded read buffer and never slows the child. A log outlives the
+//! half a frame; readers follow the published end, each at its own pace, so a slow reader costs
+//! one bounded read buffer and never slows the child. The run's own client is woken through a
+//! `watch` it shares with the writer (both at the gateway's priority), every other follower
+//! through the log's relay, which shares no lock with the writer. A log outlives the
 //! process, the connection and the gateway: after a crash its torn last line (if any) is cut off
 //! by [`LogDir::repair`].
 //!
@@ -25,11 +27,14 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
+
+mod relay;
+use relay::Relay;
 
 /// Largest piece a reader takes at once (also the most a reader holds).
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -443,21 +448,55 @@ pub struct RunLog {
     file: Option<LiveFile>,
     /// Set by [`RunLog::recycle_when_unused`]: the file goes back to the pool on drop.
     recycle: AtomicBool,
-    /// The end of the file and the latest chunks. Held only for a write to the page cache or a
-    /// copy of a `Bytes` handle, never across an `.await`.
-    tail: Mutex<Tail>,
+    /// The writers' side: taken by the run's pipes and its finish, never by a reader.
+    writer: Mutex<Writer>,
+    /// The latest chunks. Held only to copy a `Bytes` handle, never across an `.await`. With a
+    /// file, writers and readers only *try* it: a reader that finds it taken reads the file, a
+    /// writer does not keep its chunk here, so nobody waits for anybody (a follower on a
+    /// lower-priority thread may be descheduled while holding it). In memory it is the log, and
+    /// everyone waits for it (`RUN_LOG_IN_MEMORY` is for benchmarks).
+    recent: Mutex<Recent>,
+    /// The published end, `size << 1 | closed`: read without a lock.
+    published: AtomicU64,
+    /// Wakes the run's own client (see [`Reader::Client`]).
     end: watch::Sender<LogEnd>,
+    /// Wakes every other reader (see [`relay`]); started by the first of them (`None`: it could
+    /// not be, and they are woken like the client).
+    relay: OnceLock<Option<Relay>>,
 }
 
 #[derive(Debug, Default)]
-struct Tail {
+struct Writer {
     size: u64,
-    /// The most recent chunks with their offsets, oldest first.
-    recent: std::collections::VecDeque<(u64, Bytes)>,
-    /// Their total length.
-    recent_bytes: usize,
     /// Set when a write failed: later appends are refused.
     failed: bool,
+    closed: bool,
+}
+
+impl Writer {
+    fn published(&self) -> u64 {
+        self.size << 1 | u64::from(self.closed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    /// The most recent chunks with their offsets, oldest first (with a file, one a writer could
+    /// not add is missing; readers then read its bytes from the file).
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    /// Their total length.
+    bytes: usize,
+}
+
+/// Who follows a live log, and so how it is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The run's own client (its `/run` connection, on the HTTP workers): woken by the writer
+    /// directly, through a `watch` they share.
+    Client,
+    /// Any other follower (`/runs/{id}/stream`, on lower-priority threads): woken through the
+    /// log's relay, so that the writer never waits for a lock one of them holds.
+    Follower,
 }
 
 /// A live log's file, where it is, and the pool it may go back to.
@@ -470,6 +509,9 @@ struct LiveFile {
 
 impl Drop for RunLog {
     fn drop(&mut self) {
+        if let Some(Some(relay)) = self.relay.get() {
+            relay.wake(); // its task ends: the log is gone
+        }
         if *self.recycle.get_mut()
             && let Some(live) = self.file.take()
         {
@@ -483,8 +525,11 @@ impl RunLog {
         RunLog {
             file,
             recycle: AtomicBool::new(false),
-            tail: Mutex::new(Tail::default()),
+            writer: Mutex::default(),
+            recent: Mutex::default(),
+            published: AtomicU64::new(0),
             end: watch::Sender::new(LogEnd { size: 0, closed: false }),
+            relay: OnceLock::new(),
         }
     }
 
@@ -492,66 +537,113 @@ impl RunLog {
     /// child is slowed only by the disk, never by a reader.
     pub fn append(&self, frames: Bytes) -> io::Result<u64> {
         if frames.is_empty() {
-            return Ok(self.end.borrow().size);
+            return Ok(self.end().size);
         }
         let size = {
-            let mut tail = self.tail.lock().expect("log lock");
-            if tail.failed {
+            let mut writer = self.writer.lock().expect("log writer lock");
+            if writer.failed {
                 return Err(io::Error::other("an earlier write to this log failed"));
             }
             if let Some(live) = &self.file
-                && let Err(e) = live.file.write_all_at(&frames, tail.size)
+                && let Err(e) = live.file.write_all_at(&frames, writer.size)
             {
-                tail.failed = true;
+                writer.failed = true;
                 return Err(e);
             }
-            let offset = tail.size;
-            tail.size += frames.len() as u64;
-            tail.recent_bytes += frames.len();
-            tail.recent.push_back((offset, frames));
-            while self.file.is_some() && tail.recent_bytes > RECENT_BYTES && tail.recent.len() > 1 {
-                let (_, old) = tail.recent.pop_front().expect("more than one chunk");
-                tail.recent_bytes -= old.len();
-            }
-            tail.size
+            let offset = writer.size;
+            writer.size += frames.len() as u64;
+            self.remember(offset, frames);
+            // Under the writer's lock, so that two writers (stdout and stderr pumps, the
+            // finish) publish in order.
+            self.published.store(writer.published(), Ordering::SeqCst);
+            writer.size
         };
-        // Two writers (stdout and stderr pumps, the finish) may publish out of order: the end only grows.
         self.end.send_modify(|end| end.size = end.size.max(size));
+        self.kick_relay();
         Ok(size)
+    }
+
+    /// Keeps a new chunk in memory, and at most [`RECENT_BYTES`] (but the newest chunk) with it.
+    fn remember(&self, offset: u64, chunk: Bytes) {
+        let mut recent = match &self.file {
+            Some(_) => match self.recent.try_lock() {
+                Ok(recent) => recent,
+                Err(_) => return, // a reader holds it: the chunk is read from the file
+            },
+            None => self.recent.lock().expect("log chunks lock"),
+        };
+        recent.bytes += chunk.len();
+        recent.chunks.push_back((offset, chunk));
+        while self.file.is_some() && recent.bytes > RECENT_BYTES && recent.chunks.len() > 1 {
+            let (_, old) = recent.chunks.pop_front().expect("more than one chunk");
+            recent.bytes -= old.len();
+        }
+    }
+
+    fn kick_relay(&self) {
+        if let Some(Some(relay)) = self.relay.get() {
+            relay.kick();
+        }
     }
 
     /// Marks the log complete: followers end once they have read everything. The chunks kept in
     /// memory go (a reader that has not caught up yet reads the file), so a finished run's
-    /// stalled reader holds no more than its own buffer.
+    /// stalled reader holds no more than its own buffer (unless a reader held them just then:
+    /// they go with the log).
     pub fn close(&self) {
-        if self.file.is_some() {
-            let mut tail = self.tail.lock().expect("log lock");
-            tail.recent.clear();
-            tail.recent_bytes = 0;
+        {
+            let mut writer = self.writer.lock().expect("log writer lock");
+            writer.closed = true;
+            self.published.store(writer.published(), Ordering::SeqCst);
+        }
+        if self.file.is_some()
+            && let Ok(mut recent) = self.recent.try_lock()
+        {
+            recent.chunks.clear();
+            recent.bytes = 0;
         }
         self.end.send_modify(|end| end.closed = true);
+        self.kick_relay();
     }
 
     pub fn end(&self) -> LogEnd {
-        *self.end.borrow()
+        let published = self.published.load(Ordering::SeqCst);
+        LogEnd {
+            size: published >> 1,
+            closed: published & 1 == 1,
+        }
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<LogEnd> {
+    /// Changes of the end, for `reader`.
+    fn subscribe(self: &Arc<Self>, reader: Reader) -> watch::Receiver<LogEnd> {
+        if reader == Reader::Follower {
+            let relay = self.relay.get_or_init(|| {
+                Relay::start(Arc::downgrade(self), self.end())
+                    .inspect_err(|e| tracing::warn!(error = %e, "a log's followers are woken like its client"))
+                    .ok()
+            });
+            if let Some(relay) = relay {
+                return relay.subscribe();
+            }
+        }
         self.end.subscribe()
     }
 
     /// Up to `max` published bytes from `offset` (empty at the end). Served from memory when the
     /// reader is at a recent chunk, else read back from the file.
     pub fn read(&self, offset: u64, max: usize) -> io::Result<Bytes> {
-        let size = self.end.borrow().size;
+        let size = self.end().size;
         if offset >= size || max == 0 {
             return Ok(Bytes::new());
         }
-        {
-            let tail = self.tail.lock().expect("log lock");
+        let recent = match &self.file {
+            Some(_) => self.recent.try_lock().ok(),
+            None => Some(self.recent.lock().expect("log chunks lock")),
+        };
+        if let Some(recent) = recent {
             // The chunk holding `offset`: the last one starting at or before it.
-            let i = tail.recent.partition_point(|(start, _)| *start <= offset);
-            if let Some((start, chunk)) = i.checked_sub(1).map(|i| &tail.recent[i])
+            let i = recent.chunks.partition_point(|(start, _)| *start <= offset);
+            if let Some((start, chunk)) = i.checked_sub(1).map(|i| &recent.chunks[i])
                 && offset < start + chunk.len() as u64
             {
                 let from = (offset - start) as usize;
@@ -567,15 +659,16 @@ impl RunLog {
 
     /// Every published byte, when there are at most `max` and no write failed (`None` otherwise).
     pub fn contents(&self, max: u64) -> io::Result<Option<Bytes>> {
-        let tail = self.tail.lock().expect("log lock");
-        if tail.failed || tail.size > max {
+        let writer = self.writer.lock().expect("log writer lock");
+        if writer.failed || writer.size > max {
             return Ok(None);
         }
         match &self.file {
-            Some(live) => read_file(&live.file, 0, tail.size as usize).map(Some),
+            Some(live) => read_file(&live.file, 0, writer.size as usize).map(Some),
             None => {
-                let mut all = BytesMut::with_capacity(tail.size as usize);
-                for (_, chunk) in &tail.recent {
+                let recent = self.recent.lock().expect("log chunks lock");
+                let mut all = BytesMut::with_capacity(writer.size as usize);
+                for (_, chunk) in &recent.chunks {
                     all.extend_from_slice(chunk);
                 }
                 Ok(Some(all.freeze()))
@@ -714,17 +807,22 @@ impl Source {
 
 /// Follows a log from `offset` to its end: yields pieces of at most [`READ_CHUNK`] bytes as they
 /// are published, and ends once the log is closed and read to the end (or cannot be read).
-pub fn follow(source: Source, mut offset: u64) -> impl tokio_stream::Stream<Item = Bytes> + Send + use<> {
+pub fn follow(
+    source: Source,
+    mut offset: u64,
+    reader: Reader,
+) -> impl tokio_stream::Stream<Item = Bytes> + Send + use<> {
     async_stream::stream! {
         let mut changes = match &source {
-            Source::Live(log) => Some(log.subscribe()),
+            Source::Live(log) => Some(log.subscribe(reader)),
             Source::Finished(_) => None,
         };
         loop {
-            let end = match changes.as_mut() {
-                Some(rx) => *rx.borrow_and_update(),
-                None => source.end(),
-            };
+            if let Some(rx) = changes.as_mut() {
+                // Seen before the end is read: a change after this read wakes the wait below.
+                rx.borrow_and_update();
+            }
+            let end = source.end();
             if offset < end.size {
                 match source.read(offset, READ_CHUNK) {
                     Ok(chunk) if !chunk.is_empty() => {
@@ -767,25 +865,96 @@ mod tests {
 
     #[tokio::test]
     async fn readers_follow_appends_from_any_offset_to_the_close() {
-        let (_tmp, logs) = dir();
-        let log = logs.create("r1").unwrap();
-        let reader = tokio::spawn(follow(Source::Live(log.clone()), 0).collect::<Vec<Bytes>>());
-        let late = tokio::spawn(follow(Source::Live(log.clone()), 3).collect::<Vec<Bytes>>());
-        for i in 0..100 {
-            log.append(Bytes::from(format!("{{\"n\":{i}}}\n"))).unwrap();
-            if i % 10 == 0 {
-                tokio::task::yield_now().await;
+        for (id, kind) in [("r1", Reader::Client), ("r1f", Reader::Follower)] {
+            let (_tmp, logs) = dir();
+            let log = logs.create(id).unwrap();
+            let reader = tokio::spawn(follow(Source::Live(log.clone()), 0, kind).collect::<Vec<Bytes>>());
+            let late = tokio::spawn(follow(Source::Live(log.clone()), 3, kind).collect::<Vec<Bytes>>());
+            for i in 0..100 {
+                log.append(Bytes::from(format!("{{\"n\":{i}}}\n"))).unwrap();
+                if i % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
+            log.close();
+            let all: Vec<u8> = reader.await.unwrap().concat();
+            let on_disk = std::fs::read(logs.path(id)).unwrap();
+            assert_eq!(all, on_disk, "{kind:?}");
+            assert_eq!(late.await.unwrap().concat(), on_disk[3..], "{kind:?}");
+            // After the run: the same bytes from the file.
+            let file = Source::Finished(Arc::new(logs.open_finished(id).unwrap()));
+            let again: Vec<u8> = follow(file, 0, kind).collect::<Vec<Bytes>>().await.concat();
+            assert_eq!(again, on_disk, "{kind:?}");
         }
-        log.close();
-        let all: Vec<u8> = reader.await.unwrap().concat();
-        let on_disk = std::fs::read(logs.path("r1")).unwrap();
-        assert_eq!(all, on_disk);
-        assert_eq!(late.await.unwrap().concat(), on_disk[3..]);
-        // After the run: the same bytes from the file.
-        let file = Source::Finished(Arc::new(logs.open_finished("r1").unwrap()));
-        let again: Vec<u8> = follow(file, 0).collect::<Vec<Bytes>>().await.concat();
-        assert_eq!(again, on_disk);
+    }
+
+    /// Followers that have caught up wait, and each append from another thread wakes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_followers_are_woken_by_every_append() {
+        let (_tmp, logs) = dir();
+        let log = logs.create("slow").unwrap();
+        let readers: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(follow(Source::Live(log.clone()), 0, Reader::Follower).collect::<Vec<Bytes>>()))
+            .collect();
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..60 {
+                writer.append(Bytes::from(format!("{{\"n\":{i}}}\n"))).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            writer.close();
+        });
+        let on_disk = || std::fs::read(logs.path("slow")).unwrap();
+        for reader in readers {
+            let all = tokio::time::timeout(Duration::from_secs(10), reader)
+                .await
+                .expect("a follower missed a wake")
+                .unwrap()
+                .concat();
+            assert_eq!(all, on_disk());
+        }
+        assert_eq!(on_disk().iter().filter(|b| **b == b'\n').count(), 60);
+    }
+
+    /// A follower may be descheduled at any point, also while it holds what followers share
+    /// (its view of the end, the latest chunks): the writer goes on appending regardless.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_never_waits_for_a_follower() {
+        let (_tmp, logs) = dir();
+        let log = logs.create("w").unwrap();
+        log.append(Bytes::from("{\"n\":0}\n")).unwrap();
+        let reader = tokio::spawn(follow(Source::Live(log.clone()), 0, Reader::Follower).collect::<Vec<Bytes>>());
+        for _ in 0..5000 {
+            if log.relay.get().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            matches!(log.relay.get(), Some(Some(_))),
+            "the follower started no relay"
+        );
+        let view = log.subscribe(Reader::Follower);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        {
+            let _end_held = view.borrow();
+            let _chunks_held = log.recent.lock().unwrap();
+            let writer = log.clone();
+            std::thread::spawn(move || {
+                for i in 1..100 {
+                    writer.append(Bytes::from(format!("{{\"n\":{i}}}\n"))).unwrap();
+                }
+                writer.close();
+                done_tx.send(()).unwrap();
+            });
+            let finished = done.recv_timeout(Duration::from_secs(10));
+            assert!(finished.is_ok(), "the writer waited for a lock a follower held");
+        }
+        let all = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.concat(), std::fs::read(logs.path("w")).unwrap());
     }
 
     #[tokio::test]
@@ -816,24 +985,25 @@ mod tests {
         let frame = |c: &str, n| Bytes::from(format!("{{\"d\":\"{}\"}}\n", c.repeat(n)));
         for i in 0..10 {
             log.append(frame(&i.to_string(), 40_000)).unwrap();
-            let tail = log.tail.lock().unwrap();
-            assert!(tail.recent_bytes <= RECENT_BYTES, "{} bytes held", tail.recent_bytes);
+            let recent = log.recent.lock().unwrap();
+            assert!(recent.bytes <= RECENT_BYTES, "{} bytes held", recent.bytes);
+            assert_eq!(recent.bytes, recent.chunks.iter().map(|(_, c)| c.len()).sum::<usize>());
             assert_eq!(
-                tail.recent_bytes,
-                tail.recent.iter().map(|(_, c)| c.len()).sum::<usize>()
+                recent.chunks.back().unwrap().0 + 40_009,
+                log.end().size,
+                "the newest is held"
             );
-            assert_eq!(tail.recent.back().unwrap().0 + 40_009, tail.size, "the newest is held");
         }
         // A chunk larger than the bound is still held whole, alone.
         log.append(frame("z", RECENT_BYTES)).unwrap();
-        assert_eq!(log.tail.lock().unwrap().recent.len(), 1);
+        assert_eq!(log.recent.lock().unwrap().chunks.len(), 1);
         log.close();
-        assert_eq!(log.tail.lock().unwrap().recent_bytes, 0);
-        assert!(log.tail.lock().unwrap().recent.is_empty());
+        assert_eq!(log.recent.lock().unwrap().bytes, 0);
+        assert!(log.recent.lock().unwrap().chunks.is_empty());
         // Readers of the closed log get every byte from the file.
         let on_disk = std::fs::read(logs.path("k")).unwrap();
         assert_eq!(on_disk.len() as u64, log.end().size);
-        let all = follow(Source::Live(log.clone()), 0)
+        let all = follow(Source::Live(log.clone()), 0, Reader::Client)
             .collect::<Vec<Bytes>>()
             .await
             .concat();
@@ -845,7 +1015,7 @@ mod tests {
         let (_tmp, logs) = dir();
         let logs = logs.in_memory(true);
         let log = logs.create("m").unwrap();
-        let reader = tokio::spawn(follow(Source::Live(log.clone()), 0).collect::<Vec<Bytes>>());
+        let reader = tokio::spawn(follow(Source::Live(log.clone()), 0, Reader::Follower).collect::<Vec<Bytes>>());
         let mut all = Vec::new();
         for i in 0..50 {
             let frame = format!("{{\"n\":{i}}}\n");
@@ -855,7 +1025,10 @@ mod tests {
         log.close();
         assert_eq!(reader.await.unwrap().concat(), all);
         assert_eq!(
-            follow(Source::Live(log), 7).collect::<Vec<Bytes>>().await.concat(),
+            follow(Source::Live(log), 7, Reader::Client)
+                .collect::<Vec<Bytes>>()
+                .await
+                .concat(),
             all[7..]
         );
         assert!(!logs.path("m").exists());

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::run::frame::EndReason;
 use crate::run::request::RunRequest;
 use crate::run::{Run, RunState};
-use crate::runlog::{Source, follow};
+use crate::runlog::{Reader, Source, follow};
 use crate::runs::{Idempotency, Submitted};
 
 /// At most this much of a body that is too large is read and thrown away before the 413, so
@@ -147,7 +147,7 @@ pub async fn start(
             let source = app.runs.source_of(&record).await?;
             (
                 run_id,
-                Body::stream(reader(follow(source, 0), app.runs.metrics.clone())),
+                Body::stream(reader(follow(source, 0, Reader::Client), app.runs.metrics.clone())),
             )
         }
     };
@@ -205,7 +205,7 @@ fn attached(run: Arc<Run>, source: Source, metrics: Arc<Metrics>) -> impl Stream
         }
     }
     let guard = EndOnDrop(run);
-    reader(follow(source, 0), metrics).map(move |piece| {
+    reader(follow(source, 0, Reader::Client), metrics).map(move |piece| {
         let _ = &guard;
         piece
     })

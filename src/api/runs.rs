@@ -17,7 +17,7 @@ use super::{App, json};
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::run::frame::Frame;
-use crate::runlog::{Source, follow};
+use crate::runlog::{Reader, Source, follow};
 use crate::runs::{Idempotency, Submitted};
 use crate::store::{ListQuery, RecordState};
 
@@ -301,7 +301,10 @@ pub async fn stream(app: &Arc<App>, caller: &Caller, run_id: &str, uri: &Uri) ->
             "offset {offset} is past the end of the log ({size} bytes)"
         )));
     }
-    let frames = Body::stream(reader(follow(source, offset), app.runs.metrics.clone()));
+    let frames = Body::stream(reader(
+        follow(source, offset, Reader::Follower),
+        app.runs.metrics.clone(),
+    ));
     Ok(super::run::ndjson(run_id, frames))
 }
 
