@@ -614,9 +614,10 @@ impl RunLog {
         }
     }
 
-    /// Changes of the end, for `reader`.
+    /// Changes of the end, for `reader`. (A log already closed changes no more: its followers
+    /// need no relay.)
     fn subscribe(self: &Arc<Self>, reader: Reader) -> watch::Receiver<LogEnd> {
-        if reader == Reader::Follower {
+        if reader == Reader::Follower && !self.end().closed {
             let relay = self.relay.get_or_init(|| {
                 Relay::start(Arc::downgrade(self), self.end())
                     .inspect_err(|e| tracing::warn!(error = %e, "a log's followers are woken like its client"))
@@ -1008,6 +1009,13 @@ mod tests {
             .await
             .concat();
         assert_eq!(all, on_disk);
+        // A follower of a closed log needs no relay.
+        let all = follow(Source::Live(log.clone()), 0, Reader::Follower)
+            .collect::<Vec<Bytes>>()
+            .await
+            .concat();
+        assert_eq!(all, on_disk);
+        assert!(log.relay.get().is_none());
     }
 
     #[tokio::test]
