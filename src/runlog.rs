@@ -581,6 +581,10 @@ impl RunLog {
     }
 
     fn kick_relay(&self) {
+        // Between the end just published and the look at the relay, as in `Relay::join` between
+        // the relay being set up and its wake: either this writer finds the relay, or the relay,
+        // woken by a follower joining, finds this end.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(Some(relay)) = self.relay.get() {
             relay.kick();
         }
@@ -624,7 +628,7 @@ impl RunLog {
                     .ok()
             });
             if let Some(relay) = relay {
-                return relay.subscribe();
+                return relay.join();
             }
         }
         self.end.subscribe()
@@ -915,6 +919,24 @@ mod tests {
             assert_eq!(all, on_disk());
         }
         assert_eq!(on_disk().iter().filter(|b| **b == b'\n').count(), 60);
+    }
+
+    /// A writer that appends and closes while the first follower sets the relay up finds no
+    /// relay to kick; the follower's joining makes the relay look at the end once more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_while_the_relay_is_set_up_is_not_missed() {
+        let (_tmp, logs) = dir();
+        let log = logs.create("setup").unwrap();
+        let relay = Relay::start(Arc::downgrade(&log), log.end()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // its task waits
+        log.append(Bytes::from("{\"n\":1}\n")).unwrap();
+        log.close();
+        log.relay.set(Some(relay)).unwrap();
+        let mut changes = log.relay.get().unwrap().as_ref().unwrap().join();
+        tokio::time::timeout(Duration::from_secs(5), changes.wait_for(|end| end.closed))
+            .await
+            .expect("the close was missed")
+            .unwrap();
     }
 
     /// A follower may be descheduled at any point, also while it holds what followers share

@@ -60,8 +60,14 @@ impl Relay {
         Ok(Relay { wake, end })
     }
 
-    pub(super) fn subscribe(&self) -> watch::Receiver<LogEnd> {
-        self.end.subscribe()
+    /// A follower's changes of the end. The relay looks at the end once more for it: a writer
+    /// that published while the relay was being set up (before the log held it) found none to
+    /// kick.
+    pub(super) fn join(&self) -> watch::Receiver<LogEnd> {
+        let changes = self.end.subscribe();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.wake.write();
+        changes
     }
 
     /// After the writer has published a new end: wakes the task if it waits. Lock-free: one
