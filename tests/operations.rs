@@ -457,6 +457,27 @@ fn ndjson_stdout(body: &[u8]) -> String {
     frames.stdout()
 }
 
+/// A failure of the gateway's own storage is answered with what failed, not why: the cause (here
+/// the database's words, which name the database) goes to the gateway's log.
+#[tokio::test]
+async fn a_store_failure_is_answered_without_its_cause_which_is_logged() {
+    let db = common::pg::fresh_database().await;
+    let mut gw = Binary::start(&[("DATABASE_URL", &db)]).await;
+    common::pg::drop_database(&db).await;
+    let database = db.rsplit('/').next().unwrap();
+    let reply = request(gw.addr, "GET", "/runs", None, &[]).await;
+    assert_eq!(reply.status, 503);
+    let body = reply.json();
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(
+        body["detail"],
+        "the run store does not answer (the gateway's log has the cause)"
+    );
+    assert!(!body.to_string().contains(database), "{body}");
+    let line = gw.wait_for("request failed").await;
+    assert!(line.contains(database) && line.contains("/runs"), "{line}");
+}
+
 /// A connection whose first request follows a run's log (`GET /runs/{id}/stream`) is served on
 /// threads at `STREAM_READER_NICE` above the gateway's own niceness, so that fifty followers of a
 /// busy run cannot take the CPU from it; every other connection on the HTTP workers. A run

@@ -32,6 +32,12 @@ pub enum ApiError {
     },
     /// The gateway cannot serve (not ready, shutting down).
     Unavailable(String),
+    /// The gateway's own storage failed (503, like `Unavailable`): the caller gets `what`, the
+    /// operator's log the `cause` too.
+    Failed {
+        what: &'static str,
+        cause: String,
+    },
 }
 
 impl ApiError {
@@ -47,7 +53,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Overloaded { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::Unavailable(_) | ApiError::Failed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -66,7 +74,15 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Overloaded { .. } => "overloaded",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Failed { .. } => "unavailable",
+        }
+    }
+
+    /// What went wrong inside the gateway, for its log (never in the answer).
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            ApiError::Failed { cause, .. } => Some(cause),
+            _ => None,
         }
     }
 
@@ -84,7 +100,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "request body too large",
             ApiError::RequestTimeout(_) => "request not received in time",
             ApiError::Overloaded { .. } => "too many runs; retry later",
-            ApiError::Unavailable(_) => "service unavailable",
+            ApiError::Unavailable(_) | ApiError::Failed { .. } => "service unavailable",
         }
     }
 
@@ -98,6 +114,7 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(d)
             | ApiError::Unavailable(d)
             | ApiError::Overloaded { detail: d, .. } => d.clone(),
+            ApiError::Failed { what, .. } => format!("{what} (the gateway's log has the cause)"),
             ApiError::Unauthorized => "send 'Authorization: Bearer <token>'".into(),
             ApiError::Forbidden => "this address is not in ALLOWED_CLIENTS".into(),
             ApiError::MethodNotAllowed(allow) => format!("allowed: {allow}"),
@@ -148,6 +165,7 @@ impl From<crate::runs::Refusal> for ApiError {
             Refusal::Conflict(d) => ApiError::Conflict(d),
             Refusal::Overloaded(detail) => ApiError::Overloaded { detail, retry_after: 1 },
             Refusal::Unavailable(d) => ApiError::Unavailable(d),
+            Refusal::Failed { what, cause } => ApiError::Failed { what, cause },
             Refusal::NotFound(d) => ApiError::NotFound(d),
             Refusal::Invalid(d) => ApiError::BadRequest(d),
             Refusal::KeyReused(d) => ApiError::Unprocessable(d),

@@ -64,7 +64,7 @@ pub async fn route(app: &App, caller: &Caller, record: &RunRecord) -> Result<Rou
     let owner = replicas
         .locate(&record.instance)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the run store does not answer: {e:#}")))?;
+        .map_err(|e| ApiError::from(crate::runs::Refusal::failed("the run store does not answer", e)))?;
     match owner {
         Owner::Here => Ok(Route::Here),
         Owner::Gone(why) => Ok(Route::Gone(why)),

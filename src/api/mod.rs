@@ -147,7 +147,7 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
         Err(e) => {
             let cause = match &e {
                 ApiError::Unauthorized | ApiError::Forbidden => "auth",
-                ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overload",
+                ApiError::Overloaded { .. } | ApiError::Unavailable(_) | ApiError::Failed { .. } => "overload",
                 ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) => "not_found",
                 ApiError::Conflict(_) | ApiError::Busy(_) => "conflict",
                 _ => "bad_request",
@@ -156,16 +156,30 @@ pub async fn handle(app: Arc<App>, client: SocketAddr, req: Request<Incoming>) -
             // Caller-made text is clipped and logged as quoted strings; refusals beyond the
             // budget are counted (and in the metric) but not written.
             if let Some(left_out) = app.rejection_log.take() {
-                tracing::info!(
-                    client = %client,
-                    method = clip(method.as_str()),
-                    path = clip(uri.path()),
-                    path_bytes = uri.path().len(),
-                    status = e.status().as_u16(),
-                    error = e.kind(),
-                    not_logged_before = left_out,
-                    "request rejected"
-                );
+                match e.cause() {
+                    // The gateway's own failure: the operator needs its cause, which the
+                    // caller was not given.
+                    Some(cause) => tracing::warn!(
+                        client = %client,
+                        method = clip(method.as_str()),
+                        path = clip(uri.path()),
+                        status = e.status().as_u16(),
+                        error = e.kind(),
+                        cause,
+                        not_logged_before = left_out,
+                        "request failed"
+                    ),
+                    None => tracing::info!(
+                        client = %client,
+                        method = clip(method.as_str()),
+                        path = clip(uri.path()),
+                        path_bytes = uri.path().len(),
+                        status = e.status().as_u16(),
+                        error = e.kind(),
+                        not_logged_before = left_out,
+                        "request rejected"
+                    ),
+                }
             }
             e.into_response()
         }

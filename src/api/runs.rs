@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::run::frame::Frame;
 use crate::runlog::{Reader, Source, follow};
-use crate::runs::{Idempotency, Submitted};
+use crate::runs::{Idempotency, Refusal, Submitted};
 use crate::store::{ListQuery, RecordState};
 
 /// Default and largest `max_bytes` of `/log` and `/events`.
@@ -158,7 +158,7 @@ fn frame_offset(source: &Source, offset: u64) -> Result<u64, ApiError> {
     if offset > 0 {
         let before = source
             .read(offset - 1, 1)
-            .map_err(|e| ApiError::Unavailable(format!("cannot read the log: {e}")))?;
+            .map_err(|e| ApiError::from(Refusal::failed("cannot read the log", e)))?;
         if before.first() != Some(&b'\n') {
             return Err(ApiError::BadRequest(format!(
                 "offset {offset} is not the start of a frame; use 0 or a next_offset"
@@ -184,7 +184,7 @@ fn window(source: &Source, params: &[(String, String)]) -> Result<Window, ApiErr
     let offset = frame_offset(source, offset)?;
     let content = source
         .read_frames(offset, max as usize)
-        .map_err(|e| ApiError::Unavailable(format!("cannot read the log: {e}")))?;
+        .map_err(|e| ApiError::from(Refusal::failed("cannot read the log", e)))?;
     Ok(Window {
         offset,
         content,

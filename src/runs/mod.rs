@@ -51,8 +51,12 @@ pub enum Refusal {
     Conflict(String),
     /// No slot now (503 with `Retry-After`).
     Overloaded(String),
-    /// The gateway cannot take runs (503): shutting down, disk nearly full, store down.
+    /// The gateway cannot take runs (503): shutting down, disk nearly full.
     Unavailable(String),
+    /// The gateway's own storage failed (503): the run store, a log file, a directory. The
+    /// caller is told `what`; the `cause` (the database's or the system's words, which may name
+    /// databases, hosts and paths) is for the operator's log only.
+    Failed { what: &'static str, cause: String },
     /// No such run, or not the caller's (404).
     NotFound(String),
     /// A bad query (400).
@@ -61,6 +65,15 @@ pub enum Refusal {
     KeyReused(String),
     /// The run's branch or state key is in use by a queued or running run (409 `busy`).
     Busy(String),
+}
+
+impl Refusal {
+    pub fn failed(what: &'static str, cause: impl std::fmt::Display) -> Refusal {
+        Refusal::Failed {
+            what,
+            cause: format!("{cause:#}"),
+        }
+    }
 }
 
 /// An `Idempotency-Key` and the hash of the request it came with (route and canonical body).

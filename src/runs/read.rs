@@ -54,7 +54,7 @@ impl Runs {
         query.owner = if caller.admin { None } else { caller.name.clone() };
         self.store.list(&query).await.map_err(|e| match e {
             ListError::Invalid(why) => Refusal::Invalid(why),
-            ListError::Store(e) => Refusal::Unavailable(format!("the run store does not answer: {e:#}")),
+            ListError::Store(e) => Refusal::failed("the run store does not answer", e),
         })
     }
 
@@ -78,14 +78,14 @@ impl Runs {
         match self.store.kept_log(run_id).await {
             Ok(Some(kept)) => return Ok(Source::Finished(Arc::new(LogFile::kept(kept.into())))),
             Ok(None) => {}
-            Err(e) => return Err(Refusal::Unavailable(format!("the run store does not answer: {e:#}"))),
+            Err(e) => return Err(Refusal::failed("the run store does not answer", e)),
         }
         match self.logs.open_finished(run_id) {
             Ok(file) => Ok(Source::Finished(Arc::new(file))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(Refusal::NotFound(format!("the log of run '{run_id}' is gone")))
             }
-            Err(e) => Err(Refusal::Unavailable(format!("cannot read the log: {e}"))),
+            Err(e) => Err(Refusal::failed("cannot read the log", e)),
         }
     }
 }
@@ -98,7 +98,7 @@ pub(super) fn visible(
     not_found: impl Fn() -> String,
 ) -> Result<RunRecord, Refusal> {
     let record = found
-        .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?
+        .map_err(|e| Refusal::failed("the run store does not answer", e))?
         .filter(|r| caller.may_see(r.owner.as_deref()));
     record.ok_or_else(|| Refusal::NotFound(not_found()))
 }

@@ -76,7 +76,7 @@ impl Runs {
         spec.place = self
             .workspaces
             .place(spec.workspace.as_ref(), spec.state_key.as_deref(), owner)
-            .map_err(|e| Refusal::Unavailable(format!("cannot create the run's state home: {e}")))?;
+            .map_err(|e| Refusal::failed("cannot create the run's state home", e))?;
         Ok(claim)
     }
 
@@ -157,7 +157,7 @@ impl Runs {
             .store
             .claim_key(owner, &i.key, &i.body_hash, (run_id, self.instance()), now_ms())
             .await
-            .map_err(|e| Refusal::Unavailable(format!("the run store does not answer: {e:#}")))?;
+            .map_err(|e| Refusal::failed("the run store does not answer", e))?;
         match claim {
             Claim::New => Ok(None),
             Claim::Taken { body_hash, run_id } if body_hash == i.body_hash => Ok(Some(Submitted::Again(run_id))),
@@ -209,9 +209,9 @@ impl Runs {
         run_id: String,
         how: Submit,
     ) -> Result<(Arc<Run>, Registration, Launch), Refusal> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        let unavailable = |what: &'static str, e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "{what}");
-            Refusal::Unavailable(format!("{what}: {e}"))
+            Refusal::failed(what, e)
         };
         let mut run = Run::new(run_id, spec.session_id.clone(), spec.cli.clone()).owned_by(caller.name.clone());
         run.client = caller.client.map(|c| c.to_string()).unwrap_or_default();
