@@ -164,6 +164,22 @@ impl Drop for Gateway {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if let Some(t) = self._data.take() {
+            remove_while_busy(t.keep());
+        }
+    }
+}
+
+/// Removes a gateway's `DATA_DIR` that it may still be writing to: the server was only told to
+/// stop, and its store can create a file while the directory is being emptied, which leaves the
+/// removal with "directory not empty" (and the whole directory behind in `/tmp`), so it tries
+/// again for up to a second.
+pub fn remove_while_busy(dir: PathBuf) {
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
     }
 }
 
