@@ -33,7 +33,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
+mod pace;
 mod relay;
+use pace::Pace;
 use relay::Relay;
 
 /// Largest piece a reader takes at once (also the most a reader holds).
@@ -499,6 +501,42 @@ pub enum Reader {
     Follower,
 }
 
+/// A reader's changes of a live log's end: from the writer's `watch`, or through the relay.
+#[derive(Debug)]
+enum Changes {
+    Direct(watch::Receiver<LogEnd>),
+    Relayed(relay::Changes),
+}
+
+impl Changes {
+    /// Marks the changes up to now as seen.
+    fn seen(&mut self) {
+        match self {
+            Changes::Direct(rx) => {
+                rx.borrow_and_update();
+            }
+            Changes::Relayed(changes) => changes.seen(),
+        }
+    }
+
+    /// The `watch` itself (tests only).
+    #[cfg(test)]
+    fn receiver(&mut self) -> &mut watch::Receiver<LogEnd> {
+        match self {
+            Changes::Direct(rx) => rx,
+            Changes::Relayed(changes) => changes.receiver(),
+        }
+    }
+
+    /// Waits for a change after the last one seen; an error once the writer (or relay) is gone.
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        match self {
+            Changes::Direct(rx) => rx.changed().await,
+            Changes::Relayed(changes) => changes.changed().await,
+        }
+    }
+}
+
 /// A live log's file, where it is, and the pool it may go back to.
 #[derive(Debug)]
 struct LiveFile {
@@ -620,7 +658,7 @@ impl RunLog {
 
     /// Changes of the end, for `reader`. (A log already closed changes no more: its followers
     /// need no relay.)
-    fn subscribe(self: &Arc<Self>, reader: Reader) -> watch::Receiver<LogEnd> {
+    fn subscribe(self: &Arc<Self>, reader: Reader) -> Changes {
         if reader == Reader::Follower && !self.end().closed {
             let relay = self.relay.get_or_init(|| {
                 Relay::start(Arc::downgrade(self), self.end())
@@ -628,10 +666,10 @@ impl RunLog {
                     .ok()
             });
             if let Some(relay) = relay {
-                return relay.join();
+                return Changes::Relayed(relay.join());
             }
         }
-        self.end.subscribe()
+        Changes::Direct(self.end.subscribe())
     }
 
     /// Up to `max` published bytes from `offset` (empty at the end). Served from memory when the
@@ -822,10 +860,12 @@ pub fn follow(
             Source::Live(log) => Some(log.subscribe(reader)),
             Source::Finished(_) => None,
         };
+        // Only a follower of a live log is ever paused (see `pace`).
+        let mut pace = (reader == Reader::Follower && changes.is_some()).then(Pace::default);
         loop {
-            if let Some(rx) = changes.as_mut() {
+            if let Some(changes) = changes.as_mut() {
                 // Seen before the end is read: a change after this read wakes the wait below.
-                rx.borrow_and_update();
+                changes.seen();
             }
             let end = source.end();
             if offset < end.size {
@@ -833,6 +873,11 @@ pub fn follow(
                     Ok(chunk) if !chunk.is_empty() => {
                         offset += chunk.len() as u64;
                         yield chunk;
+                        if let Some(pace) = pace.as_mut()
+                            && let Some(wait) = pace.after_read(offset, source.end(), tokio::time::Instant::now())
+                        {
+                            tokio::time::sleep(wait).await;
+                        }
                         continue;
                     }
                     _ => break,
@@ -921,6 +966,111 @@ mod tests {
         assert_eq!(on_disk().iter().filter(|b| **b == b'\n').count(), 60);
     }
 
+    /// A follower far behind a log that grows fast waits after each piece, and reads on at full
+    /// speed once the log slows down or closes; the run's own client never waits. (Tokio's clock
+    /// is paused: a wait is seen as time that passed, and the test says when the log grows.)
+    #[tokio::test(start_paused = true)]
+    async fn only_a_follower_far_behind_a_fast_log_waits() {
+        use tokio::time::Instant;
+        let (_tmp, logs) = dir();
+        for (id, reader) in [("pc", Reader::Client), ("pf", Reader::Follower)] {
+            let log = logs.create(id).unwrap();
+            let frame = Bytes::from(format!("{{\"d\":\"{}\"}}\n", "x".repeat(READ_CHUNK - 9)));
+            assert_eq!(frame.len(), READ_CHUNK);
+            let grow = |mib: usize| {
+                for _ in 0..mib * 16 {
+                    log.append(frame.clone()).unwrap();
+                }
+            };
+            let mut f = Box::pin(follow(Source::Live(log.clone()), 0, reader));
+            let mut got = Vec::new();
+            let mut next = async || {
+                let t = Instant::now();
+                let piece = f.next().await.expect("a piece");
+                got.extend_from_slice(&piece);
+                t.elapsed()
+            };
+            // A follower looks at the log's growth after each piece it has passed on.
+            grow(4);
+            assert_eq!(next().await, Duration::ZERO);
+            assert_eq!(next().await, Duration::ZERO);
+            // 4 MiB more within 10 ms: 400 MiB/s, and the reader is 8 MiB behind.
+            tokio::time::advance(pace::WINDOW).await;
+            grow(4);
+            let waited = next().await;
+            match reader {
+                Reader::Follower => assert_eq!(waited, pace::PAUSE),
+                Reader::Client => assert_eq!(waited, Duration::ZERO),
+            }
+            // The log did not grow during that wait: full speed again.
+            assert_eq!(next().await, Duration::ZERO);
+            assert_eq!(next().await, Duration::ZERO);
+            // Fast again: it waits again.
+            tokio::time::advance(pace::WINDOW).await;
+            grow(4);
+            let waited = next().await;
+            assert_eq!(
+                waited > Duration::ZERO,
+                reader == Reader::Follower,
+                "{reader:?} waited {waited:?}"
+            );
+            // Closed: no wait from then on, for the 11 MiB still to read.
+            log.close();
+            let t = Instant::now();
+            while let Some(piece) = f.next().await {
+                got.extend_from_slice(&piece);
+            }
+            assert_eq!(t.elapsed(), Duration::ZERO);
+            assert_eq!(got, std::fs::read(logs.path(id)).unwrap());
+        }
+    }
+
+    /// While no follower waits (each is behind, reading at its own pace), the writer appends
+    /// without waking the relay; a follower that has caught up and waits is woken by the appends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_relay_is_woken_only_while_a_follower_waits() {
+        let (_tmp, logs) = dir();
+        let log = logs.create("quiet").unwrap();
+        let line = |i: usize| Bytes::from(format!("{{\"n\":{i}}}\n"));
+        log.append(line(0)).unwrap();
+        // Behind: it has read one piece and is not asked for the next.
+        let mut behind = Box::pin(follow(Source::Live(log.clone()), 0, Reader::Follower));
+        assert_eq!(behind.next().await.unwrap(), line(0));
+        let relay = || log.relay.get().unwrap().as_ref().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the relay's task waits
+        for i in 1..=50 {
+            log.append(line(i)).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(relay().kicks(), 0, "the writer woke a relay no follower waited for");
+        // It reads on, catches up and waits: the relay, asleep without waiting for the writer
+        // until then, must learn of it.
+        let rest = tokio::spawn(behind.collect::<Vec<Bytes>>());
+        let since = std::time::Instant::now();
+        while relay().waiting() == 0 {
+            assert!(since.elapsed() < Duration::from_secs(10), "the follower never waited");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // the relay's task sees it and waits
+        for i in 51..=100 {
+            log.append(line(i)).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            relay().kicks() >= 1,
+            "a waiting follower was not woken through the relay"
+        );
+        log.close();
+        let rest = tokio::time::timeout(Duration::from_secs(10), rest)
+            .await
+            .expect("the waiting follower was never woken")
+            .unwrap();
+        assert_eq!(
+            [&line(0)[..], &rest.concat()].concat(),
+            std::fs::read(logs.path("quiet")).unwrap()
+        );
+    }
+
     /// A writer that appends and closes while the first follower sets the relay up finds no
     /// relay to kick; the follower's joining makes the relay look at the end once more.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -933,7 +1083,7 @@ mod tests {
         log.close();
         log.relay.set(Some(relay)).unwrap();
         let mut changes = log.relay.get().unwrap().as_ref().unwrap().join();
-        tokio::time::timeout(Duration::from_secs(5), changes.wait_for(|end| end.closed))
+        tokio::time::timeout(Duration::from_secs(5), changes.receiver().wait_for(|end| end.closed))
             .await
             .expect("the close was missed")
             .unwrap();
@@ -957,10 +1107,10 @@ mod tests {
             matches!(log.relay.get(), Some(Some(_))),
             "the follower started no relay"
         );
-        let view = log.subscribe(Reader::Follower);
+        let mut view = log.subscribe(Reader::Follower);
         let (done_tx, done) = std::sync::mpsc::channel();
         {
-            let _end_held = view.borrow();
+            let _end_held = view.receiver().borrow();
             let _chunks_held = log.recent.lock().unwrap();
             let writer = log.clone();
             std::thread::spawn(move || {
