@@ -1724,84 +1724,91 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
     let want = expected_crc(total);
     let arg = total.to_string();
     let body: Arc<[u8]> = run_body(GEN_NAME, &[&arg]).into();
-    // Five rounds: with three, the median of this row moved 0.56–1.30× between invocations of
-    // the same build on this two-core machine (the 50 readers' client shares its cores).
-    let rounds = if env.scale >= 1.0 { 5 } else { 2 };
+    // Eight rounds: with three, the median of this row moved 0.56–1.30× between invocations of
+    // the same build on this two-core machine (the 50 readers' client shares its cores), and
+    // with five 0.42–0.98×. The two sides alternate which goes first (solo, fan; fan, solo; …)
+    // so that a machine that slows down or speeds up over a round weighs on both alike.
+    let rounds = if env.scale >= 1.0 { 8 } else { 2 };
     let (mut solo, mut fan) = (Vec::new(), Vec::new());
     let (mut solo_rec, mut fan_rec) = (Vec::new(), Vec::new());
     let (mut solo_peak, mut fan_peak) = (0u64, 0u64);
     let (mut fan_gw_cpu, mut fan_client_cpu, mut served, mut lag) =
         (Duration::ZERO, Duration::ZERO, 0u64, Duration::ZERO);
-    for _ in 0..rounds {
-        // The run alone.
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = rss_sampler(gw.pid(), stop.clone());
-        let mut h = crc32fast::Hasher::new();
-        let r = gateway_run(&mut conn, &body, &mut |d| h.update(d)).await?;
-        stop.store(true, Ordering::Relaxed);
-        solo_peak = solo_peak.max(sampler.await.map_err(|e| e.to_string())?);
-        if r.stdout_bytes != total || h.finalize() != want {
-            return Err("fan-out solo run corrupt".into());
-        }
-        solo.push(total as f64 / r.total.as_secs_f64());
-        solo_rec.push(total as f64 / record_secs(gw.addr, &r.run_id).await?);
-        gw.drop_log(&r.run_id);
-
-        // The same run with READERS readers of /stream?offset=0 attached as soon as it has an id.
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = rss_sampler(gw.pid(), stop.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (c0, s0) = (self_cpu(), proc_cpu(gw.pid()));
-        let run = {
-            let body = body.clone();
-            let mut c = HttpConn::new(gw.addr);
-            c.on_run_id = Some(tx);
-            tokio::spawn(async move {
+    for round in 0..rounds {
+        for fan_side in [round % 2 == 1, round % 2 == 0] {
+            if !fan_side {
+                // The run alone.
+                let stop = Arc::new(AtomicBool::new(false));
+                let sampler = rss_sampler(gw.pid(), stop.clone());
                 let mut h = crc32fast::Hasher::new();
-                let r = gateway_run(&mut c, &body, &mut |d| h.update(d)).await;
-                r.map(|r| (r, h.finalize()))
-            })
-        };
-        let run_id = rx.await.map_err(|_| "the fan-out run gave no run id")?;
-        let mut readers = Vec::new();
-        for _ in 0..READERS {
-            let path = format!("/runs/{run_id}/stream?offset=0");
-            let addr = gw.addr;
-            readers.push(tokio::spawn(async move {
-                let mut c = HttpConn::new(addr);
-                c.raw = true;
-                let r = tokio::time::timeout(Duration::from_secs(120), c.get(&path))
-                    .await
-                    .map_err(|_| "a /stream reader took more than 120 s".to_string())??;
-                Ok::<_, String>((r, Instant::now()))
-            }));
-        }
-        let (r, crc) = run.await.map_err(|e| e.to_string())??;
-        let run_done = Instant::now();
-        if r.stdout_bytes != total || crc != want {
-            return Err("fan-out run corrupt on its attached reader".into());
-        }
-        fan.push(total as f64 / r.total.as_secs_f64());
-        fan_rec.push(total as f64 / record_secs(gw.addr, &run_id).await?);
-        let size = std::fs::metadata(gw.log_path(&run_id)).map(|m| m.len()).unwrap_or(0);
-        let mut last = run_done;
-        for t in readers {
-            let (rr, done) = t.await.map_err(|e| e.to_string())??;
-            if rr.status != 200 || rr.body_bytes != size || !ends_with_exit(&rr.tail) {
-                return Err(format!(
-                    "a /stream reader got HTTP {} and {} bytes of a {size}-byte log",
-                    rr.status, rr.body_bytes
-                ));
+                let r = gateway_run(&mut conn, &body, &mut |d| h.update(d)).await?;
+                stop.store(true, Ordering::Relaxed);
+                solo_peak = solo_peak.max(sampler.await.map_err(|e| e.to_string())?);
+                if r.stdout_bytes != total || h.finalize() != want {
+                    return Err("fan-out solo run corrupt".into());
+                }
+                solo.push(total as f64 / r.total.as_secs_f64());
+                solo_rec.push(total as f64 / record_secs(gw.addr, &r.run_id).await?);
+                gw.drop_log(&r.run_id);
+                continue;
             }
-            served += rr.body_bytes;
-            last = last.max(done);
+
+            // The same run with READERS readers of /stream?offset=0 attached as soon as it has an id.
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = rss_sampler(gw.pid(), stop.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (c0, s0) = (self_cpu(), proc_cpu(gw.pid()));
+            let run = {
+                let body = body.clone();
+                let mut c = HttpConn::new(gw.addr);
+                c.on_run_id = Some(tx);
+                tokio::spawn(async move {
+                    let mut h = crc32fast::Hasher::new();
+                    let r = gateway_run(&mut c, &body, &mut |d| h.update(d)).await;
+                    r.map(|r| (r, h.finalize()))
+                })
+            };
+            let run_id = rx.await.map_err(|_| "the fan-out run gave no run id")?;
+            let mut readers = Vec::new();
+            for _ in 0..READERS {
+                let path = format!("/runs/{run_id}/stream?offset=0");
+                let addr = gw.addr;
+                readers.push(tokio::spawn(async move {
+                    let mut c = HttpConn::new(addr);
+                    c.raw = true;
+                    let r = tokio::time::timeout(Duration::from_secs(120), c.get(&path))
+                        .await
+                        .map_err(|_| "a /stream reader took more than 120 s".to_string())??;
+                    Ok::<_, String>((r, Instant::now()))
+                }));
+            }
+            let (r, crc) = run.await.map_err(|e| e.to_string())??;
+            let run_done = Instant::now();
+            if r.stdout_bytes != total || crc != want {
+                return Err("fan-out run corrupt on its attached reader".into());
+            }
+            fan.push(total as f64 / r.total.as_secs_f64());
+            fan_rec.push(total as f64 / record_secs(gw.addr, &run_id).await?);
+            let size = std::fs::metadata(gw.log_path(&run_id)).map(|m| m.len()).unwrap_or(0);
+            let mut last = run_done;
+            for t in readers {
+                let (rr, done) = t.await.map_err(|e| e.to_string())??;
+                if rr.status != 200 || rr.body_bytes != size || !ends_with_exit(&rr.tail) {
+                    return Err(format!(
+                        "a /stream reader got HTTP {} and {} bytes of a {size}-byte log",
+                        rr.status, rr.body_bytes
+                    ));
+                }
+                served += rr.body_bytes;
+                last = last.max(done);
+            }
+            stop.store(true, Ordering::Relaxed);
+            fan_peak = fan_peak.max(sampler.await.map_err(|e| e.to_string())?);
+            fan_client_cpu += self_cpu() - c0;
+            fan_gw_cpu += proc_cpu(gw.pid()) - s0;
+            lag += last - run_done;
+            gw.drop_log(&run_id);
         }
-        stop.store(true, Ordering::Relaxed);
-        fan_peak = fan_peak.max(sampler.await.map_err(|e| e.to_string())?);
-        fan_client_cpu += self_cpu() - c0;
-        fan_gw_cpu += proc_cpu(gw.pid()) - s0;
-        lag += last - run_done;
-        gw.drop_log(&run_id);
     }
     let each: Vec<String> = fan_rec
         .iter()
@@ -1838,7 +1845,7 @@ async fn bench_fanout(env: &Env, report: &mut Report) -> Result<(), String> {
     );
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     report.note(format!(
-        "Fan-out: a fresh gateway; {rounds} rounds, each a `{GEN_NAME} {total}` run alone then the same run with {READERS} `GET /runs/{{id}}/stream?offset=0` readers attached as soon as the `/run` answer's headers give the run id (median of each; the record-time ratio of each round, with readers / alone: {}). All readers are fast: each reads as fast as it can on its own connection and only counts bytes (no frame decoding); each must get the whole log ({:.0} MiB) ending with the exit frame. Throughput = stdout bytes / the record's started_at → finished_at (the child's run and the log's close, millisecond resolution; the row with the target), and / time from the `/run` request to its exit frame on the attached (decoding, CRC-checked) reader, which is one more follower of the same log served in turn with the 50 others (info row). RSS peak (20 ms samples): {:.1} MiB alone, {:.1} MiB with readers (idle {:.1} MiB). With readers the gateway served {:.1} GiB to them in all, using {:.2} CPU s per GiB served (its whole CPU over those rounds / bytes served) and the client side {:.2}; the last reader finished on average {:.2} s after the run's exit frame.",
+        "Fan-out: a fresh gateway; {rounds} rounds, each a `{GEN_NAME} {total}` run alone then the same run with {READERS} `GET /runs/{{id}}/stream?offset=0` readers attached as soon as the `/run` answer's headers give the run id (median of each; the two sides take turns going first; the record-time ratio of each round, with readers / alone: {}). All readers are fast: each reads as fast as it can on its own connection and only counts bytes (no frame decoding); each must get the whole log ({:.0} MiB) ending with the exit frame. Throughput = stdout bytes / the record's started_at → finished_at (the child's run and the log's close, millisecond resolution; the row with the target), and / time from the `/run` request to its exit frame on the attached (decoding, CRC-checked) reader, which is one more follower of the same log served in turn with the 50 others (info row). RSS peak (20 ms samples): {:.1} MiB alone, {:.1} MiB with readers (idle {:.1} MiB). With readers the gateway served {:.1} GiB to them in all, using {:.2} CPU s per GiB served (its whole CPU over those rounds / bytes served) and the client side {:.2}; the last reader finished on average {:.2} s after the run's exit frame.",
         each.join(", "),
         mib(served as f64 / (rounds * READERS) as f64),
         solo_peak as f64 / 1024.0,
