@@ -465,6 +465,8 @@ pub struct RunLog {
     /// Wakes every other reader (see [`relay`]); started by the first of them (`None`: it could
     /// not be, and they are woken like the client).
     relay: OnceLock<Option<Relay>>,
+    /// When the log began: a follower's first measure of its growth (see `pace`).
+    began: tokio::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -568,6 +570,7 @@ impl RunLog {
             published: AtomicU64::new(0),
             end: watch::Sender::new(LogEnd { size: 0, closed: false }),
             relay: OnceLock::new(),
+            began: tokio::time::Instant::now(),
         }
     }
 
@@ -861,7 +864,10 @@ pub fn follow(
             Source::Finished(_) => None,
         };
         // Only a follower of a live log is ever paused (see `pace`).
-        let mut pace = (reader == Reader::Follower && changes.is_some()).then(Pace::default);
+        let mut pace = match (&source, reader) {
+            (Source::Live(log), Reader::Follower) => Some(Pace::since(log.began)),
+            _ => None,
+        };
         loop {
             if let Some(changes) = changes.as_mut() {
                 // Seen before the end is read: a change after this read wakes the wait below.

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::LogEnd;
 
-/// How far behind the end a follower must be to be paused.
-pub(super) const FAR_BEHIND: u64 = 1 << 20;
+/// How far behind the end a follower must be to be paused (four pieces).
+pub(super) const FAR_BEHIND: u64 = 256 << 10;
 /// The growth (bytes per second) above which a log's followers far behind it are paused.
 pub(super) const FAST: u64 = 32 << 20;
 /// The least time over which growth is measured.
@@ -30,31 +30,37 @@ pub(super) const WINDOW: Duration = Duration::from_millis(10);
 pub(super) const PAUSE: Duration = Duration::from_millis(50);
 
 /// One follower's view of how fast its log grows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Pace {
     /// When the last window began, and the log's size then.
-    mark: Option<(Instant, u64)>,
+    mark: (Instant, u64),
     /// Whether the log grew faster than [`FAST`] over the last whole window.
     fast: bool,
 }
 
 impl Pace {
+    /// For a follower of a log that began (empty) at `began`: its first window runs from then,
+    /// so a follower that joins a fast run late is paused from its first piece, not after ten
+    /// milliseconds of reading at full speed (fifty such joiners read a few MiB each).
+    pub(super) fn since(began: Instant) -> Pace {
+        Pace {
+            mark: (began, 0),
+            fast: false,
+        }
+    }
+
     /// After a piece up to `offset` was read, with the log's `end` and the time `now`: how long
     /// the follower waits before reading on.
     pub(super) fn after_read(&mut self, offset: u64, end: LogEnd, now: Instant) -> Option<Duration> {
         if end.closed {
             return None;
         }
-        match self.mark {
-            None => self.mark = Some((now, end.size)),
-            Some((since, size)) => {
-                let took = now.saturating_duration_since(since);
-                if took >= WINDOW {
-                    let grown = end.size.saturating_sub(size);
-                    self.fast = grown as f64 / took.as_secs_f64() > FAST as f64;
-                    self.mark = Some((now, end.size));
-                }
-            }
+        let (since, size) = self.mark;
+        let took = now.saturating_duration_since(since);
+        if took >= WINDOW {
+            let grown = end.size.saturating_sub(size);
+            self.fast = grown as f64 / took.as_secs_f64() > FAST as f64;
+            self.mark = (now, end.size);
         }
         (self.fast && end.size.saturating_sub(offset) > FAR_BEHIND).then_some(PAUSE)
     }
@@ -74,18 +80,26 @@ mod tests {
     fn a_follower_far_behind_a_fast_log_waits_and_reads_on_once_it_slows() {
         let t = Instant::now();
         let ms = |n: u64| t + Duration::from_millis(n);
-        let mut p = Pace::default();
-        // The first look only starts a window.
-        assert_eq!(p.after_read(0, live(10 * MIB), ms(0)), None);
-        // Not a whole window yet.
-        assert_eq!(p.after_read(MIB / 16, live(11 * MIB), ms(5)), None);
+        let mut p = Pace::since(t);
+        // Not a whole window since the log began.
+        assert_eq!(p.after_read(MIB / 16, live(2 * MIB), ms(5)), None);
         // 4 MiB in 10 ms: 400 MiB/s.
-        assert_eq!(p.after_read(MIB / 8, live(14 * MIB), ms(10)), Some(PAUSE));
+        assert_eq!(p.after_read(MIB / 8, live(4 * MIB), ms(10)), Some(PAUSE));
         // Within the next window it stays paused, however little the log grew so far.
-        assert_eq!(p.after_read(MIB / 4, live(14 * MIB), ms(12)), Some(PAUSE));
+        assert_eq!(p.after_read(MIB / 4, live(4 * MIB), ms(12)), Some(PAUSE));
         // 1 MiB over the 52 ms since: 19 MiB/s, slower than FAST: full speed again.
-        assert_eq!(p.after_read(MIB / 2, live(15 * MIB), ms(62)), None);
-        assert_eq!(p.after_read(MIB, live(15 * MIB), ms(63)), None);
+        assert_eq!(p.after_read(MIB / 2, live(5 * MIB), ms(62)), None);
+        assert_eq!(p.after_read(MIB, live(5 * MIB), ms(63)), None);
+    }
+
+    #[test]
+    fn a_follower_that_joins_a_fast_run_late_waits_from_its_first_piece() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        // 24 MiB in the 30 ms since the log began.
+        assert_eq!(Pace::since(t).after_read(MIB / 16, live(24 * MIB), ms(30)), Some(PAUSE));
+        // 10 MiB in 10 s: a log that grows like a CLI's.
+        assert_eq!(Pace::since(t).after_read(MIB / 16, live(10 * MIB), ms(10_000)), None);
     }
 
     #[test]
@@ -93,17 +107,14 @@ mod tests {
         let t = Instant::now();
         let ms = |n: u64| t + Duration::from_millis(n);
         // Near the end of a fast log: a live tail.
-        let mut p = Pace::default();
-        p.after_read(0, live(0), ms(0));
+        let mut p = Pace::since(t);
         assert_eq!(p.after_read(100 * MIB, live(100 * MIB + FAR_BEHIND), ms(100)), None);
         assert!(p.fast, "1 GiB/s is fast");
         // Far behind a log growing at 30 MiB/s.
-        let mut p = Pace::default();
-        p.after_read(0, live(50 * MIB), ms(0));
-        assert_eq!(p.after_read(MIB, live(53 * MIB), ms(100)), None);
+        let mut p = Pace::since(t);
+        assert_eq!(p.after_read(0, live(3 * MIB), ms(100)), None);
         // Far behind a fast log that has closed.
-        let mut p = Pace::default();
-        p.after_read(0, live(0), ms(0));
+        let mut p = Pace::since(t);
         assert_eq!(p.after_read(MIB, live(100 * MIB), ms(100)), Some(PAUSE));
         let closed = LogEnd {
             size: 100 * MIB,
